@@ -1,0 +1,3 @@
+"""LCDiffusion: local customized image editing (the library; no orchestration imports)."""
+
+__version__ = "0.1.0"

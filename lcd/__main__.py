@@ -1,0 +1,5 @@
+import sys
+
+from lcd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The local edit: masked concept generation that leaves everything outside the region untouched."""

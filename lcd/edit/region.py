@@ -1,0 +1,96 @@
+"""Pure mask geometry for the edit: dilation, feathering, crop boxes, compositing.
+
+All functions are pure numpy (no I/O, no torch). Masks are (H, W) bool, alphas (H, W) float32
+in [0, 1], images (H, W, 3) uint8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grow a bool mask by `radius` pixels (Euclidean disc). radius 0 returns a copy."""
+    if radius <= 0:
+        return mask.copy()
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+def feather_alpha(mask: np.ndarray, dilate_px: int, feather_px: int) -> np.ndarray:
+    """Blend weight of the generated image: 1 on the dilated mask, a linear ramp over
+    `feather_px` pixels outside it, and exactly 0 beyond (so those pixels are byte-identical).
+    """
+    core = dilate(mask, dilate_px)
+    if feather_px <= 0 or not core.any():
+        return core.astype(np.float32)
+    dist = cv2.distanceTransform((~core).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    return np.clip(1.0 - dist / float(feather_px + 1), 0.0, 1.0).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square window (may extend past the image; the outside is edge-padded)."""
+
+    x0: int
+    y0: int
+    side: int
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.side
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.side
+
+
+def crop_box(alpha: np.ndarray, working_size: int, margin: float) -> CropBox:
+    """Square window around the non-zero alpha, grown by `margin` of its side on each edge.
+
+    The side is at least min(working_size, longest image side), so small masks are edited with
+    context rather than upscaled from a few pixels, and a whole image at working size is one crop.
+    """
+    h, w = alpha.shape
+    ys, xs = np.nonzero(alpha)
+    if len(xs) == 0:
+        return CropBox(0, 0, max(h, w))
+    bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = int(np.ceil(max(bx1 - bx0, by1 - by0) * (1.0 + 2.0 * margin)))
+    side = min(max(side, working_size), max(h, w))  # context beyond the image is useless
+    cx, cy = (bx0 + bx1) / 2.0, (by0 + by1) / 2.0
+    x0 = int(round(cx - side / 2.0))
+    y0 = int(round(cy - side / 2.0))
+    # keep inside the image where the side allows, so padding is used only when unavoidable
+    x0 = min(max(x0, 0), max(w - side, 0)) if side <= w else int(round((w - side) / 2.0))
+    y0 = min(max(y0, 0), max(h - side, 0)) if side <= h else int(round((h - side) / 2.0))
+    return CropBox(x0, y0, side)
+
+
+def extract(a: np.ndarray, box: CropBox) -> np.ndarray:
+    """Cut `box` out of an (H, W, ...) array, edge-padding where the box leaves the image."""
+    h, w = a.shape[:2]
+    pad = ((max(0, -box.y0), max(0, box.y1 - h)), (max(0, -box.x0), max(0, box.x1 - w)))
+    pad += tuple((0, 0) for _ in range(a.ndim - 2))
+    sub = a[max(box.y0, 0) : min(box.y1, h), max(box.x0, 0) : min(box.x1, w)]
+    return np.pad(sub, pad, mode="edge") if any(p != (0, 0) for p in pad) else sub.copy()
+
+
+def paste(image: np.ndarray, patch: np.ndarray, alpha: np.ndarray, box: CropBox) -> np.ndarray:
+    """Composite `patch` (box.side^2 x 3 uint8) into a copy of `image` through full-size `alpha`.
+
+    Where alpha == 0 the input bytes are kept exactly (no float round trip).
+    """
+    h, w = image.shape[:2]
+    out = image.copy()
+    ys, ye = max(box.y0, 0), min(box.y1, h)
+    xs, xe = max(box.x0, 0), min(box.x1, w)
+    p = patch[ys - box.y0 : ye - box.y0, xs - box.x0 : xe - box.x0].astype(np.float32)
+    a = alpha[ys:ye, xs:xe, None]
+    base = out[ys:ye, xs:xe].astype(np.float32)
+    mixed = np.clip(np.round(a * p + (1.0 - a) * base), 0, 255).astype(np.uint8)
+    out[ys:ye, xs:xe] = np.where(a > 0, mixed, out[ys:ye, xs:xe])
+    return out

@@ -1,0 +1,92 @@
+"""The denoising loop: DDIM with classifier-free guidance and latent blending.
+
+Pure tensor code over diffusers components; no files, no device decisions (tensors arrive on
+their device). Shapes: latents (B, 4, h, w); masks (B, 1, h, w) float in {0, 1}, 1 = generate;
+text embeddings (B, 77, D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    steps: int = 60
+    guidance: float = 6.0
+    eta: float = 0.0
+    blend_start: float = 0.0  # fraction of steps run unblended before latent blending starts
+    blend: bool = True  # plain (4-channel) models: replace latents outside the mask each step
+
+
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """CLIP last hidden states (B, 77, D), padded as diffusers' `encode_prompt` does."""
+    ids = tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids.to(text_encoder.device)
+    return text_encoder(ids)[0]
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), the posterior mean.
+
+    The mean (not a sample) keeps the preserved region's latents noise-free and deterministic.
+    """
+    return vae.encode(images.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents -> (B, 3, H, W) float in [0, 1]."""
+    x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return (x / 2 + 0.5).clamp(0, 1)
+
+
+@torch.no_grad()
+def denoise(
+    unet,
+    scheduler,
+    *,
+    noise: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    settings: SamplerSettings,
+    image_latents: torch.Tensor | None = None,
+    latent_mask: torch.Tensor | None = None,
+    inpaint_cond: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run the reverse process from pure noise; return final latents (B, 4, h, w).
+
+    One UNet call per step covers the whole batch and both guidance branches
+    (batch 2B: [uncond; cond]), as in diffusers' pipelines.
+    - Plain models (`inpaint_cond` None): after each step, latents outside `latent_mask` are
+      replaced by `image_latents` noised to the next timestep (Blended Latent Diffusion; the
+      legacy path of diffusers' inpaint pipeline), from step round(blend_start * steps) on.
+    - 9-channel models: `inpaint_cond` (B, 5, h, w) = [mask, masked-image latents] is
+      concatenated to the UNet input; no blending (the model conditions on the mask).
+    """
+    scheduler.set_timesteps(settings.steps, device=noise.device)
+    timesteps = scheduler.timesteps
+    latents = noise * scheduler.init_noise_sigma
+    text = torch.cat([uncond, cond])
+    extra = torch.cat([inpaint_cond] * 2) if inpaint_cond is not None else None
+    blending = settings.blend and inpaint_cond is None and image_latents is not None and latent_mask is not None
+    first_blend = int(round(settings.blend_start * len(timesteps)))
+    for i, t in enumerate(timesteps):
+        x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
+        if extra is not None:
+            x = torch.cat([x, extra], dim=1)
+        eps_uncond, eps_text = unet(x, t, encoder_hidden_states=text, return_dict=False)[0].chunk(2)
+        eps = eps_uncond + settings.guidance * (eps_text - eps_uncond)
+        latents = scheduler.step(eps, t, latents, eta=settings.eta, return_dict=False)[0]
+        if blending and i >= first_blend:
+            if i < len(timesteps) - 1:
+                known = scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])
+            else:
+                known = image_latents
+            latents = (1 - latent_mask) * known + latent_mask * latents
+    return latents

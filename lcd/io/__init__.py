@@ -1,0 +1,1 @@
+"""File formats live here: images and masks, atomic writes, PNG metadata."""

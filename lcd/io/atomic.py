@@ -1,0 +1,40 @@
+"""Atomic writes: a reader never sees a half-written output, a killed run leaves no partial file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `dest`; on success rename it over `dest` (same filesystem)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, dest)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_atomic(dest: str | Path, writer: Callable[[Path], None]) -> Path:
+    """Call writer(tmp_path), then rename the result onto dest. Returns dest."""
+    with atomic_path(dest) as tmp:
+        writer(tmp)
+    return Path(dest)
+
+
+def write_bytes_atomic(dest: str | Path, data: bytes) -> Path:
+    return write_atomic(dest, lambda p: p.write_bytes(data))
+
+
+def write_text_atomic(dest: str | Path, text: str) -> Path:
+    return write_atomic(dest, lambda p: p.write_text(text))

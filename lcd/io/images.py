@@ -1,0 +1,126 @@
+"""Reading images and masks into canonical arrays, writing PNGs with generation metadata.
+
+Canonical forms: an image is `np.ndarray` (H, W, 3) uint8 RGB; a mask is (H, W) bool where True
+means "edit here". Every error names the file it is about (see `lcd.errors`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+from lcd.errors import InputImageError
+from lcd.io.atomic import atomic_path
+
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # refuse decompression bombs beyond 400 MP
+
+
+def _open(path: str | Path) -> Image.Image:
+    p = Path(path)
+    if not p.exists():
+        raise InputImageError(f"{p}: file not found", item=str(p))
+    if p.is_dir():
+        raise InputImageError(f"{p}: is a directory, not an image file", item=str(p))
+    try:
+        im = Image.open(p)
+        im.load()
+    except UnidentifiedImageError:
+        raise InputImageError(f"{p}: not an image file (unrecognised format)", item=str(p)) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputImageError(f"{p}: corrupt or truncated image ({e})", item=str(p)) from None
+    try:
+        return ImageOps.exif_transpose(im)  # cameras store rotation in EXIF; users see it upright
+    except Exception:  # a broken EXIF block should not make a readable image unusable
+        return im
+
+
+def pil_to_rgb(im: Image.Image) -> np.ndarray:
+    """Any PIL mode -> (H, W, 3) uint8. Alpha is composited on white; 16-bit is scaled to 8-bit."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        hi = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        a8 = np.clip(np.round(a / hi * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(a8[..., None], 3, axis=2)
+    if im.mode == "F":
+        a8 = np.clip(np.round(np.asarray(im) * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(a8[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(bg, rgba).convert("RGB"))
+    return np.asarray(im.convert("RGB"))
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file (upright per EXIF) as (H, W, 3) uint8 RGB."""
+    return pil_to_rgb(_open(path)).copy()
+
+
+def as_mask(mask: np.ndarray | Image.Image, name: str = "mask") -> np.ndarray:
+    """Array or PIL mask -> (H, W) bool, non-zero = edit. (H, W, C) counts any non-zero channel."""
+    a = np.asarray(mask.convert("L") if isinstance(mask, Image.Image) and mask.mode not in ("1", "L", "I", "F") else mask)
+    if a.ndim == 3:
+        a = a.any(axis=2)
+    if a.ndim != 2:
+        raise InputImageError(f"{name}: a mask must be 2-D (H, W), got shape {a.shape}", item=name)
+    return a.astype(bool)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read a mask image (non-zero = edit) as (H, W) bool."""
+    im = _open(path)
+    if im.mode == "P":
+        im = im.convert("L")
+    return as_mask(im, str(path))
+
+
+def check_mask_fits(image: np.ndarray, mask: np.ndarray, image_name: str, mask_name: str) -> None:
+    """Raise naming both items when the mask is not the image's size."""
+    if mask.shape[:2] != image.shape[:2]:
+        h, w = image.shape[:2]
+        mh, mw = mask.shape[:2]
+        raise InputImageError(
+            f"{mask_name}: mask is {mw}x{mh} but image {image_name} is {w}x{h}; they must match",
+            item=mask_name,
+        )
+
+
+def a1111_parameters(meta: dict[str, Any]) -> str:
+    """The 'parameters' text chunk in AUTOMATIC1111's convention (read by many image tools)."""
+    fields = [
+        ("Steps", meta.get("steps")),
+        ("Sampler", meta.get("sampler", "DDIM")),
+        ("CFG scale", meta.get("guidance")),
+        ("Seed", meta.get("seed")),
+        ("Size", meta.get("size")),
+        ("Model hash", meta.get("model_hash")),
+        ("Model", meta.get("model")),
+    ]
+    text = meta.get("prompt", "")
+    if meta.get("negative_prompt"):
+        text += f"\nNegative prompt: {meta['negative_prompt']}"
+    return text + "\n" + ", ".join(f"{k}: {v}" for k, v in fields if v is not None)
+
+
+def save_png(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None = None) -> Path:
+    """Write (H, W, 3) uint8 as PNG atomically, with 'parameters' + full JSON 'lcd' text chunks."""
+    info = PngImagePlugin.PngInfo()
+    if meta:
+        info.add_text("parameters", a1111_parameters(meta))
+        info.add_text("lcd", json.dumps(meta, sort_keys=True, default=str))
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def read_png_meta(path: str | Path) -> dict[str, Any]:
+    """The 'lcd' JSON chunk written by `save_png` ({} when absent)."""
+    with Image.open(path) as im:
+        raw = im.info.get("lcd")
+    return json.loads(raw) if raw else {}

@@ -1,0 +1,184 @@
+"""The one place model weights are loaded: Stable Diffusion, SAM and CLIP.
+
+Each loader takes a reference (hub id, local folder or checkpoint file), a dtype and a device,
+and returns the model plus the `ModelSource` that pins it. Pickled checkpoints are only read with
+`weights_only=True` (diffusers' own `load_state_dict` does so for `.ckpt`; SAM below likewise),
+so a checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lcd.errors import ModelLoadError
+from lcd.models.sources import SINGLE_FILE_SUFFIXES, ModelSource, is_hub_id, local_source
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SD_WEIGHT_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+
+
+def to_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}", item="dtype")
+    return DTYPES[dtype]
+
+
+def _hub_snapshot(ref: str, revision: str | None, patterns: list[str]) -> tuple[Path, ModelSource]:
+    """Resolve a hub id to a local snapshot (download or cache) pinned by its commit."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(snapshot_download(ref, revision=revision, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo, bad revision: all user-facing
+        raise ModelLoadError(
+            f"{ref}: cannot resolve hub model (revision {revision or 'main'}): {type(e).__name__}: {e}",
+            item=ref,
+        ) from None
+    return path, ModelSource(ref=ref, kind="hub", revision=path.name)
+
+
+def resolve(ref: str | Path, revision: str | None = None, patterns: list[str] | None = None):
+    """Reference -> (local path, ModelSource). Missing local paths are a clear error."""
+    ref = str(ref)
+    if is_hub_id(ref):
+        return _hub_snapshot(ref, revision, patterns or SD_WEIGHT_PATTERNS)
+    p = Path(ref)
+    if not p.exists():
+        raise ModelLoadError(f"{ref}: model path not found (and not a hub id 'owner/name')", item=ref)
+    return p, local_source(p)
+
+
+@dataclass
+class LoadedPipeline:
+    """A diffusers SD pipeline (4- or 9-channel UNet) and the source that pins it."""
+
+    pipe: Any
+    source: ModelSource
+
+    @property
+    def is_inpaint_model(self) -> bool:
+        return self.pipe.unet.config.in_channels == 9
+
+
+def load_sd_pipeline(
+    ref: str | Path,
+    *,
+    revision: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device = "cpu",
+    single_file_config: str | Path | None = None,
+) -> LoadedPipeline:
+    """Load Stable Diffusion from a hub id, a diffusers folder, or one .safetensors/.ckpt file.
+
+    `single_file_config` is a diffusers folder (or hub id) giving component configs for a
+    single-file checkpoint; without it diffusers infers SD1.5's configs from the hub.
+    Returns a StableDiffusionPipeline, or StableDiffusionInpaintPipeline for a 9-channel UNet.
+    """
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    torch_dtype = to_dtype(dtype)
+    path, source = resolve(ref, revision)
+    try:
+        if path.is_file():
+            if path.suffix not in SINGLE_FILE_SUFFIXES:
+                raise ModelLoadError(
+                    f"{ref}: single-file checkpoints must be one of {SINGLE_FILE_SUFFIXES}", item=str(ref)
+                )
+            kwargs: dict[str, Any] = {"torch_dtype": torch_dtype}
+            if single_file_config is not None:
+                cfg_path, _ = resolve(single_file_config)
+                kwargs.update(config=str(cfg_path), local_files_only=True)
+            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            if pipe.unet.config.in_channels == 9:
+                pipe = StableDiffusionInpaintPipeline(**pipe.components)
+        else:
+            import json
+
+            index = path / "model_index.json"
+            if not index.exists():
+                raise ModelLoadError(f"{ref}: not a diffusers pipeline folder (no model_index.json)", item=str(ref))
+            unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+            cls = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
+            pipe = cls.from_pretrained(
+                str(path), torch_dtype=torch_dtype, local_files_only=True,
+                safety_checker=None, requires_safety_checker=False,
+            )
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"{ref}: failed to load Stable Diffusion: {type(e).__name__}: {e}", item=str(ref)) from e
+    pipe.set_progress_bar_config(disable=True)
+    pipe = pipe.to(device)
+    return LoadedPipeline(pipe=pipe, source=source)
+
+
+# --- SAM -------------------------------------------------------------------------------------
+
+def _sam_builders() -> dict[str, Any]:
+    from functools import partial
+
+    from segment_anything import sam_model_registry
+    from segment_anything.build_sam import _build_sam
+
+    from lcd.models.tiny import TINY_SAM
+
+    builders = {k: v for k, v in sam_model_registry.items() if k != "default"}
+    builders["vit_tiny"] = partial(_build_sam, **TINY_SAM)
+    return builders
+
+
+SAM_TYPES = ("vit_h", "vit_l", "vit_b", "vit_tiny")
+
+
+def load_sam(checkpoint: str | Path, model_type: str, *, device: str | torch.device = "cpu"):
+    """Build segment_anything's `Sam` of `model_type` and load an official-format state dict.
+
+    Returns (sam, ModelSource). A checkpoint whose shapes do not fit the type is a clear error.
+    """
+    if model_type not in SAM_TYPES:
+        raise ModelLoadError(f"sam_type must be one of {SAM_TYPES}, got {model_type!r}", item="sam_type")
+    path, source = resolve(checkpoint, patterns=["*.pth", "*.pt", "*.safetensors"])
+    if path.is_dir():
+        files = sorted(path.glob("*.pth")) + sorted(path.glob("*.safetensors"))
+        if not files:
+            raise ModelLoadError(f"{checkpoint}: no SAM checkpoint (.pth) in folder", item=str(checkpoint))
+        path = files[0]
+        source = local_source(path) if source.kind != "hub" else source
+    sam = _sam_builders()[model_type](checkpoint=None)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        sam.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelLoadError(
+            f"{checkpoint}: weights do not fit SAM type {model_type!r}: {str(e).splitlines()[0]}",
+            item=str(checkpoint),
+        ) from None
+    except Exception as e:
+        raise ModelLoadError(f"{checkpoint}: cannot read SAM checkpoint: {e}", item=str(checkpoint)) from None
+    return sam.to(device).eval(), source
+
+
+# --- CLIP ------------------------------------------------------------------------------------
+
+def load_clip(ref: str | Path, *, revision: str | None = None, dtype="float32", device="cpu"):
+    """transformers CLIPModel + CLIPProcessor from a hub id or local folder -> (model, processor, source)."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    path, source = resolve(ref, revision, patterns=["*.json", "*.txt", "*.safetensors"])
+    try:
+        model = CLIPModel.from_pretrained(str(path), torch_dtype=to_dtype(dtype), local_files_only=True)
+        processor = CLIPProcessor.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"{ref}: failed to load CLIP: {type(e).__name__}: {e}", item=str(ref)) from e
+    return model.to(device).eval(), processor, source

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny models written once per session through the real save formats."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+SHARED_DREAMBENCH = REPO.parent / "shared" / "dreambench"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """Root of the tiny models (sd/, sd-inpaint/, sam/, clip/), written by `write_tiny_models`."""
+    from lcd.models.tiny import write_tiny_models
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    write_tiny_models(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_dir):
+    """The tiny 4-channel SD pipeline loaded through the production loader."""
+    from lcd.models.loader import load_sd_pipeline
+
+    return load_sd_pipeline(tiny_dir / "sd")
+
+
+@pytest.fixture
+def dreambench() -> Path:
+    """The full DreamBench copy beside the checkout (CI has it; a user's clone may not)."""
+    if not SHARED_DREAMBENCH.exists():
+        pytest.skip("../shared/dreambench not present")
+    return SHARED_DREAMBENCH
