@@ -13,6 +13,8 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# subprocesses (`python -m lcd ...`, flows, dvc stages) import this checkout's code first
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 SAMPLES = REPO / "samples"
 SHARED_DREAMBENCH = REPO.parent / "shared" / "dreambench"
 
