@@ -1,0 +1,86 @@
+"""edit-batch: a manifest of edits -> shards -> edited PNGs, results/failures Parquet, artifacts.
+
+One entrypoint, two roles (two deployments in prefect.yaml, parameter variants of this flow):
+- coordinator (`shard_index` unset): validates the manifest, fans the shards out, waits, merges
+  the shard tables, publishes the artifacts, and fails if any item is unaccounted for;
+- shard (`shard_index` set): edits one shard on whichever `gpu` worker picked it up.
+
+Fan-out is `run_deployment` of the shard deployment (see README "Orchestration and scaling
+out"): every shard is its own flow run in the `gpu` pool, so N workers on N machines share the
+work, each shard loads the model once, and a shard whose machine died is re-run on its own.
+`fan_out="inline"` runs the shards one after another in this process (one GPU, no worker).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+
+from lcd.config import EditConfig
+from lcd.jobs.editing import Engine
+from tasks.edit import check_manifest, edit_shard, merge_shard_tables, publish_artifacts
+
+
+def _wait_all(run_ids: list, poll_s: float) -> list[str]:
+    """Block until every flow run is final; -> their state names (the coordinator polls, tasks never sleep)."""
+    with get_client(sync_client=True) as client:
+        while True:
+            states = [client.read_flow_run(r).state for r in run_ids]
+            if all(s is not None and s.is_final() for s in states):
+                return [s.name for s in states]
+            time.sleep(poll_s)
+
+
+@flow(name="edit-batch", log_prints=True)
+def edit_batch(
+    manifest: str,
+    out_root: str,
+    params_path: str = "params.yaml",
+    num_shards: int = 2,
+    shard_index: int | None = None,
+    fan_out: Literal["deployment", "inline"] = "deployment",
+    shard_deployment: str = "edit-batch/shard",
+    engine: Engine = "diffusion",
+    concepts_root: str | None = "outputs/concepts",
+    edit: EditConfig | None = None,
+    contact_sheet_rows: int = 8,
+) -> dict:
+    """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}."""
+    if shard_index is not None:  # shard role
+        return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root)
+    log = get_run_logger()
+    # 1. validate the manifest; its bad entries are failures of this run
+    ids = check_manifest(manifest, out_root)
+    # 2. fan the shards out
+    if fan_out == "inline":
+        for i in range(num_shards):
+            edit_shard(manifest, out_root, i, num_shards, params_path, edit, engine, concepts_root)
+        states = ["Completed"] * num_shards
+    else:
+        common = dict(manifest=manifest, out_root=out_root, params_path=params_path, num_shards=num_shards,
+                      engine=engine, concepts_root=concepts_root, edit=edit.model_dump() if edit else None)
+        runs = [run_deployment(shard_deployment, parameters={**common, "shard_index": i}, timeout=0,
+                               flow_run_name=f"shard-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
+        states = _wait_all([r.id for r in runs], poll_s=1.0)
+    # 3. merge the tables of this sharding; 4. artifacts
+    counts = merge_shard_tables(out_root, num_shards)
+    publish_artifacts(manifest, out_root, counts, states, contact_sheet_rows)
+    done = counts.pop("ids")
+    counts.pop("per_shard")
+    missing = sorted(set(ids) - set(done))
+    duplicated = len(done) - len(set(done))
+    log.info(f"edit-batch {manifest}: {counts} -> {out_root}")
+    if missing or duplicated or any(s != "Completed" for s in states):
+        raise RuntimeError(f"edit-batch incomplete: shard states {states}, {len(missing)} items unaccounted "
+                           f"for (e.g. {missing[:3]}), {duplicated} duplicated; re-run to resume")
+    return counts
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(edit_batch(sys.argv[1], sys.argv[2], fan_out="inline", num_shards=1))

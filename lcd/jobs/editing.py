@@ -1,0 +1,219 @@
+"""Edit one shard of a manifest: skip finished items, edit the rest in batches, record everything.
+
+Resumability rests on one rule: an item's output `<out>/edits/<id>.png` carries, in its PNG
+metadata, the `input_hash` of everything that determines it (input bytes, region, concept
+weights, prompt, seed, edit config, model pin). An item whose output exists with the same hash is
+skipped; any change to any of those re-runs it. Outputs are written atomically after each batch,
+so a worker killed mid-shard loses at most the batch in flight, and a re-run finds the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+
+from lcd.config import EditConfig, ModelsConfig
+from lcd.errors import InputImageError, LcdError
+from lcd.io.images import check_mask_fits, load_image, load_mask, read_png_meta, save_png
+from lcd.jobs.manifest import ManifestItem, select_region
+from lcd.models.sources import local_source, sha256_file, sha256_tree
+
+Engine = Literal["diffusion", "noop"]
+EDITS_DIR = "edits"
+
+
+@dataclass
+class ShardReport:
+    """Rows for the results / failures tables (schemas in lcd.jobs.tables)."""
+
+    results: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        c = {"edited": 0, "skipped": 0, "failed": len(self.failures)}
+        for r in self.results:
+            c[r["status"]] += 1
+        return c
+
+
+def model_pin(ref: str, revision: str | None) -> str:
+    """Content hash of local weights, or `ref@revision` for a hub id (resolved at load time)."""
+    p = Path(ref)
+    return local_source(p).sha256 if p.exists() else f"{ref}@{revision or 'main'}"
+
+
+def config_fingerprint(cfg: EditConfig, models: ModelsConfig, engine: Engine) -> str:
+    """Hash of everything shared by the items of a run that changes an output."""
+    pin = "noop" if engine == "noop" else model_pin(models.sd, models.sd_revision)
+    payload = {"edit": cfg.model_dump(), "model": pin, "dtype": models.dtype, "engine": engine}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def concept_path(concept: str | None, concepts_root: str | Path | None) -> Path | None:
+    """A concept name -> `<concepts_root>/<name>`; a value with a slash is a folder path."""
+    if concept is None:
+        return None
+    if "/" in concept or concepts_root is None:
+        return Path(concept)
+    return Path(concepts_root) / concept
+
+
+def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None) -> str:
+    """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file."""
+    def file_hash(p: str) -> str:
+        try:
+            return sha256_file(p)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise InputImageError(f"{p}: file not found", item=p) from None
+
+    if concept_dir is not None and not concept_dir.is_dir():
+        raise LcdError(f"concept {item.concept!r}: weights folder {concept_dir} not found (train it first)",
+                       item=str(concept_dir))
+    payload = {
+        "image": file_hash(item.image),
+        "region": file_hash(item.mask) if item.mask else item.select,
+        "concept": sha256_tree(concept_dir) if concept_dir is not None else None,
+        "prompt": item.prompt,
+        "seed": item.seed,
+        "config": config_fp,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def output_path(out_root: str | Path, item_id: str) -> Path:
+    return Path(out_root) / EDITS_DIR / f"{item_id}.png"
+
+
+def is_current(path: Path, input_hash: str) -> bool:
+    """True when `path` exists and was made from exactly these inputs."""
+    if not path.exists():
+        return False
+    try:
+        return read_png_meta(path).get("input_hash") == input_hash
+    except Exception:  # unreadable / foreign file: redo it
+        return False
+
+
+def load_region(item: ManifestItem, image: np.ndarray) -> np.ndarray:
+    """(H, W) bool region of `item`: its mask file or its selection rule, checked against the image."""
+    if item.mask is not None:
+        mask = load_mask(item.mask)
+        check_mask_fits(image, mask, item.image, item.mask)
+        return mask
+    return select_region(item.select, image.shape[:2], item.id)
+
+
+def _failure(item_id: str, stage: str, err: Exception, shard: str) -> dict:
+    return {"id": item_id, "item": getattr(err, "item", None) or item_id, "stage": stage,
+            "error": type(err).__name__, "message": str(err), "shard": shard}
+
+
+PipelineLoader = Callable[[Path | None], tuple[object, list[str]]]
+
+
+def default_loader(models: ModelsConfig) -> PipelineLoader:
+    """-> loader(concept_dir) giving (LoadedPipeline, the concept's tokens). Base model without a concept."""
+    def load(concept_dir: Path | None):
+        from lcd.models.loader import load_sd_pipeline
+
+        lp = load_sd_pipeline(models.sd, revision=models.sd_revision, dtype=models.dtype, device=models.device,
+                              single_file_config=models.sd_single_file_config)
+        if concept_dir is None:
+            return lp, []
+        try:
+            from lcd.concepts import apply_concept  # lands with the training branch
+        except ImportError:
+            raise LcdError(f"concept {concept_dir.name!r}: lcd.concepts is not installed, cannot load concept weights",
+                           item=str(concept_dir)) from None
+        return lp, list(apply_concept(lp, concept_dir))
+    return load
+
+
+def run_edit_shard(
+    items: list[ManifestItem],
+    *,
+    out_root: str | Path,
+    cfg: EditConfig,
+    models: ModelsConfig,
+    shard: str = "00000-of-00001",
+    engine: Engine = "diffusion",
+    concepts_root: str | Path | None = None,
+    loader: PipelineLoader | None = None,
+) -> ShardReport:
+    """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception."""
+    from lcd.edit.engine import EditItem, EditResult, check_item, edit_images, known_concept_tokens
+
+    report = ShardReport()
+    # 1. hash every item against the run's config; keep the ones whose output is missing or stale
+    config_fp = config_fingerprint(cfg, models, engine)
+    pending: list[tuple[ManifestItem, str, Path | None]] = []
+    for it in items:
+        try:
+            cdir = concept_path(it.concept, concepts_root)
+            h = item_hash(it, config_fp, cdir)
+        except LcdError as e:
+            report.failures.append(_failure(it.id, "input", e, shard))
+            continue
+        out = output_path(out_root, it.id)
+        if is_current(out, h):
+            report.results.append(_row(it, out, h, "skipped", shard, 0.0))
+        else:
+            pending.append((it, h, cdir))
+    # 2. one model load per concept group (a concept changes the text encoder and the UNet)
+    loader = loader or default_loader(models)
+    pending.sort(key=lambda p: str(p[2] or ""))
+    for cdir, group in groupby(pending, key=lambda p: p[2]):
+        group = list(group)
+        lp, tokens = None, []
+        if engine == "diffusion":
+            try:
+                lp, tokens = loader(cdir)
+            except LcdError as e:
+                report.failures.extend(_failure(it.id, "concept", e, shard) for it, _, _ in group)
+                continue
+        # 3. batches: read inputs, validate per item, edit the valid ones, save atomically
+        for start in range(0, len(group), cfg.batch_size):
+            t0 = time.perf_counter()
+            batch, edit_items = [], []
+            for it, h, _ in group[start : start + cfg.batch_size]:
+                try:
+                    image = load_image(it.image)
+                    ei = EditItem(image, load_region(it, image), it.prompt, it.seed, it.id)
+                    if lp is not None:
+                        check_item(ei, known_concept_tokens(lp.pipe.tokenizer), tokens)
+                except LcdError as e:
+                    report.failures.append(_failure(it.id, "input", e, shard))
+                    continue
+                batch.append((it, h))
+                edit_items.append(ei)
+            if not batch:
+                continue
+            try:
+                if lp is None:
+                    results = [EditResult(ei.image, ei.mask.astype(np.float32), {"engine": "noop"}) for ei in edit_items]
+                else:
+                    results = edit_images(lp, edit_items, cfg)
+            except Exception as e:  # a batch-level failure (e.g. out of memory) fails its items, not the shard
+                report.failures.extend(_failure(it.id, "edit", e, shard) for it, _ in batch)
+                continue
+            per_item = (time.perf_counter() - t0) / len(batch)
+            for (it, h), res in zip(batch, results):
+                out = output_path(out_root, it.id)
+                meta = res.meta | {"id": it.id, "image": it.image, "region": it.mask or it.select,
+                                   "concept": it.concept, "input_hash": h}
+                save_png(out, res.image, meta)
+                report.results.append(_row(it, out, h, "edited", shard, per_item))
+    return report
+
+
+def _row(it: ManifestItem, out: Path, h: str, status: str, shard: str, seconds: float) -> dict:
+    return {"id": it.id, "image": it.image, "region": it.mask or it.select, "concept": it.concept,
+            "prompt": it.prompt, "seed": it.seed, "output": str(out), "input_hash": h, "status": status,
+            "shard": shard, "seconds": seconds}

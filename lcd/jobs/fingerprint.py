@@ -1,0 +1,108 @@
+"""Change detection for nightly concept training: train a concept only when its inputs changed.
+
+A concept's fingerprint is a sha256 over its photos (bytes, by relative path), its training
+config and the base model pin. After a successful training the fingerprint is written beside the
+weights (`fingerprint.json`, atomically, last), so a run killed mid-training leaves no record
+and the next night trains again; a run that finished is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from lcd.errors import LcdError
+from lcd.io.atomic import write_text_atomic
+from lcd.models.sources import sha256_file
+
+FINGERPRINT_FILE = "fingerprint.json"
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def concept_photos(concept_dir: str | Path) -> list[Path]:
+    """The photo files of a concept folder, sorted (hidden files and other suffixes ignored)."""
+    d = Path(concept_dir)
+    return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in PHOTO_SUFFIXES)
+
+
+def concept_fingerprint(concept_dir: str | Path, config: dict[str, Any], base_model: str) -> str:
+    """sha256 of (photo names + bytes, config as sorted JSON, base model pin)."""
+    photos = concept_photos(concept_dir)
+    if not photos:
+        raise LcdError(f"{concept_dir}: concept folder has no photos ({', '.join(PHOTO_SUFFIXES)})",
+                       item=str(concept_dir))
+    h = hashlib.sha256()
+    for p in photos:
+        h.update(f"{p.name}\t{sha256_file(p)}\n".encode())
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    h.update(base_model.encode())
+    return h.hexdigest()
+
+
+def read_fingerprint(weights_dir: str | Path) -> str | None:
+    """The fingerprint recorded by the last successful training, or None."""
+    p = Path(weights_dir) / FINGERPRINT_FILE
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())["fingerprint"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None  # a corrupt record means "unknown": train again
+
+
+def record_fingerprint(weights_dir: str | Path, fingerprint: str, **extra: Any) -> Path:
+    """Write the record after training succeeded (atomically, so it never exists half-written)."""
+    return write_text_atomic(Path(weights_dir) / FINGERPRINT_FILE,
+                             json.dumps({"fingerprint": fingerprint, **extra}, sort_keys=True, indent=1))
+
+
+@dataclass(frozen=True)
+class ConceptPlan:
+    name: str
+    photos_dir: Path
+    weights_dir: Path
+    fingerprint: str
+    reason: str  # "new" | "changed" | "unchanged"
+
+    @property
+    def stale(self) -> bool:
+        return self.reason != "unchanged"
+
+
+def plan_concepts(concepts_root: str | Path, weights_root: str | Path, config: dict[str, Any],
+                  base_model: str) -> list[ConceptPlan]:
+    """One plan per concept folder under `concepts_root`, sorted by name."""
+    root = Path(concepts_root)
+    if not root.is_dir():
+        raise LcdError(f"{root}: concepts folder not found", item=str(root))
+    plans = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        fp = concept_fingerprint(d, config, base_model)
+        wdir = Path(weights_root) / d.name
+        old = read_fingerprint(wdir)
+        reason = "new" if old is None else "unchanged" if old == fp else "changed"
+        plans.append(ConceptPlan(d.name, d, wdir, fp, reason))
+    return plans
+
+
+def train_stale(plans: list[ConceptPlan], train: Callable[[ConceptPlan], Any]) -> dict[str, str]:
+    """Call `train(plan)` for each stale plan, then record its fingerprint; -> {name: outcome}.
+
+    A failing concept is reported ("failed: ...") and does not stop the others."""
+    outcome: dict[str, str] = {}
+    for plan in plans:
+        if not plan.stale:
+            outcome[plan.name] = "skipped"
+            continue
+        try:
+            train(plan)
+        except Exception as e:  # one concept's bad photos must not block the others' nightly run
+            outcome[plan.name] = f"failed: {type(e).__name__}: {e}"
+            continue
+        record_fingerprint(plan.weights_dir, plan.fingerprint, reason=plan.reason)
+        outcome[plan.name] = "trained"
+    return outcome

@@ -1,0 +1,69 @@
+"""Results and failures as Parquet tables with explicit pyarrow schemas.
+
+Each shard writes its own pair of tables (`tables/results-<i>-of-<n>.parquet`), atomically, when
+it finishes; a re-run of the shard replaces them. The run's tables are the concatenation of the
+shard tables of that sharding, so an item appears once however often its shard was retried.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lcd.io.atomic import atomic_path
+
+RESULTS_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("image", pa.string()),
+    ("region", pa.string()),  # mask path or selection rule
+    ("concept", pa.string()),
+    ("prompt", pa.string()),
+    ("seed", pa.int64()),
+    ("output", pa.string()),
+    ("input_hash", pa.string()),  # sha256 of input bytes + item fields + config + model pin
+    ("status", pa.string()),  # "edited" | "skipped" (output already there with this hash)
+    ("shard", pa.string()),
+    ("seconds", pa.float64()),
+])
+FAILURES_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("item", pa.string()),  # the file / field the error is about
+    ("stage", pa.string()),  # "manifest" | "input" | "concept" | "edit"
+    ("error", pa.string()),  # exception class
+    ("message", pa.string()),
+    ("shard", pa.string()),
+])
+
+
+def shard_name(index: int, num_shards: int) -> str:
+    return f"{index:05d}-of-{num_shards:05d}"
+
+
+def write_table(path: str | Path, rows: Iterable[dict], schema: pa.Schema) -> Path:
+    """Rows (dicts with exactly the schema's keys) -> Parquet, written atomically."""
+    table = pa.Table.from_pylist(list(rows), schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
+    return pq.read_table(path, schema=schema)
+
+
+def shard_table_paths(tables_dir: str | Path, kind: str, num_shards: int) -> list[Path]:
+    """Paths of the `kind` ("results" / "failures") tables of all shards of one sharding."""
+    return [Path(tables_dir) / f"{kind}-{shard_name(i, num_shards)}.parquet" for i in range(num_shards)]
+
+
+def merge_tables(paths: Iterable[str | Path], schema: pa.Schema, dest: str | Path) -> pa.Table:
+    """Concatenate the existing shard tables into `dest` (atomic). Missing shards are absent rows:
+    the caller compares row counts with the manifest to decide whether the run is complete."""
+    parts = [read_table(p, schema) for p in paths if Path(p).exists()]
+    table = pa.concat_tables(parts) if parts else schema.empty_table()
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp)
+    return table
