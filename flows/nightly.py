@@ -1,0 +1,46 @@
+"""nightly-concepts: every night (02:00, prefect.yaml), train the concepts whose photos, training
+config or base model changed since their last trained version; skip the rest.
+
+Change detection is lcd.jobs.fingerprint (pure, tested on its own); this flow wires it to the
+train task. The fingerprint is recorded only after training succeeded, so a crashed night is
+retried the next night and a finished one is not repeated.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lcd.config import load_params
+from lcd.jobs.editing import model_pin
+from lcd.jobs.fingerprint import ConceptPlan, plan_concepts, train_stale
+from lcd.jobs.stages import require_stage
+from tasks.stages import train_concept_task
+
+
+@task(cache_policy=NO_CACHE)
+def plan_concepts_task(concepts_root: str, weights_root: str, params_path: str) -> list[ConceptPlan]:
+    require_stage("train")  # fail before hashing anything when training is not installed
+    params = load_params(params_path)
+    config = getattr(params, "train").model_dump()
+    return plan_concepts(concepts_root, weights_root, config, model_pin(params.models.sd, params.models.sd_revision))
+
+
+@flow(name="nightly-concepts", log_prints=True)
+def nightly_concepts(concepts_root: str = "data/concepts", weights_root: str = "outputs/concepts",
+                     regset_root: str | None = "outputs/regset", params_path: str = "params.yaml") -> dict[str, str]:
+    """-> {concept: "trained" | "skipped" | "failed: ..."}; fails the run if any concept failed."""
+    plans = plan_concepts_task(concepts_root, weights_root, params_path)
+
+    def train(plan: ConceptPlan) -> None:
+        regset = f"{regset_root}/{plan.name}" if regset_root else None
+        train_concept_task(str(plan.photos_dir), str(plan.weights_dir), params_path, regset)
+
+    outcome = train_stale(plans, train)
+    create_table_artifact([{"concept": k, "outcome": v} for k, v in outcome.items()], key="nightly-concepts")
+    get_run_logger().info(f"nightly concepts: {outcome}")
+    failed = {k: v for k, v in outcome.items() if v.startswith("failed")}
+    if failed:
+        raise RuntimeError(f"{len(failed)} concept(s) failed to train: {failed}")
+    return outcome
