@@ -1,0 +1,106 @@
+"""run_edit_shard on the tiny SD: per-item failures, skip when current, redo when anything changed."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lcd.config import EditConfig, ModelsConfig
+from lcd.io.images import load_image, read_png_meta
+from lcd.jobs.editing import item_hash, run_edit_shard
+from lcd.jobs.manifest import read_manifest
+
+CFG = EditConfig(steps=2, size=64, batch_size=2, dilate_px=2, feather_px=2)
+
+
+@pytest.fixture
+def job(tmp_path):
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp_path / f"s{k}.png")
+    m = np.zeros((48, 40), np.uint8)
+    m[10:30, 8:30] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    Image.fromarray(m[:20]).save(tmp_path / "small.png")
+    lines = [
+        {"id": "a", "image": "s0.png", "mask": "m.png", "prompt": "a dog", "seed": 1},
+        {"id": "b", "image": "s1.png", "select": "box:0,0,20,20", "prompt": "a cat"},
+        {"id": "c", "image": "s2.png", "mask": "m.png", "prompt": "a teapot"},
+        {"id": "gone", "image": "nope.png", "mask": "m.png", "prompt": "x"},
+        {"id": "size", "image": "s0.png", "mask": "small.png", "prompt": "x"},
+        {"id": "tok", "image": "s0.png", "mask": "m.png", "prompt": "a [P] dog"},
+        {"id": "concept", "image": "s0.png", "mask": "m.png", "prompt": "a [P] dog", "concept": "dog"},
+    ]
+    (tmp_path / "edits.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    return read_manifest(tmp_path / "edits.jsonl")[0], tmp_path
+
+
+def test_bad_items_fail_alone_and_good_ones_are_edited(job, tiny_dir):
+    items, root = job
+    models = ModelsConfig(sd=str(tiny_dir / "sd"))
+    rep = run_edit_shard(items, out_root=root / "out", cfg=CFG, models=models, concepts_root=root / "concepts")
+    assert sorted(r["id"] for r in rep.results) == ["a", "b", "c"]
+    fails = {f["id"]: f for f in rep.failures}
+    assert "nope.png: file not found" in fails["gone"]["message"]
+    assert "mask is 40x20 but image" in fails["size"]["message"]
+    assert "concept token [P] that no loaded concept defines" in fails["tok"]["message"]
+    assert "weights folder" in fails["concept"]["message"] and fails["concept"]["stage"] == "input"
+    out = load_image(root / "out" / "edits" / "a.png")
+    src = load_image(root / "s0.png")
+    assert out.shape == src.shape and not np.array_equal(out, src)
+    assert np.array_equal(out[40:], src[40:])  # far outside the mask: untouched
+    meta = read_png_meta(root / "out" / "edits" / "a.png")
+    assert meta["id"] == "a" and meta["seed"] == 1 and len(meta["input_hash"]) == 64
+
+
+def test_rerun_skips_current_outputs_and_redoes_changed_ones(job, tiny_dir):
+    items, root = job
+    items = items[:3]
+    models = ModelsConfig(sd=str(tiny_dir / "sd"))
+    run_edit_shard(items, out_root=root / "out", cfg=CFG, models=models)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (root / "out" / "edits").iterdir()}
+    calls = []
+
+    def loader(concept_dir):
+        calls.append(concept_dir)
+        raise AssertionError("nothing to edit: the model must not be loaded")
+
+    rep = run_edit_shard(items, out_root=root / "out", cfg=CFG, models=models, loader=loader)
+    assert rep.counts() == {"edited": 0, "skipped": 3, "failed": 0} and calls == []
+    # a changed input file, a changed config: the affected items are redone
+    Image.fromarray(np.zeros((48, 40, 3), np.uint8)).save(root / "s1.png")
+    rep = run_edit_shard(items, out_root=root / "out", cfg=CFG, models=models)
+    assert {r["id"]: r["status"] for r in rep.results} == {"a": "skipped", "b": "edited", "c": "skipped"}
+    assert (root / "out" / "edits" / "a.png").stat().st_mtime_ns == mtimes["a.png"]
+    rep = run_edit_shard(items, out_root=root / "out", cfg=CFG.model_copy(update={"guidance": 2.0}), models=models)
+    assert rep.counts()["edited"] == 3
+
+
+def test_item_hash_depends_on_prompt_seed_and_config(job):
+    items, _ = job
+    a = items[0]
+    h = item_hash(a, "cfg", None)
+    assert h == item_hash(a, "cfg", None)
+    assert len({h, item_hash(a.model_copy(update={"seed": 2}), "cfg", None),
+                item_hash(a.model_copy(update={"prompt": "b"}), "cfg", None), item_hash(a, "cfg2", None)}) == 4
+
+
+def test_noop_engine_copies_inputs_without_a_model(job):
+    items, root = job
+    rep = run_edit_shard(items[:2], out_root=root / "out", cfg=CFG, models=ModelsConfig(sd="/no/such/model"),
+                         engine="noop")
+    assert rep.counts() == {"edited": 2, "skipped": 0, "failed": 0}
+    assert np.array_equal(load_image(root / "out" / "edits" / "a.png"), load_image(root / "s0.png"))
+
+
+def test_a_concept_that_cannot_be_loaded_fails_its_items_only(job, tiny_dir):
+    items, root = job
+    (root / "concepts" / "dog").mkdir(parents=True)
+    (root / "concepts" / "dog" / "w.bin").write_bytes(b"x")
+    models = ModelsConfig(sd=str(tiny_dir / "sd"))
+    rep = run_edit_shard([items[0], items[6]], out_root=root / "out", cfg=CFG, models=models,
+                         concepts_root=root / "concepts")
+    assert [r["id"] for r in rep.results] == ["a"]
+    (f,) = rep.failures
+    assert f["id"] == "concept" and f["stage"] == "concept"

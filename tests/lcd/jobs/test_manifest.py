@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+
+from lcd.errors import InputImageError, LcdError
+from lcd.jobs.manifest import parse_manifest, read_manifest, select_region, shard_items
+
+
+def _jsonl(*objs):
+    return "\n".join(o if isinstance(o, str) else json.dumps(o) for o in objs)
+
+
+def test_parse_manifest_keeps_good_items_and_reports_bad_lines():
+    text = _jsonl(
+        {"id": "a", "image": "a.jpg", "mask": "a.png", "prompt": "a dog", "seed": 3},
+        "{not json",
+        {"image": "b.jpg", "prompt": "x"},  # no region
+        {"id": "a", "image": "c.jpg", "mask": "c.png", "prompt": "dup"},
+        {"image": "d.jpg", "select": "box:0,0,4,4", "prompt": "a cat", "concept": "dog"},
+        [1, 2],
+        {"id": "bad id!", "image": "e.jpg", "mask": "e.png", "prompt": "x"},
+    )
+    items, failures = parse_manifest(text)
+    assert [it.id for it in items] == ["a", "000004-d"]
+    assert items[0].seed == 3 and items[1].concept == "dog"
+    msgs = {f.id: f.message for f in failures}
+    assert "not valid JSON" in msgs["000001-invalid"]
+    assert "exactly one of 'mask'" in msgs["000002-b"]
+    assert "duplicate id 'a'" in msgs["a"]
+    assert "must be a JSON object" in msgs["000005-invalid"]
+    assert "id must match" in msgs["bad id!"]
+
+
+def test_json_manifest_errors_name_the_problem():
+    with pytest.raises(LcdError, match="must be a list of objects"):
+        parse_manifest('{"a": 1}', "json")
+    with pytest.raises(LcdError, match="not valid JSON"):
+        parse_manifest("[", "json")
+    with pytest.raises(LcdError, match="format must be"):
+        parse_manifest("", "csv")
+
+
+def test_read_manifest_resolves_paths_against_its_folder(tmp_path):
+    (tmp_path / "m").mkdir()
+    p = tmp_path / "m" / "edits.jsonl"
+    p.write_text(_jsonl({"id": "x", "image": "../scenes/x.jpg", "mask": "/abs/x.png", "prompt": "p"}))
+    (item,), _ = read_manifest(p)
+    assert item.image == str(tmp_path / "m" / "../scenes/x.jpg") and item.mask == "/abs/x.png"
+    with pytest.raises(LcdError, match="manifest not found"):
+        read_manifest(tmp_path / "nope.jsonl")
+
+
+def test_shards_partition_the_items_deterministically():
+    items, _ = parse_manifest(_jsonl(*[{"id": f"i{k}", "image": "a", "mask": "m", "prompt": "p"} for k in range(10)]))
+    shards = [shard_items(items, 3, i) for i in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 4]
+    assert [it.id for s in shards for it in s] == [it.id for it in items]
+    assert shard_items(items, 3, 1) == shards[1]
+    with pytest.raises(LcdError, match="num_shards must be >= 1"):
+        shard_items(items, 0, 0)
+    with pytest.raises(LcdError, match=r"shard index must be in \[0, 3\)"):
+        shard_items(items, 3, 3)
+
+
+def test_box_selection_rule():
+    m = select_region("box:1,2,4,3", (5, 6), "it")
+    assert m.dtype == np.bool_ and m.shape == (5, 6) and m.sum() == 3 and m[2, 1:4].all()
+    with pytest.raises(InputImageError, match="it: selection rule 'sam:dog' is not supported"):
+        select_region("sam:dog", (5, 6), "it")
+    with pytest.raises(InputImageError, match="empty or outside the 6x5 image"):
+        select_region("box:0,0,7,2", (5, 6), "it")

@@ -1,0 +1,45 @@
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from lcd.errors import LcdError
+from lcd.jobs import tables
+from lcd.jobs.contact import contact_sheet
+from lcd.jobs.stages import STAGES, available_stages, require_stage
+
+
+def _row(i, shard):
+    return {"id": f"i{i}", "image": "a", "region": "m", "concept": None, "prompt": "p", "seed": i,
+            "output": "o", "input_hash": "h", "status": "edited", "shard": shard, "seconds": 0.1}
+
+
+def test_merge_reads_only_this_sharding_and_keeps_types(tmp_path):
+    for i in range(2):
+        tables.write_table(tmp_path / f"results-{tables.shard_name(i, 2)}.parquet", [_row(i, "s")], tables.RESULTS_SCHEMA)
+    tables.write_table(tmp_path / f"results-{tables.shard_name(0, 3)}.parquet", [_row(9, "old")], tables.RESULTS_SCHEMA)
+    t = tables.merge_tables(tables.shard_table_paths(tmp_path, "results", 2), tables.RESULTS_SCHEMA, tmp_path / "r.parquet")
+    assert t.column("id").to_pylist() == ["i0", "i1"] and t.schema.field("seed").type == pa.int64()
+    empty = tables.merge_tables([tmp_path / "none.parquet"], tables.FAILURES_SCHEMA, tmp_path / "f.parquet")
+    assert empty.num_rows == 0 and empty.schema == tables.FAILURES_SCHEMA
+    with pytest.raises((KeyError, pa.ArrowInvalid, pa.ArrowTypeError)):
+        tables.write_table(tmp_path / "bad.parquet", [{"id": 1}], tables.RESULTS_SCHEMA)
+
+
+def test_contact_sheet_layout():
+    img = np.full((50, 30, 3), 200, np.uint8)
+    mask = np.zeros((50, 30), bool)
+    mask[:10] = True
+    sheet = contact_sheet([(img, mask, img), (img, ~mask, img)], side=32, gap=2)
+    assert sheet.shape == (68, 102, 3) and sheet.dtype == np.uint8
+    with pytest.raises(ValueError, match="must not be empty"):
+        contact_sheet([])
+
+
+def test_stage_guard_names_the_missing_module():
+    assert "edit" in available_stages() and set(available_stages()) <= set(STAGES)
+    with pytest.raises(LcdError, match="stage must be one of"):
+        require_stage("paint")
+    missing = [s for s in STAGES if s not in available_stages()]
+    for s in missing:
+        with pytest.raises(LcdError, match=rf"stage '{s}' needs lcd\.\w+\.\w+"):
+            require_stage(s)

@@ -1,0 +1,32 @@
+"""The edit tasks' bodies (`task.fn`): shard tables written per shard, merged once per item."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from tasks.edit import check_manifest, edit_shard, merge_shard_tables
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def test_shards_then_merge_account_for_every_item_once(tmp_path):
+    lines = [{"id": f"i{k}", "image": str(SAMPLES / "scenes/cat_00.jpg"), "mask": str(SAMPLES / "masks/cat_00.png"),
+              "prompt": "a dog", "seed": k} for k in range(5)] + [{"id": "bad", "image": "x.jpg"}]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in lines))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"models": {"sd": "/unused/in/noop"}, "edit": {"size": 64}}))
+    out = tmp_path / "out"
+    ids = check_manifest.fn(str(manifest), str(out))
+    assert sorted(ids) == ["bad", "i0", "i1", "i2", "i3", "i4"]
+    counts = [edit_shard.fn(str(manifest), str(out), i, 2, str(params), None, "noop", None) for i in range(2)]
+    assert counts == [{"shard": "00000-of-00002", "edited": 2, "skipped": 0, "failed": 0},
+                      {"shard": "00001-of-00002", "edited": 3, "skipped": 0, "failed": 0}]
+    again = edit_shard.fn(str(manifest), str(out), 1, 2, str(params), None, "noop", None)  # a retried shard
+    assert again["skipped"] == 3
+    merged = merge_shard_tables.fn(str(out), 2)
+    assert sorted(merged["ids"]) == sorted(ids) and merged["failed"] == 1
+    assert merged["edited"] == 2 and merged["skipped"] == 3  # the retry replaced its shard's table
+    assert pq.read_table(out / "failures.parquet").column("stage").to_pylist() == ["manifest"]
