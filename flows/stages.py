@@ -8,7 +8,9 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks.stages import build_regset_task, evaluate_task, precompute_masks_task, train_concept_task
+from tasks.stages import (
+    build_regset_task, collect_loss_curves, evaluate_task, precompute_masks_task, train_concept_task,
+)
 
 
 def _concept_dirs(concepts_root: str) -> list[Path]:
@@ -28,8 +30,10 @@ def train_concept(concepts_root: str = "data/concepts", out_root: str = "outputs
                   concepts: list[str] | None = None) -> list[str]:
     """Train every concept (or the named ones) into `<out_root>/<name>`."""
     dirs = [d for d in _concept_dirs(concepts_root) if concepts is None or d.name in concepts]
-    return [train_concept_task(str(d), str(Path(out_root) / d.name), params_path,
-                               str(Path(regset_root) / d.name) if regset_root else None) for d in dirs]
+    out = [train_concept_task(str(d), str(Path(out_root) / d.name), params_path,
+                              str(Path(regset_root) / d.name) if regset_root else None) for d in dirs]
+    collect_loss_curves(out_root, [d.name for d in dirs])  # loss curves for `dvc plots`
+    return out
 
 
 @flow(name="precompute-masks")

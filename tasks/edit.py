@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 from PIL import Image
@@ -12,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lcd.config import EditConfig, load_params
+from lcd.io.atomic import write_text_atomic
 from lcd.io.images import save_png
 from lcd.jobs import tables
 from lcd.jobs.contact import contact_sheet, load_triple
@@ -47,6 +49,11 @@ def merge_shard_tables(out_root: str, num_shards: int) -> dict:
     per_shard: dict[str, int] = {}
     for s in res.column("shard").to_pylist() + fail.column("shard").to_pylist():
         per_shard[s] = per_shard.get(s, 0) + 1
+    summary = {"items": res.num_rows + fail.num_rows, "edited": status.count("edited"),
+               "skipped": status.count("skipped"), "failed": fail.num_rows}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))  # DVC metrics
+    secs = [(r["id"], r["seconds"]) for r in res.to_pylist() if r["status"] == "edited"]
+    write_text_atomic(out / "edit_seconds.csv", "item,seconds\n" + "".join(f"{i},{s:.4f}\n" for i, s in secs))
     return {"edited": status.count("edited"), "skipped": status.count("skipped"), "failed": fail.num_rows,
             "per_shard": per_shard, "ids": res.column("id").to_pylist() + fail.column("id").to_pylist()}
 

@@ -54,3 +54,17 @@ def evaluate_task(results_table: str, out_dir: str, metrics_path: str, params_pa
 
     write_text_atomic(metrics_path, json.dumps(metrics, indent=1, sort_keys=True))
     return metrics
+
+
+@task(cache_policy=NO_CACHE)
+def collect_loss_curves(out_root: str, names: list[str]) -> str:
+    """`<out_root>/<name>/loss.csv` (step,loss, written by lcd.train) -> one `<out_root>/loss.csv`
+    (concept,step,loss) for `dvc plots`. Concepts without a curve are left out."""
+    from lcd.io.atomic import write_text_atomic
+
+    rows = ["concept,step,loss\n"]
+    for name in names:
+        f = Path(out_root) / name / "loss.csv"
+        if f.exists():
+            rows += [f"{name},{line}\n" for line in f.read_text().splitlines()[1:] if line.strip()]
+    return str(write_text_atomic(Path(out_root) / "loss.csv", "".join(rows)))

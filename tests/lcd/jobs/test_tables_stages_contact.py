@@ -43,3 +43,16 @@ def test_stage_guard_names_the_missing_module():
     for s in missing:
         with pytest.raises(LcdError, match=rf"stage '{s}' needs lcd\.\w+\.\w+"):
             require_stage(s)
+
+
+def test_materialise_data_copies_bytes_once(tmp_path):
+    from pathlib import Path
+
+    from lcd.jobs.datasets import materialise_data
+
+    samples = Path(__file__).resolve().parents[3] / "samples"
+    written = materialise_data(samples, tmp_path / "data")
+    assert (tmp_path / "data" / "manifests" / "edits.jsonl").read_bytes() == (samples / "manifests" / "edits.jsonl").read_bytes()
+    assert len(written) >= 12 and materialise_data(samples, tmp_path / "data") == []
+    with pytest.raises(LcdError, match="samples folder lacks concepts"):
+        materialise_data(tmp_path, tmp_path / "d2")

@@ -1,0 +1,58 @@
+"""`python -m flows <stage> [options]`: run one stage's flow in this process.
+
+DVC stage commands use it, so `dvc repro` runs the same flow code as the deployments. With
+PREFECT_API_URL set the runs are recorded on that server; without it Prefect starts a temporary
+local one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m flows")
+    p.add_argument("stage", choices=["regset", "train", "masks", "edit", "evaluate", "nightly", "pipeline"])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--data", default="data")
+    p.add_argument("--out", default="outputs", help="outputs root")
+    p.add_argument("--manifest", default="data/manifests/edits.jsonl")
+    p.add_argument("--engine", default="diffusion", choices=["diffusion", "noop"])
+    p.add_argument("--skip-unavailable", action="store_true", help="pipeline: run the installed stages only")
+    a = p.parse_args(argv)
+    if a.stage == "edit":
+        from flows.edit_batch import edit_batch
+
+        out = edit_batch(a.manifest, f"{a.out}/edit", a.params, num_shards=1, fan_out="inline", engine=a.engine,
+                         concepts_root=f"{a.out}/concepts")
+    elif a.stage == "regset":
+        from flows.stages import build_regset
+
+        out = build_regset(f"{a.data}/concepts", f"{a.out}/regset", a.params)
+    elif a.stage == "train":
+        from flows.stages import train_concept
+
+        out = train_concept(f"{a.data}/concepts", f"{a.out}/concepts", f"{a.out}/regset", a.params)
+    elif a.stage == "masks":
+        from flows.stages import precompute_masks
+
+        out = precompute_masks(f"{a.data}/scenes", f"{a.out}/masks/masks.parquet", a.params)
+    elif a.stage == "evaluate":
+        from flows.stages import evaluate
+
+        out = evaluate(f"{a.out}/edit/results.parquet", f"{a.out}/evaluate", "metrics.json", a.params)
+    elif a.stage == "nightly":
+        from flows.nightly import nightly_concepts
+
+        out = nightly_concepts(f"{a.data}/concepts", f"{a.out}/concepts", f"{a.out}/regset", a.params)
+    else:
+        from flows.pipeline import pipeline
+
+        out = pipeline(a.manifest, a.data, a.out, a.params, skip_unavailable=a.skip_unavailable)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

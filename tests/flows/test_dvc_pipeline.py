@@ -1,0 +1,99 @@
+"""`dvc repro` of dvc.yaml in a temporary git repository, stage commands running the flows.
+
+Stages whose library is not installed on this checkout are left out of the copy of dvc.yaml
+(with the deps that are their outputs); with every library present the copy is dvc.yaml itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lcd.jobs.stages import STAGES, available_stages
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
+COPY = ["lcd", "flows", "tasks", "samples", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore"]
+
+
+def _restrict(dvc_yaml: dict, keep: list[str]) -> dict:
+    """Drop stages not in `keep`, and the deps of kept stages that are outs / sources of dropped ones."""
+    dropped = {s: st for s, st in dvc_yaml["stages"].items() if s not in keep}
+    gone = set()
+    for s, st in dropped.items():
+        gone |= {next(iter(o)) if isinstance(o, dict) else o for o in st.get("outs", []) + st.get("plots", [])}
+        gone.add(f"lcd/{s}")
+    stages = {}
+    for s, st in dvc_yaml["stages"].items():
+        if s in keep:
+            stages[s] = {**st, "deps": [d for d in st["deps"] if d not in gone and not any(d.startswith(g + "/") for g in gone)]}
+    return {**dvc_yaml, "stages": stages}
+
+
+def _ran(out: str) -> set[str]:
+    return set(re.findall(r"Running stage '(\w+)'", out))
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, tiny_dir, prefect_server):
+    root = tmp_path / "repo"
+    for rel in COPY:
+        src, dst = REPO / rel, root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
+    keep = [s for s in STAGES if s in available_stages()]
+    (root / "dvc.yaml").write_text(yaml.safe_dump(_restrict(yaml.safe_load((REPO / "dvc.yaml").read_text()), keep),
+                                                  sort_keys=False))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())  # the real file, on the tiny models
+    params["models"].update(sd=str(tiny_dir / "sd"), sam=str(tiny_dir / "sam" / "sam_vit_tiny.pth"),
+                            clip=str(tiny_dir / "clip"))
+    params["edit"].update(steps=2, size=64, guidance=6.0)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**prefect_server.env, "PYTHONPATH": str(root),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+    def run(*args: str) -> str:
+        out = subprocess.run(list(args), cwd=root, env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, f"{args} -> {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+        return out.stdout + out.stderr
+
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "lcd", "data", "init")
+    return root, keep, run
+
+
+def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
+    root, keep, run = dvc_repo
+    dvc = [sys.executable, "-m", "dvc"]
+    # the materialised data/ has exactly the bytes data.dvc records: only the (fresh) cache lacks it
+    recorded = (root / "data.dvc").read_bytes()
+    assert "not in cache" in run(*dvc, "status", "data.dvc")
+    run(*dvc, "commit", "--force", "data.dvc")
+    assert (root / "data.dvc").read_bytes() == recorded
+    assert "up to date" in run(*dvc, "status", "data.dvc")
+    assert _ran(run(*dvc, "repro")) == set(keep)
+    assert sorted(p.name for p in (root / "outputs/edit/edits").glob("*.png")) == [
+        "backpack_00.png", "cat_00.png", "teapot_00.png"]
+    assert _ran(run(*dvc, "repro")) == set()  # nothing changed: nothing runs
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["edit"]["guidance"] = 3.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    downstream = {"edit", "evaluate"} & set(keep)
+    assert _ran(run(*dvc, "repro")) == downstream  # regset, train, masks untouched
+    metrics = json.loads(run(*dvc, "metrics", "show", "--json"))
+    (rev,) = metrics.values()  # the workspace (keyed "" while the temp repo has no commit)
+    summary = rev["data"]["outputs/edit/summary.json"]["data"]
+    assert summary == {"edited": 3, "failed": 0, "items": 3, "skipped": 0}
+    plots = json.loads(run(*dvc, "plots", "show", "--json"))
+    (plot,) = plots["data"]["outputs/edit/edit_seconds.csv"]
+    assert sorted(v["item"] for v in plot["content"]["data"]["values"]) == ["backpack_00", "cat_00", "teapot_00"]
+    if "evaluate" in keep:
+        assert "metrics.json" in json.dumps(metrics)
