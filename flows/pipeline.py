@@ -11,6 +11,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
+from lcd.config import EditConfig
 from lcd.jobs.stages import STAGES, require_stage, stage_available
 from flows.edit_batch import edit_batch
 from flows.stages import build_regset, evaluate, precompute_masks, train_concept
@@ -26,6 +27,7 @@ def pipeline(
     skip_unavailable: bool = False,
     num_shards: int = 1,
     fan_out: Literal["deployment", "inline"] = "inline",
+    edit: EditConfig | None = None,
 ) -> dict:
     """Run the chosen stages in order; -> {stage: summary | "not installed"}."""
     log = get_run_logger()
@@ -48,7 +50,7 @@ def pipeline(
         report["masks"] = precompute_masks(f"{data_root}/scenes", f"{out_root}/masks/masks.parquet", params_path)
     if "edit" in run:
         report["edit"] = edit_batch(manifest, f"{out_root}/edit", params_path, num_shards=num_shards,
-                                    fan_out=fan_out, concepts_root=f"{out_root}/concepts")
+                                    fan_out=fan_out, concepts_root=f"{out_root}/concepts", edit=edit)
     if "evaluate" in run:
         report["evaluate"] = evaluate(f"{out_root}/edit/results.parquet", f"{out_root}/evaluate",
                                       "metrics.json", params_path)
