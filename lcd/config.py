@@ -68,6 +68,7 @@ class Params(StrictConfig):
 
     models: ModelsConfig = ModelsConfig()
     edit: EditConfig = EditConfig()
+    train: "TrainConfig" = Field(default_factory=lambda: TrainConfig())
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -82,3 +83,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise LcdError(f"{p}: {where}: {first['msg']}", item=f"{p}:{where}") from None
+
+
+from lcd.train.config import TrainConfig  # noqa: E402  (TrainConfig subclasses StrictConfig above)
+
+Params.model_rebuild()

@@ -321,7 +321,7 @@ def _concept(pipe, cfg, specs, examples, rows, names, params, lp, losses) -> Con
 
 
 @torch.no_grad()
-def concept_loss(pipe, images: np.ndarray, captions: Sequence[str], seed: int = 0, repeats: int = 4) -> float:
+def concept_loss(pipe, images: np.ndarray, captions: Sequence[str], seed: int = 0, repeats: int = 2) -> float:
     """Mean un-augmented diffusion loss of `images` (N, 3, S, S) in [-1, 1] under fixed noise and
     timesteps: a like-for-like measure before and after training."""
     gen = torch.Generator("cpu").manual_seed(seed)
