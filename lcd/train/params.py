@@ -54,11 +54,12 @@ def count_params(config: dict[str, Any], method: str = "kv") -> dict[str, int]:
 
     For 'lora' the count is of the adapters (r * (in + out) per K/V module, rank from config key
     'lora_rank', default 4)."""
+    config = dict(config)
+    rank = int(config.pop("lora_rank", 4))
     unet = meta_unet(config)
     shapes = {n: tuple(p.shape) for n, p in unet.named_parameters()}
     total = sum(_numel(s) for s in shapes.values())
     if method == "lora":
-        rank = int(config.get("lora_rank", 4))
         mods = [n.rsplit(".", 1)[0] for n in shapes if n.rsplit(".", 1)[0].endswith(KV_SUFFIXES) and n.endswith("weight")]
         n = sum(rank * (shapes[m + ".weight"][0] + shapes[m + ".weight"][1]) for m in mods)
         return {"unet": total, "trainable": n, "tensors": len(mods)}
