@@ -266,3 +266,25 @@ def test_config_rejects_bad_values():
         TrainConfig(template="a photo of a dog")
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         TrainConfig(learning_rate=1.0)
+
+
+def test_checkpointing_bf16_and_validation_images(fresh_sd, dog_photos, tiny_cfg, tmp_path):
+    from lcd.io.images import read_png_meta
+
+    res = train_concepts(fresh_sd(), [_spec(dog_photos)],
+                         tiny_cfg(steps=1, gradient_checkpointing=True, mixed_precision="bf16", validate_every=1,
+                                  validation_steps=1), work_dir=tmp_path)
+    assert np.isfinite(res.losses[0]["loss"])
+    png = tmp_path / "validation" / "step-000001.png"
+    assert read_png_meta(png)["prompt"] == "a photo of [P] dog on a beach"
+
+
+def test_per_photo_captions(dog_photos, tmp_path):
+    for f in dog_photos.glob("*.jpg"):
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "00.txt").write_text("[P] dog asleep on a rug")
+    exs = data.load_concept_photos(tmp_path, "[P]", "dog", TrainConfig().template, min_photos=3, min_px=32)
+    assert exs[0].caption == "[P] dog asleep on a rug" and exs[1].caption == "a photo of [P] dog"
+    (tmp_path / "01.txt").write_text("a dog asleep")
+    with pytest.raises(LcdError, match="01.txt: caption 'a dog asleep' does not contain the concept token"):
+        data.load_concept_photos(tmp_path, "[P]", "dog", TrainConfig().template, min_photos=3, min_px=32)
