@@ -19,7 +19,7 @@ from PIL import Image
 import lcd
 from lcd.config import EditConfig
 from lcd.edit import region
-from lcd.edit.prompts import check_prompt
+from lcd.edit.prompts import CONCEPT_TOKEN, check_prompt
 from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents, encode_prompts
 from lcd.errors import InputImageError
 from lcd.models.loader import LoadedPipeline
@@ -62,7 +62,8 @@ def check_item(item: EditItem, known_tokens: Sequence[str], required_tokens: Seq
 
 
 def known_concept_tokens(tokenizer) -> list[str]:
-    return list(tokenizer.get_added_vocab().keys())
+    """`[NAME]` tokens added to the tokenizer by loaded concepts (special tokens excluded)."""
+    return [t for t in tokenizer.get_added_vocab() if CONCEPT_TOKEN.fullmatch(t)]
 
 
 def _prepare(item: EditItem, cfg: EditConfig):
