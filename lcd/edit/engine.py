@@ -107,7 +107,8 @@ def _run_batch(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: E
         masked = encode_latents(vae, images * (regions < 0.5))
         inpaint_cond = torch.cat([F.interpolate(regions, size=(h, h)), masked], dim=1)
     cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [it.prompt for it in items])
-    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt] * len(items))
+    # one negative-prompt encoding serves the whole batch
+    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt]).expand(len(items), -1, -1)
     noise = initial_noise([it.seed for it in items], (unet.config.out_channels, h, h), device, dtype)
     settings = SamplerSettings(cfg.steps, cfg.guidance, cfg.eta, cfg.blend_start, cfg.blend)
     latents = denoise(
