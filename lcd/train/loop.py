@@ -12,6 +12,7 @@ The token rows are a separate (n, D) parameter spliced into the embedding matrix
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -271,7 +272,8 @@ def _class_images(lp, specs, cfg, work):
         prompt = cfg.class_template.format(class_word=s.class_word)
         key = hashlib.sha256(f"{lp.source.sha256 or lp.source.revision}|{prompt}|{cfg.resolution}|"
                              f"{cfg.class_image_steps}|{cfg.class_image_guidance}|{cfg.seed}".encode()).hexdigest()[:12]
-        cache = (work or Path(".lcd-cache")) / "class_images" / key
+        # without a work dir the images live in a temp folder for this run only
+        cache = (work if work is not None else Path(tempfile.mkdtemp(prefix="lcd-class-"))) / "class_images" / key
         out += data.generate_class_images(lp.pipe, prompt, cfg.num_class_images, cache, steps=cfg.class_image_steps,
                                           guidance=cfg.class_image_guidance, size=cfg.resolution, seed=cfg.seed)
     return out

@@ -126,10 +126,12 @@ def test_import_diffusers_trained_custom_diffusion(fresh_sd, generate, tmp_path,
     assert np.abs(got - generate(fresh_sd().pipe, "a photo of dog dog")).max() > 1e-2
 
 
-def test_lora_concept_exports_merged_kv(fresh_sd, generate, tmp_path, dog_photos, tiny_cfg):
+@pytest.mark.parametrize("method", ["lora", "crossattn"])
+def test_lora_and_crossattn_concepts_export(fresh_sd, generate, tmp_path, dog_photos, tiny_cfg, method):
+    """LoRA is merged into K/V; crossattn also exports q/out (diffusers' train_q_out)."""
     lp = fresh_sd()
     res = train_concepts(lp, [ConceptSpec(photos=str(dog_photos), class_word="dog")],
-                         tiny_cfg(steps=2, method="lora", lora_rank=2, lr=1e-2))
+                         tiny_cfg(steps=2, method=method, lora_rank=2, lr=1e-2))
     export_diffusers(res.concept, fresh_sd().pipe.unet, tmp_path)
     stock = fresh_sd().pipe
     stock.unet.load_attn_procs(str(tmp_path), weight_name=DIFFUSERS_WEIGHTS_NAME, _pipeline=stock)

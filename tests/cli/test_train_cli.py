@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -11,7 +10,7 @@ from PIL import Image
 
 from lcd.cli import main
 
-SAMPLES = Path(__file__).resolve().parents[3] / "samples"
+from tests.conftest import SAMPLES
 
 
 @pytest.fixture(scope="module")
