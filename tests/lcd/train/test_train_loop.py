@@ -10,7 +10,6 @@ import torch
 
 from lcd.concepts.io import add_tokens, apply_concepts, load_concept, save_concept
 from lcd.errors import InputImageError, LcdError, ModelLoadError, PromptError
-from lcd.models.loader import load_sd_pipeline
 from lcd.train import data
 from lcd.train.config import ConceptSpec, TrainConfig
 from lcd.train.loop import TrainingError, concept_loss, train_concepts
