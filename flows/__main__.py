@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     elif a.stage == "train":
         from flows.stages import train_concept
 
-        out = train_concept(f"{a.data}/concepts", f"{a.out}/concepts", f"{a.out}/regset", a.params)
+        out = train_concept(f"{a.data}/concepts", f"{a.out}/concepts", f"{a.out}/regset", a.params,
+                            loss_csv=f"{a.out}/train_loss.csv")
     elif a.stage == "masks":
         from flows.stages import precompute_masks
 

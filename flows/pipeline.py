@@ -45,7 +45,8 @@ def pipeline(
         report["regset"] = build_regset(f"{data_root}/concepts", f"{out_root}/regset", params_path)
     if "train" in run:
         report["train"] = train_concept(f"{data_root}/concepts", f"{out_root}/concepts",
-                                        f"{out_root}/regset" if "regset" in run else None, params_path)
+                                        f"{out_root}/regset" if "regset" in run else None, params_path,
+                                        loss_csv=f"{out_root}/train_loss.csv")
     if "masks" in run:
         report["masks"] = precompute_masks(f"{data_root}/scenes", f"{out_root}/masks/masks.parquet", params_path)
     if "edit" in run:

@@ -36,7 +36,7 @@ def build_regset_task(concept_dir: str, out_dir: str, params_path: str) -> str:
 @task(cache_policy=NO_CACHE)
 def train_concept_task(photos_dir: str, out_dir: str, params_path: str, regset_dir: str | None = None) -> str:
     fn, cfg, models = _stage("train", params_path)
-    return str(fn(Path(photos_dir), Path(out_dir), cfg, models, regset_dir=Path(regset_dir) if regset_dir else None))
+    return str(fn(Path(photos_dir), Path(out_dir), cfg, models, regset_dir=regset_dir))
 
 
 @task(cache_policy=NO_CACHE)
@@ -57,14 +57,17 @@ def evaluate_task(results_table: str, out_dir: str, metrics_path: str, params_pa
 
 
 @task(cache_policy=NO_CACHE)
-def collect_loss_curves(out_root: str, names: list[str]) -> str:
-    """`<out_root>/<name>/loss.csv` (step,loss, written by lcd.train) -> one `<out_root>/loss.csv`
-    (concept,step,loss) for `dvc plots`. Concepts without a curve are left out."""
+def collect_loss_curves(out_root: str, names: list[str], dest: str) -> str:
+    """`<out_root>/<name>/training/losses.csv` (step,loss,..., written by lcd.train) -> one
+    `dest` CSV (concept,step,loss) for `dvc plots`. Concepts without a curve are left out."""
     from lcd.io.atomic import write_text_atomic
 
     rows = ["concept,step,loss\n"]
     for name in names:
-        f = Path(out_root) / name / "loss.csv"
+        f = Path(out_root) / name / "training" / "losses.csv"
         if f.exists():
-            rows += [f"{name},{line}\n" for line in f.read_text().splitlines()[1:] if line.strip()]
-    return str(write_text_atomic(Path(out_root) / "loss.csv", "".join(rows)))
+            lines = f.read_text().splitlines()
+            cols = lines[0].split(",")
+            i_step, i_loss = cols.index("step"), cols.index("loss")
+            rows += [f"{name},{v[i_step]},{v[i_loss]}\n" for v in (x.split(",") for x in lines[1:] if x.strip())]
+    return str(write_text_atomic(dest, "".join(rows)))

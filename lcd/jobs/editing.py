@@ -127,12 +127,11 @@ def default_loader(models: ModelsConfig) -> PipelineLoader:
                               single_file_config=models.sd_single_file_config)
         if concept_dir is None:
             return lp, []
-        try:
-            from lcd.concepts import apply_concept  # lands with the training branch
-        except ImportError:
-            raise LcdError(f"concept {concept_dir.name!r}: lcd.concepts is not installed, cannot load concept weights",
-                           item=str(concept_dir)) from None
-        return lp, list(apply_concept(lp, concept_dir))
+        from lcd.concepts.io import apply_concepts, load_concept
+
+        concept = load_concept(concept_dir)
+        apply_concepts(lp.pipe, [concept])
+        return lp, list(concept.tokens)
     return load
 
 

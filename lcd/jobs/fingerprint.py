@@ -36,7 +36,8 @@ def concept_fingerprint(concept_dir: str | Path, config: dict[str, Any], base_mo
         raise LcdError(f"{concept_dir}: concept folder has no photos ({', '.join(PHOTO_SUFFIXES)})",
                        item=str(concept_dir))
     h = hashlib.sha256()
-    for p in photos:
+    spec = Path(concept_dir) / "concept.json"  # class word / token (lcd.jobs.training)
+    for p in photos + ([spec] if spec.exists() else []):
         h.update(f"{p.name}\t{sha256_file(p)}\n".encode())
     h.update(json.dumps(config, sort_keys=True, default=str).encode())
     h.update(base_model.encode())

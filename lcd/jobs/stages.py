@@ -17,7 +17,7 @@ STAGES = ("regset", "train", "masks", "edit", "evaluate")
 # stage -> (module, function the stage calls)
 STAGE_FUNCTIONS = {
     "regset": ("lcd.regset", "build_regset"),
-    "train": ("lcd.train", "train_concept"),
+    "train": ("lcd.jobs.training", "train_concept"),  # wraps lcd.train + lcd.concepts
     "masks": ("lcd.masks", "precompute_masks"),
     "edit": ("lcd.edit.engine", "edit_images"),
     "evaluate": ("lcd.evaluate", "evaluate_edits"),

@@ -56,6 +56,8 @@ def dvc_repo(tmp_path, tiny_dir, prefect_server):
     params["models"].update(sd=str(tiny_dir / "sd"), sam=str(tiny_dir / "sam" / "sam_vit_tiny.pth"),
                             clip=str(tiny_dir / "clip"))
     params["edit"].update(steps=2, size=64, guidance=6.0)
+    params["train"].update(steps=2, resolution=64, batch_size=1, prior=False, min_photo_px=64, checkpoint_every=0,
+                           progress=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**prefect_server.env, "PYTHONPATH": str(root),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -80,8 +82,9 @@ def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
     assert (root / "data.dvc").read_bytes() == recorded
     assert "up to date" in run(*dvc, "status", "data.dvc")
     assert _ran(run(*dvc, "repro")) == set(keep)
-    assert sorted(p.name for p in (root / "outputs/edit/edits").glob("*.png")) == [
-        "backpack_00.png", "cat_00.png", "teapot_00.png"]
+    edits = sorted(p.stem for p in (root / "outputs/edit/edits").glob("*.png"))
+    # the manifest's concept item needs the trained concept: edited when train ran, a failure otherwise
+    assert edits == sorted(["backpack_00", "cat_00", "teapot_00"] + (["cat_00-dog"] if "train" in keep else []))
     assert _ran(run(*dvc, "repro")) == set()  # nothing changed: nothing runs
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["edit"]["guidance"] = 3.0
@@ -91,9 +94,12 @@ def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
     metrics = json.loads(run(*dvc, "metrics", "show", "--json"))
     (rev,) = metrics.values()  # the workspace (keyed "" while the temp repo has no commit)
     summary = rev["data"]["outputs/edit/summary.json"]["data"]
-    assert summary == {"edited": 3, "failed": 0, "items": 3, "skipped": 0}
+    assert summary == {"edited": len(edits), "failed": 4 - len(edits), "items": 4, "skipped": 0}
     plots = json.loads(run(*dvc, "plots", "show", "--json"))
     (plot,) = plots["data"]["outputs/edit/edit_seconds.csv"]
-    assert sorted(v["item"] for v in plot["content"]["data"]["values"]) == ["backpack_00", "cat_00", "teapot_00"]
+    assert sorted(v["item"] for v in plot["content"]["data"]["values"]) == edits
+    if "train" in keep:
+        (loss,) = plots["data"]["outputs/train_loss.csv"]
+        assert [int(v["step"]) for v in loss["content"]["data"]["values"]] == [1, 2]
     if "evaluate" in keep:
         assert "metrics.json" in json.dumps(metrics)
