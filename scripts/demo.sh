@@ -57,11 +57,11 @@ fi
 $PREFECT --no-prompt deploy --all >"$PREFECT_HOME/deploy.log" 2>&1 || { tail -30 "$PREFECT_HOME/deploy.log"; exit 1; }
 
 # 5. the pipeline on the bundled samples (stages whose library is not installed are reported, not
-#    run); the edit is shortened for CPUs (LCD_DEMO_EDIT=null uses params.yaml's edit section)
-EDIT=${LCD_DEMO_EDIT:-'{"steps": 4, "size": 128, "batch_size": 4}'}
-$PREFECT deployment run lcd-pipeline/default -p skip_unavailable=true -p "edit=$EDIT" --watch --watch-interval 2
+#    run), with samples/params.demo.yaml: tiny models, few steps (LCD_DEMO_PARAMS=params.yaml for the real settings)
+PARAMS=${LCD_DEMO_PARAMS:-samples/params.demo.yaml}
+$PREFECT deployment run lcd-pipeline/default -p skip_unavailable=true -p "params_path=$PARAMS" --watch --watch-interval 2
 
 echo
 echo "Prefect UI:   http://127.0.0.1:$PORT   (server + worker keep running; 'scripts/demo.sh stop' stops them)"
 echo "Outputs:      $ROOT/outputs   (edits in outputs/edit/edits, tables outputs/edit/*.parquet, contact sheet outputs/edit/contact_sheet.png)"
-echo "Next:         export PREFECT_HOME=$PREFECT_HOME; prefect deployment run edit-batch/default -p manifest=data/manifests/edits.jsonl -p out_root=outputs/edit-2 -p 'edit={\"steps\": 4, \"size\": 128}' --watch"
+echo "Next:         export PREFECT_HOME=$PREFECT_HOME; prefect deployment run edit-batch/default -p manifest=data/manifests/edits.jsonl -p out_root=outputs/edit-2 -p params_path=$PARAMS --watch"
