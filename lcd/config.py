@@ -63,11 +63,17 @@ class EditConfig(StrictConfig):
         return v
 
 
+# Stage configs subclass StrictConfig, so they are imported once it exists (lcd/evaluate/__init__.py
+# imports lcd.config first, so either import order works).
+from lcd.evaluate.config import EvaluateConfig  # noqa: E402
+
+
 class Params(StrictConfig):
     """The whole `params.yaml`. Sections of later stages are added as their modules land."""
 
     models: ModelsConfig = ModelsConfig()
     edit: EditConfig = EditConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
