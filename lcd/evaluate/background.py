@@ -101,8 +101,9 @@ def load_lpips(net: str = "alex", backbone: str = "random", linear: str | None =
         raise ModelLoadError(f"{backbone}: LPIPS backbone weights not found (or use 'random')", item=backbone)
     if linear is not None and not Path(linear).is_file():
         raise ModelLoadError(f"{linear}: LPIPS linear weights not found", item=linear)
-    warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
-    model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, spatial=True, model_path=linear, verbose=False)
+    with warnings.catch_warnings():  # torchvision's 'pretrained' deprecation, from inside lpips
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, spatial=True, model_path=linear, verbose=False)
     if backbone != "random":
         _load_backbone(model.net, backbone)
     return LpipsModel(model.to(device).eval(), backbone, linear or "lpips-package-v0.1")

@@ -73,7 +73,7 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float64 in [0, 255]."""
     if not (isinstance(img, np.ndarray) and img.ndim == 3 and img.shape[2] == 3):
         raise LcdError(f"image must be (H, W, 3), got {getattr(img, 'shape', type(img).__name__)}", item="image")
-    return torch.from_numpy(np.ascontiguousarray(img)).to(torch.float64).permute(2, 0, 1)[None]
+    return torch.from_numpy(np.array(img)).to(torch.float64).permute(2, 0, 1)[None]
 
 
 def _gauss(size: int = WIN_SIZE, sigma: float = WIN_SIGMA, dtype=torch.float64) -> torch.Tensor:
