@@ -65,7 +65,6 @@ def _concept_provider(tiny_dir):
     return provide, calls
 
 
-@pytest.mark.slow
 def test_protocol_end_to_end_two_subjects_and_resume(dreambench, tiny_dir, tiny_sd, embedders, lpips_random, tmp_path):
     provide, calls = _concept_provider(tiny_dir)
     methods = [P.Method("class-word", pipeline=tiny_sd), P.Method("concept", concept=provide)]
