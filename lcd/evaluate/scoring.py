@@ -7,6 +7,7 @@ CLIP-I / DINO-I compare against. Output: one flat dict of numbers per edit (floa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -33,6 +34,15 @@ class EditRecord:
     mask: np.ndarray
     text: str  # CLIP-T text: prompt with the concept token replaced by the class word
     concept: str  # key into the concept photo table
+
+
+def clip_t_text(prompt: str, class_word: str) -> str:
+    """The CLIP-T text: 'a [P] dog on the beach' -> 'a dog on the beach'; a token not followed by
+    the class word becomes the class word ('photo of [P]' -> 'photo of dog')."""
+    from lcd.edit.prompts import CONCEPT_TOKEN
+
+    out = re.sub(CONCEPT_TOKEN.pattern + r"\s+" + re.escape(class_word) + r"\b", class_word, prompt)
+    return " ".join(CONCEPT_TOKEN.sub(class_word, out).split())
 
 
 def mask_box(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
