@@ -28,6 +28,7 @@ def register(sub) -> None:
     d.add_argument("--n-prompts", type=int)
     for x in (e, d):
         x.add_argument("--device")
+        x.add_argument("--loss-curves", help='JSON {"<run name>": [loss per step, ...]} to plot in the report')
     p.set_defaults(func=run)
 
 
@@ -58,6 +59,7 @@ def run(args) -> int:
     params = params_or_default(args.params)
     device = args.device or params.models.device
     out = Path(args.out)
+    curves = _loss_curves(args.loss_curves)  # bad input fails before any model is loaded
     # 1. metric models (a bad model reference fails here, before any editing)
     emb, lp_model = _metric_models(params, device)
     # 2. score a manifest, or edit + score the DreamBench protocol
@@ -74,11 +76,26 @@ def run(args) -> int:
     write_text_atomic(out / "failures.json", json.dumps(failures, indent=1))
     write_metrics_json(out / "metrics.json", table)
     html, _ = write_report(out, title=f"LCDiffusion evaluation ({args.evaluate_command})", tables=tables,
-                           sheets=sheets, notes=_notes(params, lp_model))
+                           sheets=sheets, loss_curves=curves, notes=_notes(params, lp_model))
     for f in failures:
         print(f"failed: {f.get('item')}: {f['error']}")
     print(html)
     return 0 if rows else 2
+
+
+def _loss_curves(path: str | None) -> dict[str, list[float]] | None:
+    from lcd.errors import LcdError
+
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LcdError(f"{p}: cannot read loss curves ({e})", item=str(p)) from None
+    if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
+        raise LcdError(f"{p}: loss curves must be a JSON object of lists of numbers", item=str(p))
+    return doc
 
 
 def _score_manifest(manifest: Path, params, emb, lp_model):

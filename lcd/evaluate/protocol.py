@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -79,6 +79,27 @@ class Method:
         if self.pipeline is None:
             raise LcdError(f"method {self.name!r} has neither a pipeline nor a concept provider", item=self.name)
         return self.pipeline, None
+
+
+def folder_concepts(
+    folders: Mapping[str, str | Path], install: Callable[[Path], tuple[LoadedPipeline, str]]
+) -> ConceptProvider:
+    """Concept provider from trained concept folders: subject name -> folder, and `install`, which
+    loads one folder onto a pipeline and returns (pipeline, token) — lcd.train's loader once it is
+    merged. Each folder is installed once; a subject without a folder is a recorded failure."""
+    cache: dict[str, tuple[LoadedPipeline, str]] = {}
+
+    def provide(subject: Subject) -> tuple[LoadedPipeline, str]:
+        if subject.name not in folders:
+            raise LcdError(f"no trained concept folder for subject {subject.name!r}", item=subject.name)
+        if subject.name not in cache:
+            folder = Path(folders[subject.name])
+            if not folder.is_dir():
+                raise LcdError(f"{folder}: concept folder not found", item=str(folder))
+            cache[subject.name] = install(folder)
+        return cache[subject.name]
+
+    return provide
 
 
 @dataclass

@@ -62,8 +62,17 @@ def test_evaluate_edits_missing_manifest_is_one_line_error(params_file, tmp_path
 
 def test_evaluate_dreambench_command(params_file, dreambench, tmp_path):
     out = tmp_path / "db"
-    assert main(["--params", str(params_file), "evaluate", "dreambench", "--dreambench", str(dreambench), "--out", str(out)]) == 0
+    (tmp_path / "loss.json").write_text(json.dumps({"dog-kv": [0.9, 0.6, 0.5]}))
+    assert main(["--params", str(params_file), "evaluate", "dreambench", "--dreambench", str(dreambench), "--out", str(out),
+                 "--loss-curves", str(tmp_path / "loss.json")]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["class-word"] and metrics["class-word"]["n"] == 1
     page = (out / "report.html").read_text()
-    assert page.count("<img ") == 1 and "a dog in the jungle" in page
+    assert page.count("<img ") == 2 and "a dog in the jungle" in page and "dog-kv" in page
+
+
+def test_evaluate_bad_loss_curves_is_one_line_error(params_file, dreambench, tmp_path, capsys):
+    (tmp_path / "loss.json").write_text('{"a": 3}')
+    assert main(["--params", str(params_file), "evaluate", "dreambench", "--dreambench", str(dreambench),
+                 "--out", str(tmp_path / "o"), "--loss-curves", str(tmp_path / "loss.json")]) == 2
+    assert "loss curves must be a JSON object of lists" in capsys.readouterr().err

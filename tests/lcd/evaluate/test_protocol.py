@@ -103,3 +103,20 @@ def test_protocol_records_bad_items_and_refuses_bad_methods(dreambench, tiny_sd,
         P.run_protocol([P.Method("a", tiny_sd), P.Method("a", tiny_sd)], cfg, EDIT, embedders, None, tmp_path)
     with pytest.raises(LcdError, match="is not in prompts_and_classes"):
         P.run_protocol([P.Method("a", tiny_sd)], _cfg(dreambench, subjects=["nope"]), EDIT, embedders, None, tmp_path)
+
+
+def test_folder_concepts_installs_each_folder_once(tmp_path):
+    (tmp_path / "dog").mkdir()
+    installed = []
+
+    def install(folder):
+        installed.append(folder.name)
+        return "pipeline", "[P]"
+
+    provide = P.folder_concepts({"dog": tmp_path / "dog", "cat": tmp_path / "nope"}, install)
+    dog = P.Subject("dog", "dog", ())
+    assert provide(dog) == ("pipeline", "[P]") and provide(dog) == ("pipeline", "[P]") and installed == ["dog"]
+    with pytest.raises(LcdError, match="concept folder not found"):
+        provide(P.Subject("cat", "cat", ()))
+    with pytest.raises(LcdError, match="no trained concept folder for subject 'teapot'"):
+        provide(P.Subject("teapot", "teapot", ()))

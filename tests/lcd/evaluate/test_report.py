@@ -83,3 +83,18 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(tmp_path):
     (tmp_path / "report/images/sheet_001.png").unlink()
     total, loaded, states = _counts(_render(html_path))
     assert (total, loaded) == (4, 3) and states.count("broken") == 1
+
+
+def test_dvc_metrics_show_reads_metrics_json(tmp_path):
+    """`dvc metrics show` reads our metrics.json, "inf" included (in a --no-scm DVC project)."""
+    import os
+    import sys
+
+    R.write_metrics_json(tmp_path / "metrics.json", [{"method": "a", "clip_t": 0.3, "bg_psnr": math.inf}])
+    (tmp_path / "dvc.yaml").write_text("metrics:\n  - metrics.json\n")
+    env = os.environ | {"DVC_NO_ANALYTICS": "1"}
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True, env=env)
+    out = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)[""]["data"]["metrics.json"]["data"]
+    assert data == {"a": {"clip_t": 0.3, "bg_psnr": "inf"}}
