@@ -1,11 +1,13 @@
 """`lcd evaluate`: score edits listed in a manifest, or run the DreamBench protocol in edit mode.
 
   lcd evaluate edits --manifest edits.json --out DIR
-      manifest: [{"edit", "reference", "mask", "prompt", "class_word", "concept" (photo folder),
-      "method" (optional)}]. Writes DIR/rows.json, DIR/metrics.json, DIR/report.html (+ .png).
+      manifest: [{"edit", "reference", "mask", "prompt", "concept" (photo folder), "class_word"
+      (optional), "method" (optional)}]. Writes DIR/rows.json, failures.json, metrics.json,
+      report.html (+ report.png).
   lcd evaluate dreambench --out DIR
-      runs evaluate.* of params.yaml with the base model (class-word prompts) and writes the same.
-Bad manifest entries are recorded in DIR/failures.json; the rest are scored.
+      runs evaluate.* of params.yaml with the base model (class-word prompts: no trained concept
+      is wired into the CLI yet) and writes the same files.
+Bad manifest entries are recorded in DIR/failures.json and printed; the rest are scored.
 """
 
 from __future__ import annotations
@@ -32,55 +34,46 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _metric_models(params, device):
-    from lcd.evaluate.background import load_lpips
-    from lcd.evaluate.embedders import load_embedders
-
-    ev = params.evaluate
-    emb = load_embedders(ev, params.models.clip, dtype=params.models.dtype, device=device)
-    return emb, load_lpips(ev.lpips_net, ev.lpips_backbone, ev.lpips_linear, device=device)
-
-
-def _notes(params, lp_model) -> list[str]:
-    ev = params.evaluate
-    notes = [f"CLIP-T is a raw cosine x {ev.clip_t_scale} (1.0 = published tables; Custom Diffusion's code uses 2.5).",
-             "Background metrics: mean over unmasked pixels; SSIM/LPIPS on images zeroed inside the mask.",
-             "PSNR of an untouched background is infinite (∞; \"inf\" in metrics.json)."]
-    if not lp_model.comparable:
-        notes.append("LPIPS backbone is random (evaluate.lpips_backbone: random): LPIPS numbers only rank.")
-    return notes
-
-
 def run(args) -> int:
-    from lcd.evaluate.metrics import json_safe
-    from lcd.evaluate.report import write_metrics_json, write_report
-    from lcd.io.atomic import write_text_atomic
+    from lcd.evaluate.batch import load_metric_models, notes_for, write_outputs
 
     params = params_or_default(args.params)
     device = args.device or params.models.device
-    out = Path(args.out)
-    curves = _loss_curves(args.loss_curves)  # bad input fails before any model is loaded
-    # 1. metric models (a bad model reference fails here, before any editing)
-    emb, lp_model = _metric_models(params, device)
-    # 2. score a manifest, or edit + score the DreamBench protocol
-    if args.evaluate_command == "edits":
+    # 1. read inputs (bad files fail before any model is loaded)
+    curves = _loss_curves(args.loss_curves)
+    entries = _manifest(Path(args.manifest)) if args.evaluate_command == "edits" else None
+    # 2. metric models
+    emb, lp_model = load_metric_models(params.evaluate, params.models.clip, params.models.dtype, device)
+    # 3. score a manifest, or edit + score the DreamBench protocol
+    if entries is not None:
+        from lcd.evaluate.batch import score_entries
         from lcd.evaluate.scoring import summarize
 
-        rows, failures = _score_manifest(Path(args.manifest), params, emb, lp_model)
-        table, sheets = summarize(rows, ("method",)), []
-        tables = {"Per method": table}
+        rows, failures = score_entries(entries, params.evaluate, emb, lp_model)
+        tables, sheets = {"Per method": summarize(rows, ("method",))}, []
     else:
-        rows, table, tables, failures, sheets = _dreambench(args, params, device, out, emb, lp_model)
-    # 3. rows, failures, metrics.json, report
-    write_text_atomic(out / "rows.json", json.dumps(json_safe(rows), indent=1, allow_nan=False))
-    write_text_atomic(out / "failures.json", json.dumps(failures, indent=1))
-    write_metrics_json(out / "metrics.json", table)
-    html, _ = write_report(out, title=f"LCDiffusion evaluation ({args.evaluate_command})", tables=tables,
-                           sheets=sheets, loss_curves=curves, notes=_notes(params, lp_model))
+        rows, tables, failures, sheets = _dreambench(args, params, device, Path(args.out), emb, lp_model)
+    # 4. rows, failures, metrics.json, report
+    html, _ = write_outputs(args.out, rows, failures, tables, sheets, curves, notes_for(params.evaluate, lp_model),
+                            title=f"LCDiffusion evaluation ({args.evaluate_command})")
     for f in failures:
         print(f"failed: {f.get('item')}: {f['error']}")
     print(html)
     return 0 if rows else 2
+
+
+def _manifest(path: Path) -> list:
+    from lcd.errors import LcdError
+
+    if not path.is_file():
+        raise LcdError(f"{path}: manifest not found", item=str(path))
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise LcdError(f"{path}: not valid JSON ({e})", item=str(path)) from None
+    if not isinstance(entries, list):
+        raise LcdError(f"{path}: must be a JSON list of edits", item=str(path))
+    return entries
 
 
 def _loss_curves(path: str | None) -> dict[str, list[float]] | None:
@@ -98,46 +91,6 @@ def _loss_curves(path: str | None) -> dict[str, list[float]] | None:
     return doc
 
 
-def _score_manifest(manifest: Path, params, emb, lp_model):
-    from lcd.errors import LcdError
-    from lcd.evaluate.scoring import ConceptTable, EditRecord, clip_t_text, score_edits
-    from lcd.io.images import load_image, load_mask
-
-    if not manifest.is_file():
-        raise LcdError(f"{manifest}: manifest not found", item=str(manifest))
-    try:
-        entries = json.loads(manifest.read_text())
-    except json.JSONDecodeError as e:
-        raise LcdError(f"{manifest}: not valid JSON ({e})", item=str(manifest)) from None
-    if not isinstance(entries, list):
-        raise LcdError(f"{manifest}: must be a JSON list of edits", item=str(manifest))
-    records, methods, failures, photos = [], {}, [], {}
-    keys = ("edit", "reference", "mask", "prompt", "class_word", "concept")
-    for i, e in enumerate(entries):
-        name = str(e.get("edit", f"entry {i}")) if isinstance(e, dict) else f"entry {i}"
-        try:
-            missing = [k for k in keys if not isinstance(e, dict) or k not in e]
-            if missing:
-                raise LcdError(f"{name}: manifest entry lacks {', '.join(missing)}", item=name)
-            if e["concept"] not in photos:
-                folder = Path(e["concept"])
-                files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-                if not files:
-                    raise LcdError(f"{folder}: concept folder has no photos", item=str(folder))
-                photos[e["concept"]] = [load_image(p) for p in files]
-            rec = EditRecord(name, load_image(e["edit"]), load_image(e["reference"]), load_mask(e["mask"]),
-                             clip_t_text(e["prompt"], e["class_word"]), e["concept"])
-            if rec.edit.shape != rec.reference.shape or rec.mask.shape != rec.edit.shape[:2] or not rec.mask.any():
-                raise LcdError(f"{name}: edit, reference and a non-empty mask must have the same size", item=name)
-            records.append(rec)
-            methods[name] = e.get("method", "all")
-        except LcdError as err:
-            failures.append({"item": err.item, "error": str(err)})
-    concepts = ConceptTable(emb, photos)
-    rows = [{"method": methods[r["name"]], **r} for r in score_edits(records, concepts, emb, lp_model, params.evaluate)]
-    return rows, failures
-
-
 def _dreambench(args, params, device, out, emb, lp_model):
     from lcd.evaluate.protocol import Method, run_protocol
     from lcd.models.loader import load_sd_pipeline
@@ -149,5 +102,4 @@ def _dreambench(args, params, device, out, emb, lp_model):
     lp = load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,
                           single_file_config=m.sd_single_file_config)
     res = run_protocol([Method("class-word", pipeline=lp)], ev, params.edit, emb, lp_model, out)
-    tables = {"Per method": res.table, "Per method and subject": res.subject_table}
-    return res.rows, res.table, tables, res.failures, res.sheets
+    return res.rows, {"Per method": res.table, "Per method and subject": res.subject_table}, res.failures, res.sheets

@@ -36,11 +36,14 @@ class EditRecord:
     concept: str  # key into the concept photo table
 
 
-def clip_t_text(prompt: str, class_word: str) -> str:
+def clip_t_text(prompt: str, class_word: str | None) -> str:
     """The CLIP-T text: 'a [P] dog on the beach' -> 'a dog on the beach'; a token not followed by
-    the class word becomes the class word ('photo of [P]' -> 'photo of dog')."""
+    the class word becomes the class word ('photo of [P]' -> 'photo of dog'); without a class
+    word the token is dropped."""
     from lcd.edit.prompts import CONCEPT_TOKEN
 
+    if not class_word:
+        return " ".join(CONCEPT_TOKEN.sub("", prompt).split())
     out = re.sub(CONCEPT_TOKEN.pattern + r"\s+" + re.escape(class_word) + r"\b", class_word, prompt)
     return " ".join(CONCEPT_TOKEN.sub(class_word, out).split())
 

@@ -47,7 +47,7 @@ def test_evaluate_edits_manifest(params_file, tmp_path, capsys):
     assert [r["bg_psnr"] for r in rows][0] == "inf" and isinstance(rows[1]["bg_psnr"], float)
     assert rows[0]["ms_ssim"] == pytest.approx(1.0)
     fails = json.loads((out / "failures.json").read_text())
-    assert len(fails) == 1 and "lacks reference, mask, class_word, concept" in fails[0]["error"]
+    assert len(fails) == 1 and "lacks reference, mask, concept" in fails[0]["error"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["m"]["n"] == 2 and metrics["m"]["bg_psnr"] == "inf"  # mean over a set with an untouched background
     assert (out / "report.html").exists() and (out / "report.png").exists()
