@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from lcd.evaluate.batch import load_metric_models, notes_for, write_outputs
+    from lcd.evaluate.batch import load_metric_models, notes_for, run_config, write_outputs
 
     params = params_or_default(args.params)
     device = args.device or params.models.device
@@ -55,7 +55,9 @@ def run(args) -> int:
         rows, tables, failures, sheets = _dreambench(args, params, device, Path(args.out), emb, lp_model)
     # 4. rows, failures, metrics.json, report
     html, _ = write_outputs(args.out, rows, failures, tables, sheets, curves, notes_for(params.evaluate, lp_model),
-                            title=f"LCDiffusion evaluation ({args.evaluate_command})")
+                            title=f"LCDiffusion evaluation ({args.evaluate_command})",
+                            config=run_config(params.evaluate, emb, lp_model, edit=params.edit.model_dump(),
+                                              sd=params.models.sd))
     for f in failures:
         print(f"failed: {f.get('item')}: {f['error']}")
     print(html)

@@ -89,8 +89,10 @@ def read_results_table(path: str | Path) -> list[dict]:
             for r in rows if r.get("status", "edited") in ("edited", "skipped")]
 
 
-def write_outputs(out_dir: str | Path, rows, failures, tables, sheets=(), loss_curves=None, notes=(), title="evaluation"):
-    """rows.json, failures.json, metrics.json (first table, per method) and the report."""
+def write_outputs(out_dir: str | Path, rows, failures, tables, sheets=(), loss_curves=None, notes=(), title="evaluation",
+                  config: dict | None = None):
+    """rows.json, failures.json, metrics.json (first table, per method), config.json (the resolved
+    config and model pins that produced them) and the report."""
     from lcd.evaluate.report import write_metrics_json, write_report
     from lcd.io.atomic import write_text_atomic
 
@@ -98,6 +100,8 @@ def write_outputs(out_dir: str | Path, rows, failures, tables, sheets=(), loss_c
     write_text_atomic(out / "rows.json", json.dumps(json_safe(list(rows)), indent=1, allow_nan=False))
     write_text_atomic(out / "failures.json", json.dumps(list(failures), indent=1))
     write_metrics_json(out / "metrics.json", next(iter(tables.values())))
+    if config is not None:
+        write_text_atomic(out / "config.json", json.dumps(json_safe(config), indent=1, sort_keys=True, default=str))
     return write_report(out, title=title, tables=tables, sheets=sheets, loss_curves=loss_curves, notes=notes)
 
 
@@ -108,8 +112,16 @@ def evaluate_edits(results_table: str | Path, out_dir: str | Path, cfg: Evaluate
     rows, failures = score_entries(entries, cfg, emb, lp_model)
     table = summarize(rows, ("method",))
     write_outputs(out_dir, rows, failures, {"Per concept": table}, notes=notes_for(cfg, lp_model),
-                  title="LCDiffusion evaluation")
+                  title="LCDiffusion evaluation", config=run_config(cfg, emb, lp_model))
     return json_safe({r["method"]: {k: v for k, v in r.items() if k != "method"} for r in table})
+
+
+def run_config(cfg: EvaluateConfig, emb: Embedders, lp_model: LpipsModel | None, **extra) -> dict:
+    """What produced a set of numbers: the evaluate config, the metric models' pins, LPIPS weights."""
+    doc = {"evaluate": cfg.model_dump(), "models": {k: v.to_dict() for k, v in emb.sources.items()}}
+    if lp_model is not None:
+        doc["lpips"] = {"backbone": lp_model.backbone, "linear": lp_model.linear}
+    return doc | extra
 
 
 def notes_for(cfg: EvaluateConfig, lp_model: LpipsModel | None) -> list[str]:

@@ -51,6 +51,8 @@ def test_evaluate_edits_manifest(params_file, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["m"]["n"] == 2 and metrics["m"]["bg_psnr"] == "inf"  # mean over a set with an untouched background
     assert (out / "report.html").exists() and (out / "report.png").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["models"]["dino"]["sha256"] and config["lpips"]["backbone"] == "random"
     assert "failed: x.png" in capsys.readouterr().out
 
 
