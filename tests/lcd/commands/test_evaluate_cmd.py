@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,19 @@ def params_file(tiny_dir, tmp_path):
 
 
 def test_evaluate_edits_manifest(params_file, tmp_path, capsys):
-    ref = load_image(SAMPLES / "scenes/cat_00.jpg")
-    mask = SAMPLES / "masks/cat_00.png"
+    from PIL import Image
+
+    # 128 px copies keep the test fast (5-scale MS-SSIM would need > 160 px: 128 px uses 4)
+    ref = np.asarray(Image.fromarray(load_image(SAMPLES / "scenes/cat_00.jpg")).resize((128, 128)))
+    mask = tmp_path / "mask.png"
+    Image.open(SAMPLES / "masks/cat_00.png").convert("L").resize((128, 128), Image.NEAREST).save(mask)
+    save_png(tmp_path / "ref.png", ref)
     edited = ref.copy()
     edited[:10, :10] = 0  # background damage in one of the two edits
     save_png(tmp_path / "same.png", ref)
     save_png(tmp_path / "damaged.png", edited)
     concept = str(SAMPLES / "concepts/dog")
-    common = {"reference": str(SAMPLES / "scenes/cat_00.jpg"), "mask": str(mask), "prompt": "a [P] dog on a sofa",
+    common = {"reference": str(tmp_path / "ref.png"), "mask": str(mask), "prompt": "a [P] dog on a sofa",
               "class_word": "dog", "concept": concept, "method": "m"}
     manifest = [common | {"edit": str(tmp_path / "same.png")}, common | {"edit": str(tmp_path / "damaged.png")},
                 {"edit": "x.png", "prompt": "a dog"}]
@@ -45,7 +49,7 @@ def test_evaluate_edits_manifest(params_file, tmp_path, capsys):
     assert main(["--params", str(params_file), "evaluate", "edits", "--manifest", str(tmp_path / "m.json"), "--out", str(out)]) == 0
     rows = json.loads((out / "rows.json").read_text())
     assert [r["bg_psnr"] for r in rows][0] == "inf" and isinstance(rows[1]["bg_psnr"], float)
-    assert rows[0]["ms_ssim"] == pytest.approx(1.0)
+    assert rows[0]["ms_ssim"] == pytest.approx(1.0) and rows[0]["msssim_scales"] == 4
     fails = json.loads((out / "failures.json").read_text())
     assert len(fails) == 1 and "lacks reference, mask, concept" in fails[0]["error"]
     metrics = json.loads((out / "metrics.json").read_text())
