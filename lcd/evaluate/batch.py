@@ -62,7 +62,8 @@ def score_entries(
         except LcdError as err:
             failures.append({"item": err.item, "error": str(err)})
     concepts = ConceptTable(emb, photos)
-    rows = [{"method": groups[r["name"]], **r} for r in score_edits(records, concepts, emb, lpips_model, cfg)]
+    scored = score_edits(records, concepts, emb, lpips_model, cfg, failures=failures)
+    rows = [{"method": groups[r["name"]], **r} for r in scored]
     return rows, failures
 
 

@@ -193,14 +193,22 @@ def run_protocol(
                 continue
             items, meta = _items(db, subject, scenes, cfg, token)
             # 4. edit (or reuse saved edits), 5. score
-            edits = _edit_or_resume(lp, items, edit_cfg, out / "edits" / method.name / subject.name, token, failures,
-                                    method.name, subject.name)
-            records = [EditRecord(it.name, edits[it.name], it.image, it.mask, meta[it.name]["clip_text"], subject.name)
-                       for it in items if it.name in edits]
-            for rec, row in zip(records, score_edits(records, concepts, emb, lpips_model, cfg)):
-                rows.append({"method": method.name, "subject": subject.name, **meta[rec.name], **row})
-                if meta[rec.name]["prompt_index"] == 0 and meta[rec.name]["seed"] == cfg.seeds[0]:
-                    sheets.append(_sheet_entry(out, method.name, subject.name, rec, meta[rec.name]))
+            where = {"method": method.name, "subject": subject.name}
+            try:
+                edits = _edit_or_resume(lp, items, edit_cfg, out / "edits" / method.name / subject.name, token,
+                                        failures, method.name, subject.name)
+            except LcdError as e:  # one method x subject failing does not sink the run
+                failures.append(where | {"item": e.item, "error": str(e)})
+                continue
+            records = {it.name: EditRecord(it.name, edits[it.name], it.image, it.mask, meta[it.name]["clip_text"],
+                                           subject.name) for it in items if it.name in edits}
+            scored_failures: list[dict] = []
+            for row in score_edits(list(records.values()), concepts, emb, lpips_model, cfg, failures=scored_failures):
+                name = row["name"]
+                rows.append(where | meta[name] | row)
+                if meta[name]["prompt_index"] == 0 and meta[name]["seed"] == cfg.seeds[0]:
+                    sheets.append(_sheet_entry(out, method.name, subject.name, records[name], meta[name]))
+            failures += [where | f for f in scored_failures]
     return ProtocolResult(rows, summarize(rows, ("method",)), summarize(rows, ("method", "subject")), failures, sheets)
 
 

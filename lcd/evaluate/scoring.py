@@ -69,15 +69,28 @@ class ConceptTable:
 
 def score_edits(
     records: Sequence[EditRecord], concepts: ConceptTable, emb: Embedders, lpips_model: LpipsModel | None,
-    cfg: EvaluateConfig,
+    cfg: EvaluateConfig, failures: list[dict] | None = None,
 ) -> list[dict]:
-    """-> one dict per record: name, every metric in METRICS (bg_lpips when a model is given), msssim_scales."""
+    """-> one dict per scored record: name, every metric in METRICS (bg_lpips when a model is
+    given), msssim_scales. With a `failures` list, a record that cannot be scored (empty mask,
+    image too small for a metric, ...) is appended there as {item, error} and skipped; without
+    one, the first such record raises."""
+
+    def reject(r: EditRecord, err: LcdError) -> None:
+        if failures is None:
+            raise err
+        failures.append({"item": r.name, "error": str(err)})
+
     # 1. check inputs (errors name the record)
+    good = []
     for r in records:
         if r.concept not in concepts.clip:
-            raise LcdError(f"{r.name}: unknown concept {r.concept!r} (have {sorted(concepts.clip)})", item=r.name)
-        if not r.mask.any():
-            raise LcdError(f"{r.name}: mask is empty; nothing was edited", item=r.name)
+            reject(r, LcdError(f"{r.name}: unknown concept {r.concept!r} (have {sorted(concepts.clip)})", item=r.name))
+        elif not r.mask.any() or r.mask.all():
+            reject(r, LcdError(f"{r.name}: mask is empty or covers the whole image", item=r.name))
+        else:
+            good.append(r)
+    records = good
     if not records:
         return []
     # 2. embeddings, batched over all records
@@ -90,7 +103,12 @@ def score_edits(
     # 3. per-record pixel metrics
     rows = []
     for i, r in enumerate(records):
-        msssim, scales = M.ms_ssim(r.edit, r.reference, small=cfg.msssim_small)
+        try:
+            msssim, scales = M.ms_ssim(r.edit, r.reference, small=cfg.msssim_small)
+            bg = background_metrics(r.edit, r.reference, r.mask, lpips_model, name=r.name)
+        except LcdError as e:
+            reject(r, LcdError(f"{r.name}: {e}", item=r.name))
+            continue
         row = {
             "name": r.name,
             "clip_t": float(clip_t[i]),
@@ -99,7 +117,7 @@ def score_edits(
             "ms_ssim": msssim,
             "msssim_scales": scales,
         }
-        row.update(background_metrics(r.edit, r.reference, r.mask, lpips_model, name=r.name))
+        row.update(bg)
         rows.append(row)
     return rows
 

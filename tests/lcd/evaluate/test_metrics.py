@@ -75,3 +75,24 @@ def test_psnr_identical_is_infinite_and_json_safe_says_inf():
     json.dumps(doc, allow_nan=False)  # strict JSON
     with pytest.raises(LcdError, match="MSE must be >= 0"):
         M.psnr_from_mse(-1.0)
+
+
+def test_score_edits_records_unscorable_items_instead_of_raising(embedders):
+    from lcd.evaluate.config import EvaluateConfig
+    from lcd.evaluate.scoring import ConceptTable, EditRecord, score_edits
+
+    rng = np.random.default_rng(0)
+    ref = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[10:30, 10:30] = True
+    concepts = ConceptTable(embedders, {"c": [ref]})
+    good = EditRecord("good", ref, ref, mask, "a dog", "c")
+    empty = EditRecord("empty", ref, ref, np.zeros_like(mask), "a dog", "c")
+    cfg = EvaluateConfig(msssim_small="error")  # 64 px cannot take 5 scales
+    fails: list = []
+    assert score_edits([good, empty], concepts, embedders, None, cfg, failures=fails) == []
+    assert [f["item"] for f in fails] == ["empty", "good"] and "larger than 160 px" in fails[1]["error"]
+    rows = score_edits([good, empty], concepts, embedders, None, EvaluateConfig(), failures=fails)
+    assert [r["name"] for r in rows] == ["good"] and rows[0]["bg_psnr"] == math.inf and rows[0]["clip_i"] == pytest.approx(1.0)
+    with pytest.raises(LcdError, match="empty: mask is empty"):
+        score_edits([empty], concepts, embedders, None, EvaluateConfig())
