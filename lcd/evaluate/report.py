@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from lcd.errors import LcdError
 from lcd.evaluate.metrics import json_safe
@@ -143,11 +143,15 @@ def _table_text(rows: Sequence[Mapping]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in cells]
 
 
-def _text_block(lines: Sequence[str], width: int = 900) -> np.ndarray:
+def _text_block(lines: Sequence[str]) -> np.ndarray:
+    """Lines in PIL's built-in fixed-width bitmap font (table columns stay aligned)."""
+    font = ImageFont.load_default_imagefont()
+    lines = [ln.replace("∞", "inf").encode("latin-1", "replace").decode("latin-1") for ln in lines]
+    width = max(900, 16 + max((int(font.getlength(ln)) for ln in lines), default=0))
     im = Image.new("RGB", (width, 14 * len(lines) + 8), "white")
     d = ImageDraw.Draw(im)
     for i, line in enumerate(lines):
-        d.text((8, 4 + 14 * i), line.replace("∞", "inf"), fill=(0, 0, 0))
+        d.text((8, 4 + 14 * i), line, fill=(0, 0, 0), font=font)
     return np.asarray(im)
 
 
