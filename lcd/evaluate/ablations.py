@@ -32,7 +32,8 @@ def kv_vs_all_table(
 ) -> list[dict]:
     """Rows for K/V-only (cross-attention to_k/to_v weights + new token rows) vs all UNet parameters.
 
-    token_dim: width of the text embedding (SD1.5: 768) — each new token adds one row.
+    token_dim: width of the text embedding (SD1.5: 768) — each new token adds one row (counted in
+    trainable_params, not in fraction_of_unet, which is UNet weights trained / UNet weights).
     timings_s: {"kv": s, "all": s} from training runs (absent -> the column is None).
     """
     named = dict(unet.named_parameters())
@@ -43,9 +44,9 @@ def kv_vs_all_table(
     tok = new_tokens * (token_dim or 0)
     timings_s = timings_s or {}
     return [
-        {"setting": "kv", "trainable_params": kv + tok, "fraction_of_unet": (kv + tok) / total,
+        {"setting": "kv", "trainable_params": kv + tok, "fraction_of_unet": kv / total,
          "time_s": timings_s.get("kv")},
-        {"setting": "all", "trainable_params": total + tok, "fraction_of_unet": (total + tok) / total,
+        {"setting": "all", "trainable_params": total + tok, "fraction_of_unet": 1.0,
          "time_s": timings_s.get("all")},
     ]
 
