@@ -1,5 +1,6 @@
 """Table 2's parameter column for real SD1.5 without weights: the UNet is built on the meta device
-from SD1.5's config, so this runs anywhere in a second. Last printed line: one JSON object."""
+from SD1.5's config, so this runs anywhere in a second. Run from the repo root: `PYTHONPATH=. python bench/kv_params.py`.
+Last printed line: one JSON object."""
 
 from __future__ import annotations
 
