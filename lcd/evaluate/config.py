@@ -28,6 +28,9 @@ class EvaluateConfig(StrictConfig):
     identity_region: compare the whole edit ("full") or the mask's bounding box ("mask_box") with
     the concept photos for CLIP-I / DINO-I.
     msssim_small: images <= 160 px per side: "fewer_scales" (recorded) or "error".
+    background_exclude_px: grow the mask by this many pixels before measuring the background, to
+    leave out the blend ring an editor feathers by design (0 = the mask as given, as the
+    benchmarks do; set it to edit.dilate_px + edit.feather_px to score only what lies beyond it).
     """
 
     clip: str | None = None
@@ -40,6 +43,7 @@ class EvaluateConfig(StrictConfig):
     clip_t_scale: float = Field(1.0, gt=0.0)
     identity_region: Literal["full", "mask_box"] = "full"
     msssim_small: Literal["fewer_scales", "error"] = "fewer_scales"
+    background_exclude_px: int = Field(0, ge=0, le=256)
     batch_size: int = Field(16, ge=1, le=1024)
     # DreamBench protocol in edit mode
     dreambench: str = "data/dreambench"

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from lcd.edit.region import dilate
 from lcd.errors import LcdError
 from lcd.evaluate import metrics as M
 from lcd.evaluate.background import LpipsModel, background_metrics
@@ -105,7 +106,8 @@ def score_edits(
     for i, r in enumerate(records):
         try:
             msssim, scales = M.ms_ssim(r.edit, r.reference, small=cfg.msssim_small)
-            bg = background_metrics(r.edit, r.reference, r.mask, lpips_model, name=r.name)
+            bg_mask = dilate(r.mask, cfg.background_exclude_px) if cfg.background_exclude_px else r.mask
+            bg = background_metrics(r.edit, r.reference, bg_mask, lpips_model, name=r.name)
         except LcdError as e:
             reject(r, LcdError(f"{r.name}: {e}", item=r.name))
             continue

@@ -96,3 +96,22 @@ def test_score_edits_records_unscorable_items_instead_of_raising(embedders):
     assert [r["name"] for r in rows] == ["good"] and rows[0]["bg_psnr"] == math.inf and rows[0]["clip_i"] == pytest.approx(1.0)
     with pytest.raises(LcdError, match="empty: mask is empty"):
         score_edits([empty], concepts, embedders, None, EvaluateConfig())
+
+
+def test_background_exclude_px_leaves_out_the_blend_ring(embedders):
+    from lcd.evaluate.config import EvaluateConfig
+    from lcd.evaluate.scoring import ConceptTable, EditRecord, score_edits
+
+    rng = np.random.default_rng(1)
+    ref = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), bool)
+    mask[20:40, 20:40] = True
+    from lcd.edit.region import dilate
+
+    edit = ref.copy()
+    edit[dilate(mask, 2)] = 0  # a 2 px ring outside the mask changed too
+    concepts = ConceptTable(embedders, {"c": [ref]})
+    rec = EditRecord("r", edit, ref, mask, "a dog", "c")
+    strict = score_edits([rec], concepts, embedders, None, EvaluateConfig())[0]
+    ringless = score_edits([rec], concepts, embedders, None, EvaluateConfig(background_exclude_px=2))[0]
+    assert strict["bg_mse"] > 0 and ringless["bg_mse"] == 0.0 and ringless["bg_psnr"] == math.inf
