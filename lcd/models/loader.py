@@ -187,3 +187,23 @@ def load_clip(ref: str | Path, *, revision: str | None = None, dtype="float32", 
     except Exception as e:
         raise ModelLoadError(f"{ref}: failed to load CLIP: {type(e).__name__}: {e}", item=str(ref)) from e
     return model.to(device).eval(), processor, source
+
+
+# --- DINO ------------------------------------------------------------------------------------
+
+def load_dino(ref: str | Path, *, revision: str | None = None, dtype="float32", device="cpu"):
+    """transformers ViTModel (e.g. facebook/dino-vits16) + its image processor -> (model, processor, source).
+
+    DINO-I uses the final [CLS] token (`last_hidden_state[:, 0]`), as DreamBooth's metric does.
+    """
+    from transformers import AutoImageProcessor, ViTModel
+
+    path, source = resolve(ref, revision, patterns=["*.json", "*.txt", "*.safetensors", "*.bin"])
+    try:
+        model = ViTModel.from_pretrained(
+            str(path), torch_dtype=to_dtype(dtype), local_files_only=True, add_pooling_layer=False
+        )
+        processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"{ref}: failed to load DINO ViT: {type(e).__name__}: {e}", item=str(ref)) from e
+    return model.to(device).eval(), processor, source

@@ -12,6 +12,7 @@ Layout written by `write_tiny_models(root)`:
     root/sd-inpaint/    same, 9-channel inpainting UNet
     root/sam/sam_vit_tiny.pth   segment_anything state dict
     root/clip/          transformers CLIPModel + CLIPProcessor folder
+    root/dino/          transformers ViTModel (DINO ViT-S/16 layout) + ViTImageProcessor folder
 """
 
 from __future__ import annotations
@@ -177,4 +178,24 @@ def write_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         "sd_inpaint": write_tiny_sd(root / "sd-inpaint", 9, seed),
         "sam": write_tiny_sam(root / "sam", seed),
         "clip": write_tiny_clip(root / "clip", seed),
+        "dino": write_tiny_dino(root / "dino", seed),
     }
+
+
+def write_tiny_dino(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny transformers ViTModel shaped like facebook/dino-vits16 (patch 16, 224 px,
+    [CLS] + pooler-free), narrow and shallow, with DINO's ImageNet-normalising processor."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=224, patch_size=16, qkv_bias=True,
+    )
+    ViTModel(config, add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
+    ViTImageProcessor(
+        do_resize=True, size={"height": 224, "width": 224}, resample=3,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(out)
+    return out
