@@ -63,11 +63,15 @@ class EditConfig(StrictConfig):
         return v
 
 
+from lcd.regset.config import RegsetConfig  # noqa: E402  (builds on StrictConfig above)
+
+
 class Params(StrictConfig):
     """The whole `params.yaml`. Sections of later stages are added as their modules land."""
 
     models: ModelsConfig = ModelsConfig()
     edit: EditConfig = EditConfig()
+    regset: RegsetConfig = RegsetConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
