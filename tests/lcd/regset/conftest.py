@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import socket
 import threading
@@ -12,6 +13,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+# albumentations (imported by img2dataset) checks for updates over the network unless told not to
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples"
 
