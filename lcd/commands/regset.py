@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
+
 from lcd.commands import params_or_default
+from lcd.errors import LcdError
 
 
 def register(sub) -> None:
@@ -45,7 +48,12 @@ def _config(args):
     params = params_or_default(args.params)
     keys = ("class_prompt", "source", "shards", "backend_url", "threshold", "top_n", "clip_model")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    cfg = type(params.regset).model_validate(params.regset.model_dump() | overrides)
+    try:
+        cfg = type(params.regset).model_validate(params.regset.model_dump() | overrides)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise LcdError(f"regset.{where}: {first['msg']}", item=f"regset.{where}") from None
     return params, cfg
 
 
