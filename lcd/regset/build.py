@@ -123,7 +123,7 @@ def build_regset(
         ))
     # 5. optional image-text re-check with the same CLIP
     if cfg.image_text_min is not None and entries:
-        entries = _recheck_image_text(entries, clip, cfg.image_text_min, report)
+        entries = recheck_image_text(entries, clip, cfg.image_text_min, report)
     report.downloaded, report.failed = len(entries), len(report.failures)
     # 6. shortfall: generate exactly the missing count
     report.shortfall = cfg.top_n - len(entries)
@@ -142,7 +142,7 @@ def build_regset(
     return report
 
 
-def _recheck_image_text(entries, clip, minimum, report):
+def recheck_image_text(entries, clip, minimum, report):
     """Drop downloaded images whose CLIP image embedding is not close enough to their caption."""
     from PIL import Image
 

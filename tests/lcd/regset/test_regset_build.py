@@ -3,6 +3,8 @@ shortfall generated with the tiny SD; a rerun embeds, downloads and generates no
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,19 @@ def test_shortfall_without_base_model_is_an_error(tmp_path, tiny_open_clip):
     cfg = RegsetConfig(shards=[str(tmp_path)], clip_model=str(tiny_open_clip))
     with pytest.raises(LcdError, match="generate_shortfall needs the base model"):
         build_regset(cfg, tmp_path / "out", tmp_path / "cache")
+
+
+def test_image_text_recheck_drops_and_records(tmp_path, tiny_open_clip):
+    from lcd.regset.build import RegsetReport, recheck_image_text
+    from lcd.regset.manifest import RegsetEntry
+
+    samples = Path(__file__).resolve().parents[3] / "samples" / "concepts" / "dog"
+    entries = [RegsetEntry(file=p, caption="a dog", similarity=0.9, sha256="x", source="metadata", url=f"u{i}")
+               for i, p in enumerate(sorted(samples.glob("*.jpg"))[:3])]
+    clip = load_open_clip(tiny_open_clip)
+    report = RegsetReport()
+    assert recheck_image_text(entries, clip, -1.0, report) == entries and report.rejected_image_text == 0
+    assert recheck_image_text(entries, clip, 1.01, report) == []
+    assert report.rejected_image_text == 3
+    assert [f["url"] for f in report.failures] == ["u0", "u1", "u2"]
+    assert all("image-text similarity" in f["error"] for f in report.failures)

@@ -38,6 +38,7 @@ def test_check_image_rejects_with_reason(data, match):
 
 
 @pytest.mark.server
+@pytest.mark.slow
 def test_download_real_photos_records_failures_and_caches(tmp_path, photo_server, silent_url):
     base, names = photo_server
     good = [f"{base}/{n}" for n in names[:5]]
