@@ -4,7 +4,6 @@ loopback; the regset built through it matches the metadata path on the same data
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
