@@ -45,7 +45,7 @@ def test_download_real_photos_records_failures_and_caches(tmp_path, photo_server
     bad = {
         f"{base}/missing-1.jpg": "404",
         f"{base}/missing-2.jpg": "404",
-        f"{base}/notes.txt": "",  # served fine, but not an image
+        f"{base}/notes.txt": "decoding error",  # served fine (200), but not an image
         silent_url: "timed out",
     }
     urls = good + list(bad)
