@@ -66,6 +66,7 @@ class EditConfig(StrictConfig):
 # once StrictConfig exists (each stage package imports lcd.config first: either order works).
 from lcd.evaluate.config import EvaluateConfig  # noqa: E402
 from lcd.train.config import TrainConfig  # noqa: E402
+from lcd.regset.config import RegsetConfig  # noqa: E402  (builds on StrictConfig above)
 
 
 class Params(StrictConfig):
@@ -75,6 +76,7 @@ class Params(StrictConfig):
     edit: EditConfig = EditConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    regset: RegsetConfig = RegsetConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
