@@ -62,12 +62,21 @@ class EditConfig(StrictConfig):
         return v
 
 
+# Stage configs live beside their stage and subclass StrictConfig, so they are imported here,
+# once StrictConfig exists (each stage package imports lcd.config first: either order works).
+from lcd.evaluate.config import EvaluateConfig  # noqa: E402
+from lcd.train.config import TrainConfig  # noqa: E402
+from lcd.regset.config import RegsetConfig  # noqa: E402  (builds on StrictConfig above)
+
+
 class Params(StrictConfig):
     """The whole `params.yaml`. Sections of later stages are added as their modules land."""
 
     models: ModelsConfig = ModelsConfig()
     edit: EditConfig = EditConfig()
-    train: "TrainConfig" = Field(default_factory=lambda: TrainConfig())
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    regset: RegsetConfig = RegsetConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -82,8 +91,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise LcdError(f"{p}: {where}: {first['msg']}", item=f"{p}:{where}") from None
-
-
-from lcd.train.config import TrainConfig  # noqa: E402  (TrainConfig subclasses StrictConfig above)
-
-Params.model_rebuild()
