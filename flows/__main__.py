@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     elif a.stage == "evaluate":
         from flows.stages import evaluate
 
-        out = evaluate(f"{a.out}/edit/results.parquet", f"{a.out}/evaluate", "metrics.json", a.params)
+        out = evaluate(f"{a.out}/edit/results.parquet", f"{a.out}/evaluate", "metrics.json", a.params,
+                       photos_root=f"{a.data}/concepts")
     elif a.stage == "nightly":
         from flows.nightly import nightly_concepts
 

@@ -54,5 +54,5 @@ def pipeline(
                                     fan_out=fan_out, concepts_root=f"{out_root}/concepts", edit=edit)
     if "evaluate" in run:
         report["evaluate"] = evaluate(f"{out_root}/edit/results.parquet", f"{out_root}/evaluate",
-                                      "metrics.json", params_path)
+                                      "metrics.json", params_path, photos_root=f"{data_root}/concepts")
     return report

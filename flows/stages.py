@@ -45,6 +45,8 @@ def precompute_masks(images_dir: str = "data/scenes", out_path: str = "outputs/m
 
 @flow(name="evaluate")
 def evaluate(results_table: str = "outputs/edit/results.parquet", out_dir: str = "outputs/evaluate",
-             metrics_path: str = "metrics.json", params_path: str = "params.yaml") -> dict:
-    """Metrics of the edits (CLIP alignment, preservation outside the mask) -> metrics.json."""
-    return evaluate_task(results_table, out_dir, metrics_path, params_path)
+             metrics_path: str = "metrics.json", params_path: str = "params.yaml",
+             photos_root: str = "data/concepts") -> dict:
+    """Metrics of the concept edits (identity vs the concept's photos, prompt alignment,
+    preservation outside the mask) -> metrics.json."""
+    return evaluate_task(results_table, out_dir, metrics_path, params_path, photos_root)

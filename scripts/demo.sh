@@ -56,12 +56,16 @@ if ! { [ -f "$PREFECT_HOME/worker.pid" ] && kill -0 "$(cat "$PREFECT_HOME/worker
 fi
 $PREFECT --no-prompt deploy --all >"$PREFECT_HOME/deploy.log" 2>&1 || { tail -30 "$PREFECT_HOME/deploy.log"; exit 1; }
 
-# 5. the pipeline on the bundled samples (stages whose library is not installed are reported, not
-#    run), with samples/params.demo.yaml: tiny models, few steps (LCD_DEMO_PARAMS=params.yaml for the real settings)
+# 5. the pipeline on the bundled samples with samples/params.demo.yaml (tiny models, few steps;
+#    LCD_DEMO_PARAMS=params.yaml for the real settings). Stages whose library is not installed are
+#    reported, not run; regset is left out because it needs a LAION-style metadata source
+#    (params.yaml regset.shards or a clip back), which the samples do not include.
 PARAMS=${LCD_DEMO_PARAMS:-samples/params.demo.yaml}
-$PREFECT deployment run lcd-pipeline/default -p skip_unavailable=true -p "params_path=$PARAMS" --watch --watch-interval 2
+STAGES=${LCD_DEMO_STAGES:-'["train", "masks", "edit", "evaluate"]'}
+$PREFECT deployment run lcd-pipeline/default -p skip_unavailable=true -p "params_path=$PARAMS" -p "stages=$STAGES" \
+  --watch --watch-interval 2
 
 echo
 echo "Prefect UI:   http://127.0.0.1:$PORT   (server + worker keep running; 'scripts/demo.sh stop' stops them)"
-echo "Outputs:      $ROOT/outputs   (edits in outputs/edit/edits, tables outputs/edit/*.parquet, contact sheet outputs/edit/contact_sheet.png)"
+echo "Outputs:      $ROOT/outputs   (concepts/, edit/edits/, edit/results.parquet + failures.parquet, edit/contact_sheet.png, evaluate/; metrics.json)"
 echo "Next:         export PREFECT_HOME=$PREFECT_HOME; prefect deployment run edit-batch/default -p manifest=data/manifests/edits.jsonl -p out_root=outputs/edit-2 -p params_path=$PARAMS --watch"

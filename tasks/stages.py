@@ -47,9 +47,13 @@ def precompute_masks_task(images_dir: str, out_path: str, params_path: str) -> s
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_task(results_table: str, out_dir: str, metrics_path: str, params_path: str) -> dict:
+def evaluate_task(results_table: str, out_dir: str, metrics_path: str, params_path: str, photos_root: str) -> dict:
+    from lcd.jobs.evaluation import evaluation_table
+
     fn, cfg, models = _stage("evaluate", params_path)
-    metrics = dict(fn(Path(results_table), Path(out_dir), cfg, models))
+    scored = Path(out_dir) / "scored_results.parquet"
+    evaluation_table(results_table, photos_root, scored)
+    metrics = dict(fn(scored, Path(out_dir), cfg, models))
     from lcd.io.atomic import write_text_atomic
 
     write_text_atomic(metrics_path, json.dumps(metrics, indent=1, sort_keys=True))

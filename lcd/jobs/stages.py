@@ -16,7 +16,7 @@ from lcd.errors import LcdError
 STAGES = ("regset", "train", "masks", "edit", "evaluate")
 # stage -> (module, function the stage calls)
 STAGE_FUNCTIONS = {
-    "regset": ("lcd.regset", "build_regset"),
+    "regset": ("lcd.jobs.regsets", "build_concept_regset"),  # wraps lcd.regset per concept
     "train": ("lcd.jobs.training", "train_concept"),  # wraps lcd.train + lcd.concepts
     "masks": ("lcd.masks", "precompute_masks"),
     "edit": ("lcd.edit.engine", "edit_images"),
