@@ -34,7 +34,8 @@ export PATH=$BIN:$PATH
 PREFECT="$PY -m prefect"
 
 # 2. tiny models and the DVC-tracked data/ (same bytes as data.dvc; cached locally for dvc)
-[ -f models/tiny/sd/model_index.json ] || "$PY" -m lcd models tiny models/tiny >/dev/null
+{ [ -f models/tiny/sd/model_index.json ] && [ -d models/tiny/dino ] && [ -d models/tiny/open_clip ]; } ||
+  "$PY" -m lcd models tiny models/tiny >/dev/null
 "$PY" -m lcd data init
 "$PY" -m dvc commit -q --force data.dvc 2>/dev/null || echo "note: dvc commit skipped (not a git checkout?)"
 
