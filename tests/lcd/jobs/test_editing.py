@@ -54,6 +54,7 @@ def test_bad_items_fail_alone_and_good_ones_are_edited(job, tiny_dir):
     assert meta["id"] == "a" and meta["seed"] == 1 and len(meta["input_hash"]) == 64
 
 
+@pytest.mark.slow
 def test_rerun_skips_current_outputs_and_redoes_changed_ones(job, tiny_dir):
     items, root = job
     items = items[:3]
