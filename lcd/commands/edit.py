@@ -44,10 +44,13 @@ def run(args) -> int:
     required: list[str] = []
     extra: dict = {}
     if args.concept:
-        from lcd.concepts.io import apply_concepts, load_concept
+        from lcd.concepts.io import apply_concepts, base_mismatch, load_concept
 
         concepts = [load_concept(d) for d in args.concept]
         apply_concepts(lp.pipe, concepts)
+        for c in concepts:
+            if (msg := base_mismatch(c, lp.source)) is not None:
+                print(f"warning: {msg}")
         required = [t for c in concepts for t in c.tokens]
         extra["concepts"] = [{"dir": c.name, "tokens": c.tokens, "base": c.card.get("base")} for c in concepts]
     item = EditItem(image=image, mask=mask, prompt=args.prompt, seed=cfg.seed, name=args.image)

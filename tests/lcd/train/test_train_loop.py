@@ -126,6 +126,7 @@ def test_resume_matches_an_uninterrupted_run(fresh_sd, dog_photos, tiny_cfg, tmp
 
     with pytest.raises(Stop):
         train_concepts(fresh_sd(), [_spec(dog_photos)], cfg, work_dir=tmp_path / "b", on_step=stop_at_3)
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "class_images").rglob("*.png")}
     assert (tmp_path / "b" / "checkpoints" / "step-000002").exists()
     res = train_concepts(fresh_sd(), [_spec(dog_photos)], cfg, work_dir=tmp_path / "b", resume=True)
     assert res.resumed_from == 2
@@ -134,8 +135,9 @@ def test_resume_matches_an_uninterrupted_run(fresh_sd, dog_photos, tiny_cfg, tmp
     assert [r["loss"] for r in full.losses] == [r["loss"] for r in res.losses]
     lines = (tmp_path / "b" / "losses.csv").read_text().splitlines()
     assert lines[0] == "step,loss,instance_loss,prior_loss" and len(lines) == 5
-    # class images were generated once and reused from the cache
-    assert len(list((tmp_path / "b" / "class_images").rglob("*.png"))) == 2
+    # class images were generated once and reused from the cache on resume
+    assert len(cached) == 2
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "class_images").rglob("*.png")} == cached
 
 
 def test_resume_with_other_settings_is_refused(fresh_sd, dog_photos, tiny_cfg, tmp_path):
