@@ -68,6 +68,13 @@ class Params(StrictConfig):
 
     models: ModelsConfig = ModelsConfig()
     edit: EditConfig = EditConfig()
+    masks: "MasksConfig" = Field(default_factory=lambda: MasksConfig())
+
+
+# stage configs live beside their stage and import StrictConfig from here, hence the late import
+from lcd.masks.config import MasksConfig  # noqa: E402
+
+Params.model_rebuild()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
