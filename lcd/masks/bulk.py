@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from lcd.errors import LcdError
 from lcd.masks.config import MasksConfig
 from lcd.masks.manifest import ManifestItem, decode_image, fetch_bytes, parse_prompts_json, sha256_bytes
 from lcd.masks.predict import MaskPredictor, MaskRecord, parse_prompt
@@ -39,8 +40,11 @@ def text_records(image: np.ndarray, records: list[MaskRecord], prompts, clip, cf
     out = []
     candidates = [r for r in records if r.source != "text"]
     for i, pr in enumerate(prompts):
-        if pr.text is None or not candidates:
+        if pr.text is None:
             continue
+        if not candidates:
+            raise LcdError(f"text prompt {pr.text!r}: no point/box/automatic masks to choose from "
+                           "(enable masks.automatic or add point/box prompts)", item=pr.text)
         k, score = select_by_text(image, np.stack([r.mask for r in candidates]), [r.bbox for r in candidates],
                                   pr.text, clip, cfg.text_crop_margin)
         best = candidates[k]
@@ -64,8 +68,6 @@ def compute_masks(
     for text prompts (an image with text prompts and no clip fails with a clear error).
     `after_image(image_id)` is called after each image is buffered (progress, tests).
     """
-    from lcd.errors import LcdError
-
     # 1. what is already stored: skip by (image_id, sha256)
     out = Path(out)
     done = done_images(out)

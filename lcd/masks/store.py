@@ -15,6 +15,7 @@ no redone images. `pd.read_parquet("out/masks")` and `pyarrow.dataset` read the 
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -93,7 +94,8 @@ def write_part(out: str | Path, rows: list[dict], images: list[dict], config: di
     """Write one part atomically: rows + the list of images it completes (in file metadata)."""
     parts = part_paths(out)
     seq = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-    dest = Path(out) / MASKS_DIR / f"part-{seq:05d}.parquet"
+    # the random suffix keeps two runs writing into one folder from renaming over each other's part
+    dest = Path(out) / MASKS_DIR / f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet"
     meta = {IMAGES_META: json.dumps(images).encode(), CONFIG_META: json.dumps(config, sort_keys=True).encode()}
     schema = MASK_SCHEMA.with_metadata(meta)
     table = pa.Table.from_pylist(rows, schema=schema)

@@ -160,3 +160,19 @@ def test_read_api_errors(tiny_sam, fast_cfg, tmp_path, write_images):
     # a single part file works as the table too
     rows, masks = read_masks(part_paths(tmp_path / "o")[0], "a")
     assert masks.shape[0] == rows.num_rows >= 1
+
+
+def test_text_prompt_without_candidate_masks_is_recorded(tiny_sam, tiny_clip, fast_cfg, tmp_path, write_images):
+    sam, model = tiny_sam
+    (img,) = write_images(tmp_path / "imgs", 1)
+    cfg = fast_cfg.model_copy(update={"automatic": False})
+    s = compute_masks([ManifestItem("t", str(img), '[{"text": "a dog"}]')], sam, model, cfg, tmp_path / "o",
+                      clip=tiny_clip)
+    assert s.failed == 1
+    assert "no point/box/automatic masks to choose from" in read_failures(tmp_path / "o").column("error")[0].as_py()
+    # with a box prompt there is a candidate: the text mask is a copy of the CLIP-best one
+    s = compute_masks([ManifestItem("u", str(img), '[{"box": [5, 5, 40, 30]}, {"text": "a dog"}]')], sam, model,
+                      cfg, tmp_path / "o", clip=tiny_clip)
+    rows, masks = read_masks(tmp_path / "o", "u")
+    assert rows.column("source").to_pylist() == ["box", "text"] and np.array_equal(masks[0], masks[1])
+    assert rows.column("prompt").to_pylist()[1]["text"] == "a dog"
