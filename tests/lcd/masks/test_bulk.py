@@ -176,3 +176,43 @@ def test_text_prompt_without_candidate_masks_is_recorded(tiny_sam, tiny_clip, fa
     rows, masks = read_masks(tmp_path / "o", "u")
     assert rows.column("source").to_pylist() == ["box", "text"] and np.array_equal(masks[0], masks[1])
     assert rows.column("prompt").to_pylist()[1]["text"] == "a dog"
+
+
+def test_parquet_manifest_defaults_image_id_to_image(tmp_path):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"image": ["a.png", "http://127.0.0.1:1/b.jpg"], "prompts": ['[{"box": [0, 0, 1, 1]}]', None]}),
+                   tmp_path / "m.parquet")
+    items = read_manifest(tmp_path / "m.parquet")
+    assert [(i.image_id, i.image, i.prompts_json) for i in items] == [
+        ("a.png", "a.png", '[{"box": [0, 0, 1, 1]}]'), ("http://127.0.0.1:1/b.jpg", "http://127.0.0.1:1/b.jpg", None)]
+
+
+def test_unreachable_url_is_recorded(tiny_sam, fast_cfg, tmp_path):
+    sam, model = tiny_sam
+    s = compute_masks([ManifestItem("u", "http://127.0.0.1:9/none.jpg")], sam, model, fast_cfg, tmp_path / "o")
+    assert s.failed == 1
+    assert "u: cannot download http://127.0.0.1:9/none.jpg" in read_failures(tmp_path / "o").column("error")[0].as_py()
+
+
+def test_images_by_url_from_a_local_http_server(tiny_sam, fast_cfg, tmp_path, write_images):
+    import functools
+    import http.server
+    import threading
+
+    sam, model = tiny_sam
+    (img,) = write_images(tmp_path / "www", 1)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{img.name}"
+        cfg = fast_cfg.model_copy(update={"automatic": False})
+        s = compute_masks([ManifestItem("web", url, '[{"box": [5, 5, 40, 30]}]'),
+                           ManifestItem("404", url + ".missing")], sam, model, cfg, tmp_path / "o")
+    finally:
+        server.shutdown()
+    assert (s.done, s.failed) == (1, 1)
+    rows, masks = read_masks(tmp_path / "o", "web")
+    assert rows.column("image").to_pylist() == [url] and masks.shape == (1, 48, 64)
+    assert "404" in read_failures(tmp_path / "o").column("error")[0].as_py()
