@@ -28,10 +28,9 @@ class ModelsConfig(StrictConfig):
     .safetensors file), sam = path to sam_vit_h_4b8939.pth with sam_type "vit_h".
     """
 
-    sd: str = "models/tiny/sd"
+    sd: str = "models/tiny/sd"  # a 9-channel inpainting checkpoint is detected and used as such
     sd_revision: str | None = None
     sd_single_file_config: str | None = None  # diffusers config folder for single-file checkpoints
-    sd_inpaint: str | None = None  # optional 9-channel inpainting checkpoint
     sam: str = "models/tiny/sam/sam_vit_tiny.pth"
     sam_type: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_tiny"
     clip: str = "models/tiny/clip"
@@ -68,13 +67,8 @@ class Params(StrictConfig):
 
     models: ModelsConfig = ModelsConfig()
     edit: EditConfig = EditConfig()
+    train: "TrainConfig" = Field(default_factory=lambda: TrainConfig())
     masks: "MasksConfig" = Field(default_factory=lambda: MasksConfig())
-
-
-# stage configs live beside their stage and import StrictConfig from here, hence the late import
-from lcd.masks.config import MasksConfig  # noqa: E402
-
-Params.model_rebuild()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -89,3 +83,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise LcdError(f"{p}: {where}: {first['msg']}", item=f"{p}:{where}") from None
+
+
+from lcd.masks.config import MasksConfig  # noqa: E402  (MasksConfig subclasses StrictConfig above)
+from lcd.train.config import TrainConfig  # noqa: E402  (TrainConfig subclasses StrictConfig above)
+
+Params.model_rebuild()

@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--feather", type=int, dest="feather_px")
     p.add_argument("--model", help="SD hub id, diffusers folder or single-file checkpoint")
     p.add_argument("--device")
+    p.add_argument("--concept", action="append", default=[], metavar="DIR",
+                   help="concept folder from `lcd train` (repeatable); the prompt must use its token")
     p.set_defaults(func=run)
 
 
@@ -47,8 +49,17 @@ def run(args) -> int:
         args.model or m.sd, revision=m.sd_revision, dtype=m.dtype, device=args.device or m.device,
         single_file_config=m.sd_single_file_config,
     )
+    required: list[str] = []
+    extra: dict = {}
+    if args.concept:
+        from lcd.concepts.io import apply_concepts, load_concept
+
+        concepts = [load_concept(d) for d in args.concept]
+        apply_concepts(lp.pipe, concepts)
+        required = [t for c in concepts for t in c.tokens]
+        extra["concepts"] = [{"dir": c.name, "tokens": c.tokens, "base": c.card.get("base")} for c in concepts]
     item = EditItem(image=image, mask=mask, prompt=args.prompt, seed=cfg.seed, name=args.image)
-    result = edit_images(lp, [item], cfg)[0]
+    result = edit_images(lp, [item], cfg, required_tokens=required, extra_meta=extra)[0]
     for w in result.warnings:
         print(f"warning: {w}")
     where = {"mask": args.mask} if args.mask else {"masks": args.masks, "select": args.select or params.masks.select}

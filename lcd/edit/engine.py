@@ -19,7 +19,7 @@ from PIL import Image
 import lcd
 from lcd.config import EditConfig
 from lcd.edit import region
-from lcd.edit.prompts import check_prompt
+from lcd.edit.prompts import CONCEPT_TOKEN, check_prompt
 from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents, encode_prompts
 from lcd.errors import InputImageError
 from lcd.models.loader import LoadedPipeline
@@ -62,7 +62,8 @@ def check_item(item: EditItem, known_tokens: Sequence[str], required_tokens: Seq
 
 
 def known_concept_tokens(tokenizer) -> list[str]:
-    return list(tokenizer.get_added_vocab().keys())
+    """`[NAME]` tokens added to the tokenizer by loaded concepts (special tokens excluded)."""
+    return [t for t in tokenizer.get_added_vocab() if CONCEPT_TOKEN.fullmatch(t)]
 
 
 def _prepare(item: EditItem, cfg: EditConfig):
@@ -106,7 +107,8 @@ def _run_batch(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: E
         masked = encode_latents(vae, images * (regions < 0.5))
         inpaint_cond = torch.cat([F.interpolate(regions, size=(h, h)), masked], dim=1)
     cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [it.prompt for it in items])
-    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt] * len(items))
+    # one negative-prompt encoding serves the whole batch
+    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt]).expand(len(items), -1, -1)
     noise = initial_noise([it.seed for it in items], (unet.config.out_channels, h, h), device, dtype)
     settings = SamplerSettings(cfg.steps, cfg.guidance, cfg.eta, cfg.blend_start, cfg.blend)
     latents = denoise(

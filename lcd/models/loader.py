@@ -82,8 +82,11 @@ def load_sd_pipeline(
     """
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
+    from diffusers.utils import logging as dlogging
+
     torch_dtype = to_dtype(dtype)
     path, source = resolve(ref, revision)
+    dlogging.disable_progress_bar()  # batch logs, not terminal bars
     try:
         if path.is_file():
             if path.suffix not in SINGLE_FILE_SUFFIXES:
@@ -113,6 +116,8 @@ def load_sd_pipeline(
         raise
     except Exception as e:
         raise ModelLoadError(f"{ref}: failed to load Stable Diffusion: {type(e).__name__}: {e}", item=str(ref)) from e
+    finally:
+        dlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
     return LoadedPipeline(pipe=pipe, source=source)

@@ -1,0 +1,1 @@
+"""Concept folders: the small files a fine-tune produces, and applying them to a pipeline."""

@@ -1,0 +1,316 @@
+"""Concept folders: save, load, apply to a pipeline; export to / import from diffusers' layout.
+
+A concept folder holds
+    concept.safetensors  'text.embeddings' (n_tokens, D) float32 and 'unet.<param name>' tensors:
+                         full replacement weights for 'kv'/'crossattn', or '<module>.lora_A'
+                         (r, in) / '<module>.lora_B' (out, r) for 'lora'; metadata: tokens, method
+    card.json            base model source and hash, tokens, class words, resolved config, steps,
+                         hashes of the training photos
+    README.md            the card for people
+Applying a concept modifies the pipeline in place (models are too large to copy): its tokens are
+added to the tokenizer, their rows appended to the text encoder's embedding, and the UNet tensors
+replaced (or, for LoRA, the low-rank update merged into the base weights).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from lcd.edit.prompts import CONCEPT_TOKEN
+from lcd.errors import ModelLoadError, PromptError
+from lcd.io.atomic import atomic_path, write_text_atomic
+
+WEIGHTS_NAME = "concept.safetensors"
+CARD_NAME = "card.json"
+DIFFUSERS_WEIGHTS_NAME = "pytorch_custom_diffusion_weights.safetensors"
+DIFFUSERS_WEIGHTS_NAME_BIN = "pytorch_custom_diffusion_weights.bin"
+
+
+@dataclass
+class Concept:
+    """What a fine-tune learned. `unet` tensors are keyed by UNet parameter name (or LoRA keys)."""
+
+    tokens: list[str]
+    embeddings: torch.Tensor  # (n_tokens, D) float32
+    method: str  # 'kv' | 'crossattn' | 'lora'
+    unet: dict[str, torch.Tensor] = field(default_factory=dict)
+    lora_scale: float = 1.0  # alpha / rank
+    card: dict[str, Any] = field(default_factory=dict)
+    name: str = "concept"
+
+
+def check_token(token: str, tokenizer, item: str = "token") -> None:
+    """A concept token must look like `[NAME]` and must not already be a token of the vocabulary."""
+    if not CONCEPT_TOKEN.fullmatch(token):
+        raise PromptError(f"{item}: concept token {token!r} must look like [NAME] (letters, digits, _ or -)", item=item)
+    if token in tokenizer.get_vocab():
+        raise PromptError(
+            f"{item}: token {token} is already in the tokenizer's vocabulary; pick another name "
+            "(a concept token must be new, or it would overwrite a word the model knows)",
+            item=item,
+        )
+
+
+def add_tokens(tokenizer, text_encoder, tokens: Sequence[str], rows: torch.Tensor, item: str = "concept") -> list[int]:
+    """Add `tokens` with embedding `rows` (n, D); every existing row stays bit-identical. -> new ids."""
+    emb = text_encoder.get_input_embeddings()
+    if rows.shape != (len(tokens), emb.weight.shape[1]):
+        raise ModelLoadError(
+            f"{item}: token embeddings have shape {tuple(rows.shape)} but this text encoder needs "
+            f"({len(tokens)}, {emb.weight.shape[1]})",
+            item=item,
+        )
+    for t in tokens:
+        check_token(t, tokenizer, item)
+    tokenizer.add_tokens(list(tokens))
+    ids = tokenizer.convert_tokens_to_ids(list(tokens))
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        w = text_encoder.get_input_embeddings().weight
+        w[ids] = rows.to(device=w.device, dtype=w.dtype)
+    return ids
+
+
+def _check_unet_shapes(concept: Concept, unet) -> dict[str, torch.nn.Parameter]:
+    params = dict(unet.named_parameters())
+    if concept.method == "lora":
+        mods = {k.rsplit(".", 1)[0] for k in concept.unet}
+        for m in sorted(mods):
+            a, b = concept.unet[f"{m}.lora_A"], concept.unet[f"{m}.lora_B"]
+            w = params.get(f"{m}.weight")
+            if w is None:
+                raise ModelLoadError(f"{concept.name}: base UNet has no module {m}", item=concept.name)
+            need = (b.shape[0], a.shape[1])
+            if tuple(w.shape) != need:
+                raise ModelLoadError(
+                    f"{concept.name}: {m}: concept LoRA gives shape {need} but the base weight is "
+                    f"{tuple(w.shape)}; the concept was trained on a different base model",
+                    item=concept.name,
+                )
+        return params
+    for k, t in concept.unet.items():
+        p = params.get(k)
+        if p is None:
+            raise ModelLoadError(f"{concept.name}: base UNet has no parameter {k}", item=concept.name)
+        if tuple(p.shape) != tuple(t.shape):
+            raise ModelLoadError(
+                f"{concept.name}: {k}: concept shape {tuple(t.shape)} but base shape {tuple(p.shape)}; "
+                "the concept was trained on a different base model",
+                item=concept.name,
+            )
+    return params
+
+
+def apply_concepts(pipe, concepts: Sequence[Concept]):
+    """Apply concepts to a diffusers SD pipeline in place and return it.
+
+    Shapes are all checked before anything changes. At most one concept may carry full K/V
+    weights ('kv'/'crossattn'), since a second would overwrite the first; LoRA updates add up.
+    """
+    # 1. check everything first, so a bad concept leaves the pipeline untouched
+    full = [c.name for c in concepts if c.method != "lora" and c.unet]
+    if len(full) > 1:
+        raise ModelLoadError(
+            f"concepts {full[0]} and {full[1]} both replace the cross-attention K/V weights; "
+            "train them jointly (one run with several concepts) instead",
+            item=full[1],
+        )
+    seen: set[str] = set()
+    for c in concepts:
+        _check_unet_shapes(c, pipe.unet)
+        d = pipe.text_encoder.get_input_embeddings().weight.shape[1]
+        if c.embeddings.shape[-1] != d:
+            raise ModelLoadError(
+                f"{c.name}: token embeddings have width {c.embeddings.shape[-1]} but the base text encoder "
+                f"has {d}; the concept was trained on a different base model",
+                item=c.name,
+            )
+        for t in c.tokens:
+            check_token(t, pipe.tokenizer, c.name)
+            if t in seen:
+                raise PromptError(f"{c.name}: token {t} is defined by two concepts", item=c.name)
+            seen.add(t)
+    # 2. apply
+    for c in concepts:
+        add_tokens(pipe.tokenizer, pipe.text_encoder, c.tokens, c.embeddings, c.name)
+        params = dict(pipe.unet.named_parameters())
+        with torch.no_grad():
+            if c.method == "lora":
+                for m in sorted({k.rsplit(".", 1)[0] for k in c.unet}):
+                    w = params[f"{m}.weight"]
+                    delta = c.lora_scale * (c.unet[f"{m}.lora_B"].float() @ c.unet[f"{m}.lora_A"].float())
+                    w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
+            else:
+                for k, t in c.unet.items():
+                    params[k].copy_(t.to(device=params[k].device, dtype=params[k].dtype))
+    return pipe
+
+
+def save_concept(concept: Concept, out_dir: str | Path) -> Path:
+    """Write concept.safetensors + card.json + README.md atomically (file by file)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    tensors = {"text.embeddings": concept.embeddings.detach().float().cpu().contiguous()}
+    tensors.update({f"unet.{k}": v.detach().cpu().contiguous() for k, v in concept.unet.items()})
+    meta = {"tokens": json.dumps(concept.tokens), "method": concept.method, "lora_scale": repr(concept.lora_scale),
+            "config": json.dumps(concept.card.get("config", {}), sort_keys=True)}
+    with atomic_path(out / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    card = dict(concept.card, tokens=concept.tokens, method=concept.method, lora_scale=concept.lora_scale)
+    write_text_atomic(out / CARD_NAME, json.dumps(card, indent=2, sort_keys=True, default=str))
+    write_text_atomic(out / "README.md", _readme(card))
+    return out
+
+
+def _readme(card: dict) -> str:
+    base = card.get("base", {})
+    lines = [
+        f"# Concept {', '.join(card['tokens'])}",
+        "",
+        f"- class words: {', '.join(card.get('class_words', [])) or 'unknown'}",
+        f"- method: {card['method']}, steps: {card.get('steps', '?')}",
+        f"- base model: {base.get('ref', '?')} (sha256 {base.get('sha256') or base.get('revision') or '?'})",
+        f"- photos: {len(card.get('photos', []))}",
+        "",
+        f"Use: `lcd edit --concept <this folder> --prompt \"a photo of {card['tokens'][0]} ...\"`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_concept(folder: str | Path) -> Concept:
+    """Read a concept folder written by `save_concept`."""
+    from safetensors import safe_open
+
+    p = Path(folder)
+    f = p / WEIGHTS_NAME
+    if not f.exists():
+        raise ModelLoadError(f"{p}: not a concept folder (no {WEIGHTS_NAME})", item=str(p))
+    try:
+        with safe_open(str(f), framework="pt") as sf:
+            meta = sf.metadata() or {}
+            tensors = {k: sf.get_tensor(k) for k in sf.keys()}
+        tokens = json.loads(meta["tokens"])
+        method = meta["method"]
+        scale = float(meta.get("lora_scale", "1.0"))
+    except Exception as e:
+        raise ModelLoadError(f"{f}: cannot read concept weights: {type(e).__name__}: {e}", item=str(p)) from None
+    card = json.loads((p / CARD_NAME).read_text()) if (p / CARD_NAME).exists() else {}
+    unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
+    return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p))
+
+
+# --- diffusers' Custom Diffusion layout ------------------------------------------------------
+
+_TO_DIFFUSERS = {"to_k.weight": "to_k_custom_diffusion.weight", "to_v.weight": "to_v_custom_diffusion.weight",
+                 "to_q.weight": "to_q_custom_diffusion.weight", "to_out.0.weight": "to_out_custom_diffusion.0.weight",
+                 "to_out.0.bias": "to_out_custom_diffusion.0.bias"}
+_FROM_DIFFUSERS = {v: k for k, v in _TO_DIFFUSERS.items()}
+
+
+def token_file_name(token: str) -> str:
+    return f"{token.strip('[]')}.safetensors"
+
+
+def export_diffusers(concept: Concept, unet, out_dir: str | Path) -> Path:
+    """Write the files stock diffusers loads:
+        pipe.unet.load_attn_procs(dir, weight_name=DIFFUSERS_WEIGHTS_NAME, _pipeline=pipe)
+        pipe.load_textual_inversion(dir, weight_name=token_file_name(tok), token=tok)  # per token
+    Every attention processor gets an entry (zero-length tensors for untouched ones) so diffusers
+    builds a complete processor map. Pass `_pipeline`: without it diffusers 0.39 builds the
+    processors and silently never installs them (diffusers #9320). LoRA is merged into K/V.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    _check_unet_shapes(concept, unet)
+    base = dict(unet.named_parameters())
+    weights = dict(concept.unet)
+    if concept.method == "lora":
+        weights = {}
+        for m in sorted({k.rsplit(".", 1)[0] for k in concept.unet}):
+            d = concept.lora_scale * (concept.unet[f"{m}.lora_B"].float() @ concept.unet[f"{m}.lora_A"].float())
+            weights[f"{m}.weight"] = base[f"{m}.weight"].detach().float().cpu() + d
+    state: dict[str, torch.Tensor] = {}
+    for proc in unet.attn_processors:  # '<module path>.processor'
+        mod = proc[: -len(".processor")]
+        got = {suf: weights[f"{mod}.{suf}"] for suf in _TO_DIFFUSERS if f"{mod}.{suf}" in weights}
+        if not got:
+            state[proc] = torch.zeros(0)
+            continue
+        if "to_k.weight" not in got or "to_v.weight" not in got:
+            raise ModelLoadError(f"{concept.name}: {mod}: diffusers needs both to_k and to_v", item=concept.name)
+        if "to_q.weight" in got:  # train_q_out: diffusers needs q and out, taken from the base when untouched
+            for suf in ("to_q.weight", "to_out.0.weight", "to_out.0.bias"):
+                got.setdefault(suf, base[f"{mod}.{suf}"].detach())
+        for suf, t in got.items():
+            state[f"{proc}.{_TO_DIFFUSERS[suf]}"] = t.detach().float().cpu().contiguous()
+    with atomic_path(out / DIFFUSERS_WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp))
+    for tok, row in zip(concept.tokens, concept.embeddings):
+        with atomic_path(out / token_file_name(tok)) as tmp:
+            save_file({tok: row.detach().float().cpu().contiguous()}, str(tmp))
+    return out
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def import_diffusers(folder: str | Path, card: dict[str, Any] | None = None,
+                     tokens: Sequence[str] | None = None) -> Concept:
+    """Read weights trained by diffusers' `examples/custom_diffusion/train_custom_diffusion.py`
+    (`pytorch_custom_diffusion_weights.{safetensors,bin}` + one `<token>.{safetensors,bin}` per
+    modifier token holding {token: (D,)}) into a Concept.
+
+    diffusers' tokens look like `<new1>`; ours must look like `[NAME]`, so `<new1>` becomes
+    `[new1]` unless `tokens` names them (in the sorted order of the embedding files)."""
+    p = Path(folder)
+    wf = next((p / n for n in (DIFFUSERS_WEIGHTS_NAME, DIFFUSERS_WEIGHTS_NAME_BIN) if (p / n).exists()), None)
+    if wf is None:
+        raise ModelLoadError(f"{p}: no {DIFFUSERS_WEIGHTS_NAME} or {DIFFUSERS_WEIGHTS_NAME_BIN}", item=str(p))
+    try:
+        state = _read_tensors(wf)
+    except Exception as e:
+        raise ModelLoadError(f"{wf}: cannot read: {type(e).__name__}: {e}", item=str(wf)) from None
+    unet: dict[str, torch.Tensor] = {}
+    for k, t in state.items():
+        if not isinstance(t, torch.Tensor) or t.numel() == 0:
+            continue  # untouched processor
+        proc, _, sub = k.partition(".processor.")
+        if sub not in _FROM_DIFFUSERS:
+            raise ModelLoadError(f"{wf}: unexpected key {k} (not a Custom Diffusion weight)", item=str(wf))
+        unet[f"{proc}.{_FROM_DIFFUSERS[sub]}"] = t.float()
+    if not unet:
+        raise ModelLoadError(f"{wf}: holds no Custom Diffusion K/V weights", item=str(wf))
+    names, rows = [], []
+    for f in sorted(p.iterdir()):
+        if f == wf or f.suffix not in (".safetensors", ".bin") or f.name.startswith("pytorch_"):
+            continue
+        sd = _read_tensors(f)
+        if len(sd) != 1:
+            raise ModelLoadError(f"{f}: a token embedding file must hold one entry, found {len(sd)}", item=str(f))
+        (tok, row), = sd.items()
+        names.append(tok)
+        rows.append(row.float().reshape(-1))
+    if not names:
+        raise ModelLoadError(f"{p}: no token embedding file (<token>.safetensors or .bin) beside {wf.name}", item=str(p))
+    if tokens is not None:
+        if len(tokens) != len(rows):
+            raise ModelLoadError(f"{p}: {len(rows)} token file(s) but {len(tokens)} token name(s) given", item=str(p))
+        tokens = list(tokens)
+    else:
+        tokens = [t if CONCEPT_TOKEN.fullmatch(t) else f"[{re.sub(r'[^A-Za-z0-9_-]', '', t) or 'P'}]" for t in names]
+    method = "crossattn" if any(k.endswith("to_q.weight") for k in unet) else "kv"
+    meta = dict(card or {}, imported_from=str(p), source_format="diffusers custom_diffusion")
+    return Concept(tokens, torch.stack(rows), method, unet, 1.0, meta, str(p))

@@ -1,0 +1,194 @@
+"""Training data: concept photos with captions, the Custom Diffusion augmentation, prior images.
+
+Arrays: photos are (H, W, 3) uint8; a training example is (image (3, S, S) float32 in [-1, 1],
+loss mask (1, S/8, S/8) float32 in {0, 1}, caption str). All randomness comes from the
+`np.random.Generator` passed in, so a resumed run replays the exact same batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from lcd.errors import InputImageError, LcdError
+from lcd.io.images import load_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+SMALL_WORDS = ("a far away", "very small")  # prefixed when the object is shrunk in the frame
+LARGE_WORDS = ("zoomed in", "close up")  # prefixed when it is enlarged and cropped
+
+
+@dataclass
+class Example:
+    """One image with its caption (and the file it came from, for errors and hashes)."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    caption: str
+    name: str
+    sha256: str = ""
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    p = Path(folder)
+    if not p.is_dir():
+        raise InputImageError(f"{p}: photo folder not found", item=str(p))
+    return sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_concept_photos(
+    folder: str | Path, token: str, class_word: str, template: str, *, min_photos: int, min_px: int
+) -> list[Example]:
+    """Read a concept's photos; a `<stem>.txt` beside a photo overrides the template caption
+    (it must then contain the token). Errors name the folder or the photo."""
+    if not class_word.strip():
+        raise LcdError(f"{folder}: no class word given for concept {token} (e.g. 'dog')", item=str(folder))
+    files = image_files(folder)
+    if len(files) < min_photos:
+        raise InputImageError(
+            f"{folder}: {len(files)} photo(s) found, at least {min_photos} are needed "
+            f"(suffixes {', '.join(IMAGE_SUFFIXES)})",
+            item=str(folder),
+        )
+    out = []
+    for f in files:
+        img = load_image(f)
+        if min(img.shape[:2]) < min_px:
+            raise InputImageError(
+                f"{f}: photo is {img.shape[1]}x{img.shape[0]}, its shorter side must be at least {min_px} px",
+                item=str(f),
+            )
+        side = f.with_suffix(".txt")
+        caption = side.read_text().strip() if side.exists() else template.format(token=token, class_word=class_word)
+        if token not in caption:
+            raise LcdError(f"{side}: caption {caption!r} does not contain the concept token {token}", item=str(side))
+        out.append(Example(img, caption, str(f), hashlib.sha256(f.read_bytes()).hexdigest()))
+    return out
+
+
+def load_reg_set(folder: str | Path, default_caption: str) -> list[Example]:
+    """A regularization set in one of three layouts:
+    - diffusers' `--real_prior` layout: `images.txt` (one path per line) + `caption.txt` (one per line);
+    - `manifest.jsonl`: {"image": path relative to the folder, "caption": str} per line;
+    - a plain folder of images, each with an optional `<stem>.txt` caption (else `default_caption`).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputImageError(f"{root}: regularization folder not found", item=str(root))
+    pairs: list[tuple[Path, str]] = []
+    if (root / "images.txt").exists() and (root / "caption.txt").exists():
+        paths = [ln.strip() for ln in (root / "images.txt").read_text().splitlines() if ln.strip()]
+        caps = [ln.strip() for ln in (root / "caption.txt").read_text().splitlines() if ln.strip()]
+        if len(paths) != len(caps):
+            raise LcdError(f"{root}: images.txt has {len(paths)} lines but caption.txt {len(caps)}", item=str(root))
+        pairs = [(_under(root, p), c) for p, c in zip(paths, caps)]
+    elif (root / "manifest.jsonl").exists():
+        for i, ln in enumerate((root / "manifest.jsonl").read_text().splitlines()):
+            if ln.strip():
+                rec = json.loads(ln)
+                if "image" not in rec:
+                    raise LcdError(f"{root}/manifest.jsonl:{i + 1}: no 'image' field", item=str(root / "manifest.jsonl"))
+                pairs.append((_under(root, rec["image"]), rec.get("caption") or default_caption))
+    else:
+        for f in image_files(root):
+            side = f.with_suffix(".txt")
+            pairs.append((f, side.read_text().strip() if side.exists() else default_caption))
+    if not pairs:
+        raise InputImageError(f"{root}: regularization set has no images", item=str(root))
+    return [Example(load_image(p), c, str(p)) for p, c in pairs]
+
+
+def _under(root: Path, p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else root / q
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Center-crop to a square and resize to (size, size, 3) uint8 (Lanczos)."""
+    h, w = img.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    crop = Image.fromarray(img[y : y + s, x : x + s])
+    return np.asarray(crop.resize((size, size), Image.LANCZOS))
+
+
+def augment(
+    img: np.ndarray, caption: str, size: int, rng: np.random.Generator, *,
+    scale_range: tuple[float, float] = (0.4, 1.4), flip_p: float = 0.5, rescale: bool = True,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Custom Diffusion's augmentation, reimplemented from the paper's description.
+
+    The photo is rescaled by a random factor: shrunk, it sits at a random place on a blank canvas
+    and only its area counts in the loss; enlarged, a random crop is taken. Strong shrinks add
+    'a far away'/'very small' to the caption, strong zooms 'zoomed in'/'close up', so the model
+    ties scale to words instead of to the concept. Returns (image (3, S, S) float32 in [-1, 1],
+    mask (1, S/8, S/8) float32, caption).
+    """
+    base = resize_square(img, size)
+    if rng.random() < flip_p:
+        base = base[:, ::-1]
+    lat = size // 8
+    mask = np.ones((1, lat, lat), np.float32)
+    if rescale:
+        scale = float(rng.uniform(*scale_range))
+        # sizes in whole latent cells so the mask matches the image exactly
+        cells = max(1, int(round(lat * scale)))
+        new = cells * 8
+        resized = np.asarray(Image.fromarray(np.ascontiguousarray(base)).resize((new, new), Image.BICUBIC))
+        if new < size:
+            canvas = np.zeros((size, size, 3), np.uint8)
+            cy, cx = (int(v) for v in rng.integers(0, lat - cells + 1, size=2))
+            canvas[cy * 8 : cy * 8 + new, cx * 8 : cx * 8 + new] = resized
+            mask[:] = 0.0
+            mask[:, cy : cy + cells, cx : cx + cells] = 1.0
+            base = canvas
+            if scale < 0.6:
+                caption = f"{SMALL_WORDS[int(rng.integers(len(SMALL_WORDS)))]} {caption}"
+        else:
+            y, x = (int(v) for v in rng.integers(0, new - size + 1, size=2))
+            base = resized[y : y + size, x : x + size]
+            if scale > 1.2:
+                caption = f"{LARGE_WORDS[int(rng.integers(len(LARGE_WORDS)))]} {caption}"
+    x = np.ascontiguousarray(base).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
+    return x, mask, caption
+
+
+def sample_batch(
+    examples: Sequence[Example], n: int, size: int, rng: np.random.Generator, *,
+    augmented: bool, scale_range=(0.4, 1.4), flip_p: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """n random examples -> (images (n, 3, S, S), masks (n, 1, S/8, S/8), captions)."""
+    idx = rng.integers(0, len(examples), size=n)
+    outs = [
+        augment(examples[i].image, examples[i].caption, size, rng, scale_range=scale_range, flip_p=flip_p, rescale=augmented)
+        for i in idx
+    ]
+    return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), [o[2] for o in outs]
+
+
+def generate_class_images(pipe, prompt: str, n: int, out_dir: str | Path, *, steps: int, guidance: float,
+                          size: int, seed: int = 0) -> list[Example]:
+    """Generate (or reuse) n class images of `prompt` with the base model, cached as PNGs.
+
+    Image i uses seed `seed + i`, so an interrupted generation resumes where it stopped and a
+    cache is reused only for the same prompt/size/steps (the folder name should encode them)."""
+    import torch
+
+    from lcd.io.images import save_png
+
+    out = Path(out_dir)
+    examples = []
+    for i in range(n):
+        path = out / f"{i:05d}.png"
+        if not path.exists():
+            g = torch.Generator("cpu").manual_seed(seed + i)
+            img = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                       generator=g, output_type="np").images[0]
+            save_png(path, (img * 255).round().astype(np.uint8), {"prompt": prompt, "seed": seed + i, "steps": steps})
+        examples.append(Example(load_image(path), prompt, str(path)))
+    return examples

@@ -1,0 +1,335 @@
+"""The fine-tuning loop: diffusion loss on concept photos (+ prior images), AdamW, exact resume.
+
+`train_concepts(lp, specs, cfg)` adds each concept's token to the pipeline's tokenizer and text
+encoder, trains the chosen weights in place (the pipeline ends up holding the fine-tuned model)
+and returns the learned `Concept`. Only the new embedding rows and the tensors chosen by
+`lcd.train.params` change; every other tensor stays bit-identical.
+
+The token rows are a separate (n, D) parameter spliced into the embedding matrix out of place
+(`torch.func.functional_call`), so the optimizer never sees, decays or stores state for the
+49,408 existing rows.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import lcd
+from lcd.concepts.io import Concept, add_tokens, check_token
+from lcd.errors import LcdError
+from lcd.models.loader import LoadedPipeline
+from lcd.train import checkpoint as ck
+from lcd.train import data
+from lcd.train.config import ConceptSpec, TrainConfig
+from lcd.train.params import add_lora, freeze_except
+
+
+class TrainingError(LcdError):
+    """Training cannot go on (NaN loss, missing optional dependency)."""
+
+
+@dataclass
+class TrainResult:
+    concept: Concept
+    losses: list[dict] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def _init_rows(tokenizer, text_encoder, spec: ConceptSpec) -> torch.Tensor:
+    """Mean embedding of the init word's tokens, (D,) float32."""
+    word = (spec.init_word or spec.class_word).strip()
+    ids = tokenizer(word, add_special_tokens=False).input_ids
+    if not word or not ids:
+        raise LcdError(f"{spec.photos}: init word {word!r} for {spec.token} gives no tokens", item=spec.photos)
+    w = text_encoder.get_input_embeddings().weight
+    return w[ids].detach().float().mean(0)
+
+
+def _embedding_param_name(text_encoder) -> str:
+    emb = text_encoder.get_input_embeddings()
+    return next(n for n, m in text_encoder.named_modules() if m is emb) + ".weight"
+
+
+def encode_text(tokenizer, text_encoder, captions: Sequence[str], ids: torch.Tensor, rows: torch.Tensor,
+                emb_name: str) -> torch.Tensor:
+    """CLIP hidden states (B, 77, D) with the token rows spliced in (differentiable in `rows`)."""
+    input_ids = tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
+                          truncation=True, return_tensors="pt").input_ids.to(text_encoder.device)
+    base = text_encoder.get_input_embeddings().weight
+    w = base.index_put((ids,), rows.to(base.dtype))
+    return torch.func.functional_call(text_encoder, {emb_name: w}, (input_ids,))[0]
+
+
+def diffusion_loss(pipe, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor, gen: torch.Generator,
+                   autocast=None) -> torch.Tensor:
+    """Per-example masked epsilon MSE (B,). images (B, 3, S, S) in [-1, 1]; masks (B, 1, S/8, S/8)."""
+    unet, vae, sched = pipe.unet, pipe.vae, pipe.scheduler
+    dev = unet.device
+    with torch.no_grad():
+        dist = vae.encode(images.to(dev, vae.dtype)).latent_dist
+        eps0 = torch.randn(dist.mean.shape, generator=gen).to(dev, dist.mean.dtype)
+        latents = (dist.mean + dist.std * eps0) * vae.config.scaling_factor
+    noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
+    t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(dev)
+    noisy = sched.add_noise(latents, noise, t)
+    with autocast or torch.autocast(dev.type, enabled=False):
+        pred = unet(noisy, t, encoder_hidden_states=text.to(unet.dtype), return_dict=False)[0]
+    target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, t)
+    m = masks.to(dev, torch.float32)
+    err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(1, keepdim=True) * m
+    return err.sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1.0)
+
+
+def check_config(cfg: TrainConfig, device: torch.device) -> None:
+    """Fail before any work on choices this machine cannot run."""
+    if cfg.use_8bit_adam:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise TrainingError("use_8bit_adam needs bitsandbytes, which is not installed", item="use_8bit_adam") from None
+    if cfg.mixed_precision == "fp16" and device.type != "cuda":
+        raise TrainingError(f"mixed_precision fp16 needs a CUDA device, got {device}", item="mixed_precision")
+
+
+def _optimizer(cfg: TrainConfig, unet_params: list, rows: torch.nn.Parameter):
+    groups = [{"params": [rows], "lr": cfg.token_lr or cfg.lr, "weight_decay": 0.0}]
+    if unet_params:
+        groups.insert(0, {"params": unet_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
+    kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    if cfg.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, **kw)
+    return torch.optim.AdamW(groups, **kw)
+
+
+def train_concepts(
+    lp: LoadedPipeline,
+    specs: Sequence[ConceptSpec],
+    cfg: TrainConfig,
+    *,
+    work_dir: str | Path | None = None,
+    resume: bool = False,
+    prior_examples: Sequence[data.Example] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `lp.pipe` in place on one or more concepts; return the learned Concept.
+
+    work_dir (optional) receives checkpoints/, losses.csv/json, validation/ and cached class
+    images; `resume=True` continues from its newest checkpoint exactly (same weights, optimizer,
+    RNG states and step as an uninterrupted run). `prior_examples` overrides `cfg.reg_dir`.
+    """
+    pipe = lp.pipe
+    dev = pipe.unet.device
+    work = Path(work_dir) if work_dir is not None else None
+    # 1. check inputs before touching the model
+    check_config(cfg, dev)
+    if not specs:
+        raise LcdError("no concept given to train", item="concepts")
+    tokens = [s.token for s in specs]
+    if len(set(tokens)) != len(tokens):
+        raise LcdError(f"concept tokens must be distinct, got {tokens}", item="token")
+    for s in specs:
+        check_token(s.token, pipe.tokenizer, s.photos)
+    examples = []
+    for s in specs:
+        examples.append(data.load_concept_photos(s.photos, s.token, s.class_word, cfg.template,
+                                                 min_photos=cfg.min_photos, min_px=cfg.min_photo_px))
+    # 2. prior images: given, a regularization set, or generated with the base model (cached)
+    prior: list[data.Example] = []
+    if cfg.prior and cfg.prior_weight > 0:
+        if prior_examples is not None:
+            prior = list(prior_examples)
+        elif cfg.reg_dir:
+            prior = data.load_reg_set(cfg.reg_dir, cfg.class_template.format(class_word=specs[0].class_word))
+        else:
+            prior = _class_images(lp, specs, cfg, work)
+    # 3. tokens and trainable tensors
+    init = torch.stack([_init_rows(pipe.tokenizer, pipe.text_encoder, s) for s in specs])
+    token_ids = add_tokens(pipe.tokenizer, pipe.text_encoder, tokens, init, "concepts")
+    ids_t = torch.tensor(token_ids, device=pipe.text_encoder.device)
+    rows = torch.nn.Parameter(init.clone().to(pipe.text_encoder.device))
+    emb_name = _embedding_param_name(pipe.text_encoder)
+    for m in (pipe.text_encoder, pipe.vae):
+        m.requires_grad_(False)
+    if cfg.method == "lora":
+        names = add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
+    else:
+        names = freeze_except(pipe.unet, cfg.method)
+    params = dict(pipe.unet.named_parameters())
+    unet_params = [params[n] for n in names]
+    if cfg.gradient_checkpointing:
+        pipe.unet.enable_gradient_checkpointing()
+        pipe.text_encoder.gradient_checkpointing_enable()
+    opt = _optimizer(cfg, unet_params, rows)
+    gen = torch.Generator("cpu").manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    fp = ck.fingerprint({"cfg": cfg.model_dump(), "specs": [s.model_dump() for s in specs], "n_prior": len(prior)})
+    losses: list[dict] = []
+    start = 0
+    ckpt_root = work / "checkpoints" if work is not None else None
+    # 4. resume
+    if resume and ckpt_root is not None and ck.list_checkpoints(ckpt_root):
+        last = ck.list_checkpoints(ckpt_root)[-1]
+        tensors, opt_state, gen_state, state = ck.load_checkpoint(last, fp)
+        with torch.no_grad():
+            rows.copy_(tensors.pop("token_rows"))
+            for n in names:
+                params[n].copy_(tensors[f"unet.{n}"])
+        opt.load_state_dict(opt_state)
+        gen.set_state(gen_state)
+        rng.bit_generator.state = state["np_rng"]
+        losses, start = state["losses"], state["step"]
+    # 5. the loop
+    autocast = None
+    if cfg.mixed_precision != "no":
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
+    was_training = pipe.unet.training
+    pipe.unet.train()
+    bar = _progress(cfg, start)
+    last_good = ck.list_checkpoints(ckpt_root)[-1] if ckpt_root is not None and ck.list_checkpoints(ckpt_root) else None
+    try:
+        for step in range(start, cfg.steps):
+            inst_sum = prior_sum = 0.0
+            for _ in range(cfg.grad_accum):
+                inst_l, prior_l = _micro_step(pipe, cfg, examples, prior, rng, gen, ids_t, rows, emb_name, autocast)
+                loss = inst_l + cfg.prior_weight * prior_l if prior else inst_l
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"loss is {loss.item()} at step {step + 1}; stopping. Last good checkpoint: "
+                        f"{last_good or 'none'} (lower lr or use mixed_precision 'no')",
+                        item=f"step {step + 1}",
+                    )
+                (loss / cfg.grad_accum).backward()
+                inst_sum += inst_l.item() / cfg.grad_accum
+                prior_sum += (prior_l.item() if prior else 0.0) / cfg.grad_accum
+            torch.nn.utils.clip_grad_norm_(unet_params + [rows], cfg.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():  # keep the pipeline usable (validation, in-memory edits) at every step
+                pipe.text_encoder.get_input_embeddings().weight[ids_t] = rows.to(pipe.text_encoder.dtype)
+            rec = {"step": step + 1, "loss": inst_sum + cfg.prior_weight * prior_sum, "instance_loss": inst_sum,
+                   "prior_loss": prior_sum}
+            losses.append(rec)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            if on_step is not None:
+                on_step(step + 1, rec["loss"])
+            done = step + 1
+            if ckpt_root is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                tensors = {"token_rows": rows} | {f"unet.{n}": params[n] for n in names}
+                last_good = ck.save_checkpoint(ckpt_root, done, tensors, opt, gen, rng.bit_generator.state, losses,
+                                               fp, cfg.keep_checkpoints)
+                ck.write_loss_curve(work, losses)
+            if work is not None and cfg.validate_every and done % cfg.validate_every == 0:
+                _validate(pipe, cfg, specs, work / "validation" / f"step-{done:06d}.png")
+    finally:
+        if bar is not None:
+            bar.close()
+        pipe.unet.train(was_training)
+    if work is not None:
+        ck.write_loss_curve(work, losses)
+    # 6. the learned concept
+    concept = _concept(pipe, cfg, specs, examples, rows, names, params, lp, losses)
+    return TrainResult(concept, losses, start)
+
+
+def _micro_step(pipe, cfg, examples, prior, rng, gen, ids_t, rows, emb_name, autocast):
+    per = [cfg.batch_size // len(examples) + (i < cfg.batch_size % len(examples)) for i in range(len(examples))]
+    imgs, masks, caps = [], [], []
+    for ex, n in zip(examples, per):
+        if n:
+            i, m, c = data.sample_batch(ex, n, cfg.resolution, rng, augmented=cfg.augment,
+                                        scale_range=cfg.scale_range, flip_p=cfg.flip_p)
+            imgs.append(i), masks.append(m), caps.extend(c)
+    n_inst = len(caps)
+    if prior:
+        i, m, c = data.sample_batch(prior, cfg.batch_size, cfg.resolution, rng, augmented=False, flip_p=cfg.flip_p)
+        imgs.append(i), masks.append(m), caps.extend(c)
+    images = torch.from_numpy(np.concatenate(imgs))
+    mask = torch.from_numpy(np.concatenate(masks))
+    with autocast or torch.autocast(pipe.unet.device.type, enabled=False):
+        text = encode_text(pipe.tokenizer, pipe.text_encoder, caps, ids_t, rows, emb_name)
+    per_ex = diffusion_loss(pipe, images, mask, text, gen, autocast)
+    inst = per_ex[:n_inst].mean()
+    pri = per_ex[n_inst:].mean() if prior else torch.zeros(())
+    return inst, pri
+
+
+def _class_images(lp, specs, cfg, work):
+    import hashlib
+
+    out = []
+    for s in specs:
+        prompt = cfg.class_template.format(class_word=s.class_word)
+        key = hashlib.sha256(f"{lp.source.sha256 or lp.source.revision}|{prompt}|{cfg.resolution}|"
+                             f"{cfg.class_image_steps}|{cfg.class_image_guidance}|{cfg.seed}".encode()).hexdigest()[:12]
+        # without a work dir the images live in a temp folder for this run only
+        cache = (work if work is not None else Path(tempfile.mkdtemp(prefix="lcd-class-"))) / "class_images" / key
+        out += data.generate_class_images(lp.pipe, prompt, cfg.num_class_images, cache, steps=cfg.class_image_steps,
+                                          guidance=cfg.class_image_guidance, size=cfg.resolution, seed=cfg.seed)
+    return out
+
+
+def _progress(cfg, start):
+    if not cfg.progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
+
+
+@torch.no_grad()
+def _validate(pipe, cfg, specs, path):
+    from lcd.io.images import save_png
+
+    prompt = cfg.validation_prompt.format(token=specs[0].token, class_word=specs[0].class_word)
+    g = torch.Generator("cpu").manual_seed(cfg.seed)
+    img = pipe(prompt, num_inference_steps=cfg.validation_steps, height=cfg.resolution, width=cfg.resolution,
+               generator=g, output_type="np").images[0]
+    save_png(path, (img * 255).round().astype(np.uint8), {"prompt": prompt, "seed": cfg.seed})
+
+
+def _concept(pipe, cfg, specs, examples, rows, names, params, lp, losses) -> Concept:
+    if cfg.method == "lora":
+        unet = {}
+        for n, p in params.items():
+            if "lora_A" in n or "lora_B" in n:  # '<module>.lora_A.default.weight'
+                mod, kind = n.split(".lora_")[0], "lora_A" if "lora_A" in n else "lora_B"
+                unet[f"{mod.removesuffix('.base_layer')}.{kind}"] = p.detach().float().cpu().clone()
+        scale = (cfg.lora_alpha or cfg.lora_rank) / cfg.lora_rank
+    else:
+        unet = {n: params[n].detach().cpu().clone() for n in names}
+        scale = 1.0
+    card = {
+        "base": lp.source.to_dict(),
+        "class_words": [s.class_word for s in specs],
+        "init_words": [s.init_word or s.class_word for s in specs],
+        "config": cfg.model_dump(),
+        "steps": len(losses),
+        "final_loss": losses[-1]["loss"] if losses else None,
+        "photos": [{"file": e.name, "sha256": e.sha256} for ex in examples for e in ex],
+        "lcd_version": lcd.__version__,
+    }
+    return Concept([s.token for s in specs], rows.detach().float().cpu().clone(), cfg.method, unet, scale, card)
+
+
+@torch.no_grad()
+def concept_loss(pipe, images: np.ndarray, captions: Sequence[str], seed: int = 0, repeats: int = 2) -> float:
+    """Mean un-augmented diffusion loss of `images` (N, 3, S, S) in [-1, 1] under fixed noise and
+    timesteps: a like-for-like measure before and after training."""
+    gen = torch.Generator("cpu").manual_seed(seed)
+    text = pipe.text_encoder(pipe.tokenizer(list(captions), padding="max_length", truncation=True,
+                                            max_length=pipe.tokenizer.model_max_length,
+                                            return_tensors="pt").input_ids.to(pipe.text_encoder.device))[0]
+    x = torch.from_numpy(images)
+    masks = torch.ones(x.shape[0], 1, x.shape[2] // 8, x.shape[3] // 8)
+    return float(torch.stack([diffusion_loss(pipe, x, masks, text, gen).mean() for _ in range(repeats)]).mean())
