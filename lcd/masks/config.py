@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lcd.config import StrictConfig
 
@@ -40,3 +40,11 @@ class MasksConfig(StrictConfig):
     dilate_px: int = Field(0, ge=0, le=256)
     feather_px: int = Field(0, ge=0, le=256)  # PNG export only; the edit feathers itself
     text_crop_margin: float = Field(0.1, ge=0.0, le=2.0)  # context around a mask's box for CLIP
+
+    @field_validator("select")
+    @classmethod
+    def _valid_selection(cls, v: str) -> str:
+        from lcd.masks.select import parse_selection
+
+        parse_selection(v)  # a typo in params.yaml fails at load, not after the masks are read
+        return v

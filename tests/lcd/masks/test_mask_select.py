@@ -100,3 +100,15 @@ def test_text_selection_end_to_end_with_tiny_clip(tiny_clip, three):
     assert e.shape == (3, 32)
     assert k == int(np.argmax(text_scores(e, embed_text(tiny_clip, "a photo of a dog"))))
     assert select_index(parse_selection("text:a photo of a dog"), text_pick=lambda: k, **kw) == k
+
+
+def test_params_refuse_a_bad_default_selection(tmp_path):
+    from lcd.config import load_params
+    from lcd.errors import LcdError
+
+    (tmp_path / "p.yaml").write_text("masks:\n  select: biggest\n")
+    with pytest.raises(LcdError, match=r"masks.select: .*expected largest \| best"):
+        load_params(tmp_path / "p.yaml")
+    (tmp_path / "q.yaml").write_text("masks:\n  auto:\n    points_per_sid: 4\n")
+    with pytest.raises(LcdError, match=r"masks.auto.points_per_sid"):
+        load_params(tmp_path / "q.yaml")
