@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from lcd.config_base import StrictConfig
 from lcd.errors import LcdError
-
-
-class StrictConfig(BaseModel):
-    """Base for every config: frozen, unknown keys refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from lcd.evaluate.config import EvaluateConfig
+from lcd.masks.config import MasksConfig
+from lcd.regset.config import RegsetConfig
+from lcd.train.config import TrainConfig
 
 
 class ModelsConfig(StrictConfig):
@@ -67,7 +66,10 @@ class Params(StrictConfig):
 
     models: ModelsConfig = ModelsConfig()
     edit: EditConfig = EditConfig()
-    train: "TrainConfig" = Field(default_factory=lambda: TrainConfig())
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    regset: RegsetConfig = RegsetConfig()
+    masks: MasksConfig = MasksConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -82,8 +84,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
         raise LcdError(f"{p}: {where}: {first['msg']}", item=f"{p}:{where}") from None
-
-
-from lcd.train.config import TrainConfig  # noqa: E402  (TrainConfig subclasses StrictConfig above)
-
-Params.model_rebuild()

@@ -16,7 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 # subprocesses (`python -m lcd ...`, flows, dvc stages) import this checkout's code first
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 SAMPLES = REPO / "samples"
-SHARED_DREAMBENCH = REPO.parent / "shared" / "dreambench"
+# LCD_DREAMBENCH overrides (a git worktree is not beside ../shared)
+SHARED_DREAMBENCH = Path(os.environ.get("LCD_DREAMBENCH", REPO.parent / "shared" / "dreambench"))
 
 
 @pytest.fixture(scope="session")

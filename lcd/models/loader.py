@@ -187,3 +187,81 @@ def load_clip(ref: str | Path, *, revision: str | None = None, dtype="float32", 
     except Exception as e:
         raise ModelLoadError(f"{ref}: failed to load CLIP: {type(e).__name__}: {e}", item=str(ref)) from e
     return model.to(device).eval(), processor, source
+
+
+# --- DINO ------------------------------------------------------------------------------------
+
+def load_dino(ref: str | Path, *, revision: str | None = None, dtype="float32", device="cpu"):
+    """transformers ViTModel (e.g. facebook/dino-vits16) + its image processor -> (model, processor, source).
+
+    DINO-I uses the final [CLS] token (`last_hidden_state[:, 0]`), as DreamBooth's metric does.
+    """
+    from transformers import AutoImageProcessor, ViTModel
+
+    path, source = resolve(ref, revision, patterns=["*.json", "*.txt", "*.safetensors", "*.bin"])
+    try:
+        model = ViTModel.from_pretrained(
+            str(path), torch_dtype=to_dtype(dtype), local_files_only=True, add_pooling_layer=False
+        )
+        processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:
+        raise ModelLoadError(f"{ref}: failed to load DINO ViT: {type(e).__name__}: {e}", item=str(ref)) from e
+    return model.to(device).eval(), processor, source
+
+
+# --- open_clip (regularization-set caption filter, clip-retrieval) ----------------------------
+
+@dataclass
+class LoadedOpenClip:
+    """An open_clip CLIP, its image preprocess, tokenizer, and `clip_retrieval_ref`: the string
+    clip-retrieval (all_clip) resolves to the same weights, e.g. "open_clip:ARCH//abs/file"."""
+
+    model: Any
+    preprocess: Any
+    tokenizer: Any
+    arch: str
+    clip_retrieval_ref: str
+    source: ModelSource
+
+
+def register_open_clip(ref: str | Path) -> tuple[str, str]:
+    """Make an open_clip reference loadable in this process -> (arch, pretrained).
+
+    A local folder holds one `<ARCH>.json` model config and one weights file; the config is
+    registered with open_clip (clip-retrieval subprocesses must call this too). Otherwise `ref`
+    is "ARCH/pretrained" with pretrained a file path or a tag (tags need the hub).
+    """
+    import open_clip
+
+    p = Path(ref)
+    if p.is_dir():
+        configs = sorted(p.glob("*.json"))
+        weights = sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")) + sorted(p.glob("*.pt"))
+        if len(configs) != 1 or not weights:
+            raise ModelLoadError(
+                f"{ref}: an open_clip folder needs exactly one <ARCH>.json and one weights file "
+                f"(found {len(configs)} configs, {len(weights)} weight files)", item=str(ref),
+            )
+        open_clip.add_model_config(configs[0])
+        return configs[0].stem, str(weights[0].resolve())
+    arch, _, pretrained = str(ref).partition("/")
+    if arch not in open_clip.list_models():
+        raise ModelLoadError(f"{ref}: not an open_clip folder and {arch!r} is not an open_clip model", item=str(ref))
+    return arch, pretrained
+
+
+def load_open_clip(ref: str | Path, *, device: str | torch.device = "cpu") -> LoadedOpenClip:
+    """open_clip model from a local folder (see `register_open_clip`) or "ARCH/pretrained"."""
+    import open_clip
+
+    arch, pretrained = register_open_clip(ref)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained or None, device=device)
+    except Exception as e:
+        raise ModelLoadError(f"{ref}: failed to load open_clip: {type(e).__name__}: {e}", item=str(ref)) from e
+    p = Path(ref)
+    source = local_source(p) if p.is_dir() else ModelSource(ref=str(ref), kind="hub", revision=pretrained)
+    return LoadedOpenClip(
+        model=model.eval(), preprocess=preprocess, tokenizer=open_clip.get_tokenizer(arch), arch=arch,
+        clip_retrieval_ref=f"open_clip:{arch}/{pretrained}", source=source,
+    )

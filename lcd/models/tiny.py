@@ -12,6 +12,8 @@ Layout written by `write_tiny_models(root)`:
     root/sd-inpaint/    same, 9-channel inpainting UNet
     root/sam/sam_vit_tiny.pth   segment_anything state dict
     root/clip/          transformers CLIPModel + CLIPProcessor folder
+    root/dino/          transformers ViTModel (DINO ViT-S/16 layout) + ViTImageProcessor folder
+    root/open_clip/     open_clip model: <ARCH>.json config + open_clip_model.safetensors
 """
 
 from __future__ import annotations
@@ -177,4 +179,58 @@ def write_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         "sd_inpaint": write_tiny_sd(root / "sd-inpaint", 9, seed),
         "sam": write_tiny_sam(root / "sam", seed),
         "clip": write_tiny_clip(root / "clip", seed),
+        "dino": write_tiny_dino(root / "dino", seed),
+        "open_clip": write_tiny_open_clip(root / "open_clip", seed),
     }
+
+
+def write_tiny_dino(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny transformers ViTModel shaped like facebook/dino-vits16 (patch 16, 224 px,
+    [CLS] + pooler-free), narrow and shallow, with DINO's ImageNet-normalising processor."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        image_size=224, patch_size=16, qkv_bias=True,
+    )
+    ViTModel(config, add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
+    ViTImageProcessor(
+        do_resize=True, size={"height": 224, "width": 224}, resample=3,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(out)
+    return out
+
+
+TINY_OPEN_CLIP_ARCH = "LCD-Tiny-ViT"
+OPEN_CLIP_WEIGHTS = "open_clip_model.safetensors"
+TINY_OPEN_CLIP = dict(
+    embed_dim=32,
+    quick_gelu=True,
+    vision_cfg=dict(image_size=32, layers=1, width=32, head_width=16, patch_size=16),
+    text_cfg=dict(context_length=77, vocab_size=CLIP_VOCAB, width=32, heads=4, layers=1),
+)
+
+
+def write_tiny_open_clip(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny open_clip CLIP (ViT + text transformer, CLIP's BPE vocabulary) as a folder.
+
+    Layout `<ARCH>.json` (open_clip model config, registered with `open_clip.add_model_config`
+    by the loader) + `open_clip_model.safetensors`: clip-retrieval reaches the same weights as
+    `open_clip:<ARCH>/<abs path to the safetensors>` once the config is registered.
+    """
+    import json
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_path = out / f"{TINY_OPEN_CLIP_ARCH}.json"
+    cfg_path.write_text(json.dumps(TINY_OPEN_CLIP, indent=2))
+    open_clip.add_model_config(cfg_path)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(TINY_OPEN_CLIP_ARCH, pretrained=None)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / OPEN_CLIP_WEIGHTS))
+    return out
