@@ -289,3 +289,17 @@ def test_per_photo_captions(dog_photos, tmp_path):
     (tmp_path / "01.txt").write_text("a dog asleep")
     with pytest.raises(LcdError, match="01.txt: caption 'a dog asleep' does not contain the concept token"):
         data.load_concept_photos(tmp_path, "[P]", "dog", TrainConfig().template, min_photos=3, min_px=32)
+
+
+def test_reg_set_from_lcd_regset_output(tmp_path, dog_photos, fresh_sd, tiny_cfg):
+    from lcd.regset.manifest import RegsetEntry, write_regset
+
+    files = sorted(dog_photos.glob("*.jpg"))[:3]
+    entries = [RegsetEntry(file=f, caption=f"a dog number {i}", similarity=0.3, sha256="0" * 64, source="metadata",
+                           url=f"http://127.0.0.1/{i}.jpg") for i, f in enumerate(files)]
+    write_regset(tmp_path / "reg", entries, [], {})
+    exs = data.load_reg_set(tmp_path / "reg", "a photo of a dog")
+    assert [e.caption for e in exs] == ["a dog number 0", "a dog number 1", "a dog number 2"]
+    assert exs[0].image.shape == (64, 64, 3)
+    res = train_concepts(fresh_sd(), [_spec(dog_photos)], tiny_cfg(steps=1, prior=True, reg_dir=str(tmp_path / "reg")))
+    assert res.losses[0]["prior_loss"] > 0
