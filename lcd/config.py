@@ -10,15 +10,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
+from lcd.config_base import StrictConfig
 from lcd.errors import LcdError
-
-
-class StrictConfig(BaseModel):
-    """Base for every config: frozen, unknown keys refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from lcd.evaluate.config import EvaluateConfig
+from lcd.masks.config import MasksConfig
+from lcd.regset.config import RegsetConfig
+from lcd.train.config import TrainConfig
 
 
 class ModelsConfig(StrictConfig):
@@ -62,13 +61,6 @@ class EditConfig(StrictConfig):
         return v
 
 
-# Stage configs live beside their stage and subclass StrictConfig, so they are imported here,
-# once StrictConfig exists (each stage package imports lcd.config first: either order works).
-from lcd.evaluate.config import EvaluateConfig  # noqa: E402
-from lcd.train.config import TrainConfig  # noqa: E402
-from lcd.regset.config import RegsetConfig  # noqa: E402  (builds on StrictConfig above)
-
-
 class Params(StrictConfig):
     """The whole `params.yaml`. Sections of later stages are added as their modules land."""
 
@@ -77,6 +69,7 @@ class Params(StrictConfig):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     regset: RegsetConfig = RegsetConfig()
+    masks: MasksConfig = MasksConfig()
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -152,6 +152,20 @@ def apply_concepts(pipe, concepts: Sequence[Concept]):
     return pipe
 
 
+def base_mismatch(concept: Concept, source) -> str | None:
+    """A warning when the concept was trained on other weights than `source` (a ModelSource) pins.
+
+    Same shapes but other weights load without error and give degraded results, so callers
+    print this; None when the pins match or the card does not record one (imported weights)."""
+    base = concept.card.get("base") or {}
+    theirs = base.get("sha256") or base.get("revision")
+    ours = source.sha256 or source.revision
+    if not theirs or not ours or theirs == ours:
+        return None
+    return (f"{concept.name}: trained on {base.get('ref')} ({str(theirs)[:12]}) but applied to "
+            f"{source.ref} ({str(ours)[:12]}); results may degrade")
+
+
 def save_concept(concept: Concept, out_dir: str | Path) -> Path:
     """Write concept.safetensors + card.json + README.md atomically (file by file)."""
     from safetensors.torch import save_file

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from lcd.config import StrictConfig
+from lcd.config_base import StrictConfig
 
 
 class SceneSpec(StrictConfig):

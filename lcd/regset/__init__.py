@@ -4,7 +4,3 @@ Sources (LAION-style metadata shards or a self-hosted clip-retrieval backend) ->
 (CLIP text similarity, threshold, top-N, dedupe) -> img2dataset download + decode check ->
 manifest Parquet + diffusers `--real_prior` layout; a shortfall is filled with generated images.
 """
-
-# lcd.config's Params has a field typed RegsetConfig (lcd.regset.config), which itself builds on
-# lcd.config.StrictConfig: importing lcd.config first here lets either import order resolve.
-import lcd.config  # noqa: E402,F401

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lcd.config import StrictConfig
+from lcd.config_base import StrictConfig
 
 
 class RegsetConfig(StrictConfig):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lcd.config import StrictConfig
+from lcd.config_base import StrictConfig
 
 Method = Literal["kv", "crossattn", "lora", "full"]
 

@@ -72,7 +72,9 @@ def load_concept_photos(
 
 
 def load_reg_set(folder: str | Path, default_caption: str) -> list[Example]:
-    """A regularization set in one of three layouts:
+    """A regularization set in one of four layouts:
+    - `lcd regset` output: `manifest.parquet` (columns path relative to the folder, caption),
+      written last, so its presence means the set is complete;
     - diffusers' `--real_prior` layout: `images.txt` (one path per line) + `caption.txt` (one per line);
     - `manifest.jsonl`: {"image": path relative to the folder, "caption": str} per line;
     - a plain folder of images, each with an optional `<stem>.txt` caption (else `default_caption`).
@@ -81,7 +83,15 @@ def load_reg_set(folder: str | Path, default_caption: str) -> list[Example]:
     if not root.is_dir():
         raise InputImageError(f"{root}: regularization folder not found", item=str(root))
     pairs: list[tuple[Path, str]] = []
-    if (root / "images.txt").exists() and (root / "caption.txt").exists():
+    if (root / "manifest.parquet").exists():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(root / "manifest.parquet")
+        missing = [c for c in ("path", "caption") if c not in table.column_names]
+        if missing:
+            raise LcdError(f"{root}/manifest.parquet: missing column(s) {missing}", item=str(root / "manifest.parquet"))
+        pairs = [(_under(root, r["path"]), r["caption"] or default_caption) for r in table.select(["path", "caption"]).to_pylist()]
+    elif (root / "images.txt").exists() and (root / "caption.txt").exists():
         paths = [ln.strip() for ln in (root / "images.txt").read_text().splitlines() if ln.strip()]
         caps = [ln.strip() for ln in (root / "caption.txt").read_text().splitlines() if ln.strip()]
         if len(paths) != len(caps):

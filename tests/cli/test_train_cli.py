@@ -84,3 +84,21 @@ def test_train_cli_errors(setup, capsys, tmp_path):
                "--mask", str(SAMPLES / "masks" / "cat_00.png"), "--prompt", "a photo of [P] dog",
                "--concept", str(tmp_path), "--out", str(tmp_path / "z.png")])
     assert rc == 2 and "not a concept folder" in capsys.readouterr().err
+
+
+def test_concept_export_then_import_round_trip(setup, tmp_path, capsys):
+    import torch
+
+    from lcd.concepts.io import load_concept
+
+    root, params = setup
+    assert main(["--params", str(params), "concept", "export", str(root / "concept"), "--out", str(tmp_path / "d")]) == 0
+    assert main(["--params", str(params), "concept", "import", str(tmp_path / "d"), "--out", str(tmp_path / "c"),
+                 "--token", "[P]", "--class-word", "dog"]) == 0
+    a, b = load_concept(root / "concept"), load_concept(tmp_path / "c")
+    assert b.tokens == ["[P]"] and b.card["class_words"] == ["dog"]
+    assert torch.equal(a.embeddings, b.embeddings)
+    assert set(a.unet) == set(b.unet) and all(torch.equal(a.unet[k], b.unet[k]) for k in a.unet)
+    rc = main(["--params", str(params), "concept", "import", str(tmp_path / "d"), "--out", str(tmp_path / "e"),
+               "--token", "[P]", "--token", "[Q]"])
+    assert rc == 2 and "1 token file(s) but 2 token name(s) given" in capsys.readouterr().err

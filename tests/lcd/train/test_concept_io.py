@@ -165,3 +165,13 @@ def test_load_concept_errors(tmp_path, trained, fresh_sd):
     b.name = "other"
     with pytest.raises(ModelLoadError, match="both replace the cross-attention K/V weights"):
         apply_concepts(fresh_sd().pipe, [a, b])
+
+
+def test_base_mismatch_warning(trained, tiny_sd):
+    from lcd.concepts.io import base_mismatch
+    from lcd.models.sources import ModelSource
+
+    c = load_concept(trained[0])
+    assert base_mismatch(c, tiny_sd.source) is None  # trained on the same tiny weights
+    other = ModelSource(ref="other", kind="folder", sha256="f" * 64)
+    assert "trained on" in base_mismatch(c, other) and "ffffffffffff" in base_mismatch(c, other)

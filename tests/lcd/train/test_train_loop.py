@@ -126,6 +126,7 @@ def test_resume_matches_an_uninterrupted_run(fresh_sd, dog_photos, tiny_cfg, tmp
 
     with pytest.raises(Stop):
         train_concepts(fresh_sd(), [_spec(dog_photos)], cfg, work_dir=tmp_path / "b", on_step=stop_at_3)
+    cached = {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "class_images").rglob("*.png")}
     assert (tmp_path / "b" / "checkpoints" / "step-000002").exists()
     res = train_concepts(fresh_sd(), [_spec(dog_photos)], cfg, work_dir=tmp_path / "b", resume=True)
     assert res.resumed_from == 2
@@ -134,8 +135,9 @@ def test_resume_matches_an_uninterrupted_run(fresh_sd, dog_photos, tiny_cfg, tmp
     assert [r["loss"] for r in full.losses] == [r["loss"] for r in res.losses]
     lines = (tmp_path / "b" / "losses.csv").read_text().splitlines()
     assert lines[0] == "step,loss,instance_loss,prior_loss" and len(lines) == 5
-    # class images were generated once and reused from the cache
-    assert len(list((tmp_path / "b" / "class_images").rglob("*.png"))) == 2
+    # class images were generated once and reused from the cache on resume
+    assert len(cached) == 2
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "b" / "class_images").rglob("*.png")} == cached
 
 
 def test_resume_with_other_settings_is_refused(fresh_sd, dog_photos, tiny_cfg, tmp_path):
@@ -287,3 +289,17 @@ def test_per_photo_captions(dog_photos, tmp_path):
     (tmp_path / "01.txt").write_text("a dog asleep")
     with pytest.raises(LcdError, match="01.txt: caption 'a dog asleep' does not contain the concept token"):
         data.load_concept_photos(tmp_path, "[P]", "dog", TrainConfig().template, min_photos=3, min_px=32)
+
+
+def test_reg_set_from_lcd_regset_output(tmp_path, dog_photos, fresh_sd, tiny_cfg):
+    from lcd.regset.manifest import RegsetEntry, write_regset
+
+    files = sorted(dog_photos.glob("*.jpg"))[:3]
+    entries = [RegsetEntry(file=f, caption=f"a dog number {i}", similarity=0.3, sha256="0" * 64, source="metadata",
+                           url=f"http://127.0.0.1/{i}.jpg") for i, f in enumerate(files)]
+    write_regset(tmp_path / "reg", entries, [], {})
+    exs = data.load_reg_set(tmp_path / "reg", "a photo of a dog")
+    assert [e.caption for e in exs] == ["a dog number 0", "a dog number 1", "a dog number 2"]
+    assert exs[0].image.shape == (64, 64, 3)
+    res = train_concepts(fresh_sd(), [_spec(dog_photos)], tiny_cfg(steps=1, prior=True, reg_dir=str(tmp_path / "reg")))
+    assert res.losses[0]["prior_loss"] > 0

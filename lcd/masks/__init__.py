@@ -1,0 +1,1 @@
+"""SAM region masks: computed once per image in bulk, stored as COCO RLE in Parquet, selected later."""

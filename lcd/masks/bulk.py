@@ -1,0 +1,126 @@
+"""Bulk masks: every image of a manifest -> SAM masks in Parquet parts, failures on the side.
+
+One bad image (missing, corrupt, not an image, bad prompt) is recorded in the failures table and
+the batch goes on. Finished images are flushed every `images_per_part` images as one atomic part,
+so a kill loses at most the images since the last flush, and a re-run skips what is stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from lcd.errors import LcdError
+from lcd.masks.config import MasksConfig
+from lcd.masks.manifest import ManifestItem, decode_image, fetch_bytes, parse_prompts_json, sha256_bytes
+from lcd.masks.predict import MaskPredictor, MaskRecord, parse_prompt
+from lcd.masks.store import done_images, image_rows, write_failures, write_part
+
+
+@dataclass
+class MasksSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    masks: int = 0
+    encoder_passes: int = 0
+    parts: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def text_records(image: np.ndarray, records: list[MaskRecord], prompts, clip, cfg: MasksConfig) -> list[MaskRecord]:
+    """For each text prompt, copy the CLIP-best of the image's other masks as a `text` mask."""
+    from lcd.masks.select import select_by_text
+
+    out = []
+    candidates = [r for r in records if r.source != "text"]
+    for i, pr in enumerate(prompts):
+        if pr.text is None:
+            continue
+        if not candidates:
+            raise LcdError(f"text prompt {pr.text!r}: no point/box/automatic masks to choose from "
+                           "(enable masks.automatic or add point/box prompts)", item=pr.text)
+        k, score = select_by_text(image, np.stack([r.mask for r in candidates]), [r.bbox for r in candidates],
+                                  pr.text, clip, cfg.text_crop_margin)
+        best = candidates[k]
+        out.append(MaskRecord(best.mask, "text", best.predicted_iou, best.stability_score, pr, i))
+    return out
+
+
+def compute_masks(
+    items: Sequence[ManifestItem],
+    sam,
+    model: dict,
+    cfg: MasksConfig,
+    out: str | Path,
+    *,
+    clip=None,
+    after_image: Callable[[str], None] | None = None,
+) -> MasksSummary:
+    """Masks for every item not already stored under `out` (see lcd.masks.store for the layout).
+
+    `model` is the SAM source row ({type, ref, sha256, revision}); `clip` is (model, processor)
+    for text prompts (an image with text prompts and no clip fails with a clear error).
+    `after_image(image_id)` is called after each image is buffered (progress, tests).
+    """
+    # 1. what is already stored: skip by (image_id, sha256)
+    out = Path(out)
+    done = done_images(out)
+    predictor = MaskPredictor(sam, cfg)
+    summary = MasksSummary()
+    rows: list[dict] = []
+    images: list[dict] = []
+    failures: list[dict] = []
+    attempted: list[str] = []
+    config = cfg.model_dump()
+
+    def flush() -> None:
+        if images:
+            summary.parts.append(str(write_part(out, rows, images, config, cfg.row_group_rows)))
+        if attempted:
+            write_failures(out, failures, attempted)
+        rows.clear(), images.clear(), failures.clear(), attempted.clear()
+
+    for item in items:
+        name = item.image_id
+        try:
+            # 2. read bytes, hash, skip if stored
+            data = fetch_bytes(item.image, name)
+            sha = sha256_bytes(data)
+            if (name, sha) in done:
+                summary.skipped += 1
+                continue
+            attempted.append(name)
+            # 3. decode and validate prompts against the image size
+            image = decode_image(data, name)
+            h, w = image.shape[:2]
+            prompts = [parse_prompt(p, w, h, f"{name} prompt {i}")
+                       for i, p in enumerate(parse_prompts_json(item.prompts_json, name))]
+            if any(p.text is not None for p in prompts) and clip is None:
+                raise LcdError(f"{name}: has text prompts but no CLIP model was given", item=name)
+            # 4. one encoder pass, all prompts batched, automatic masks on the same embedding
+            records = predictor.predict(image, prompts)
+            records += text_records(image, records, prompts, clip, cfg) if clip is not None else []
+        except Exception as e:  # one bad image never sinks the batch; the table says why
+            if name not in attempted:
+                attempted.append(name)
+            failures.append({"image_id": name, "image": item.image, "error_type": type(e).__name__, "error": str(e)})
+            summary.failed += 1
+            continue
+        rows.extend(image_rows(name, item.image, sha, w, h, records, model))
+        images.append({"image_id": name, "image_sha256": sha, "width": w, "height": h, "n_masks": len(records)})
+        summary.done += 1
+        summary.masks += len(records)
+        if after_image is not None:
+            after_image(name)
+        # 5. flush a whole part atomically every images_per_part images
+        if len(images) >= cfg.images_per_part:
+            flush()
+    flush()
+    summary.encoder_passes = predictor.predictor.encoder_passes
+    return summary

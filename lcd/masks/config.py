@@ -1,0 +1,50 @@
+"""`masks` section of params.yaml: how SAM masks are computed, stored and post-processed."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from lcd.config_base import StrictConfig
+
+
+class AutoMaskConfig(StrictConfig):
+    """segment_anything's SamAutomaticMaskGenerator settings, passed through unchanged.
+
+    Defaults are SAM's own. `crop_n_layers > 0` adds one encoder pass per extra crop (SAM
+    re-embeds each crop); with 0 the automatic masks reuse the image's single embedding.
+    """
+
+    points_per_side: int = Field(32, ge=1, le=256)
+    points_per_batch: int = Field(64, ge=1, le=4096)
+    pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
+    stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
+    stability_score_offset: float = Field(1.0, ge=0.0)
+    box_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    crop_n_layers: int = Field(0, ge=0, le=4)
+    crop_nms_thresh: float = Field(0.7, ge=0.0, le=1.0)
+    crop_overlap_ratio: float = Field(512 / 1500, ge=0.0, lt=1.0)
+    crop_n_points_downscale_factor: int = Field(1, ge=1)
+    min_mask_region_area: int = Field(0, ge=0)
+
+
+class MasksConfig(StrictConfig):
+    """Bulk SAM masks -> Parquet, then region selection and post-processing for the edit."""
+
+    automatic: bool = True  # run the automatic generator on every image (besides its prompts)
+    auto: AutoMaskConfig = AutoMaskConfig()
+    multimask: bool = True  # single-point prompts return SAM's 3 candidates with scores
+    images_per_part: int = Field(64, ge=1, le=100_000)  # images per atomically written part file
+    row_group_rows: int = Field(1024, ge=1, le=1_000_000)  # Parquet row group size (streaming reads)
+    select: str = "best"  # default selection: largest | best | id:N | point:X,Y | box:X0,Y0,X1,Y1 | text:...
+    fill_holes: bool = True
+    dilate_px: int = Field(0, ge=0, le=256)
+    feather_px: int = Field(0, ge=0, le=256)  # PNG export only; the edit feathers itself
+    text_crop_margin: float = Field(0.1, ge=0.0, le=2.0)  # context around a mask's box for CLIP
+
+    @field_validator("select")
+    @classmethod
+    def _valid_selection(cls, v: str) -> str:
+        from lcd.masks.select import parse_selection
+
+        parse_selection(v)  # a typo in params.yaml fails at load, not after the masks are read
+        return v

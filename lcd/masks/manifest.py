@@ -1,0 +1,104 @@
+"""The masks manifest (which images, with which prompts) and fetching its images as bytes.
+
+A manifest is CSV or Parquet with a column `image` (a local path or an http(s) URL), optional
+`image_id` (default: the `image` value) and optional `prompts` (a JSON list of prompt objects,
+see `lcd.masks.predict.parse_prompt`). Images are read as bytes first so their SHA-256 (the
+resume key) is taken over exactly what was decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from lcd.errors import InputImageError, LcdError
+from lcd.io.images import pil_to_rgb
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    image_id: str
+    image: str  # path or URL, as written in the manifest
+    prompts_json: str | None = None  # parsed per image, so one bad row only fails that image
+
+
+def read_manifest(path: str | Path) -> list[ManifestItem]:
+    """CSV or Parquet manifest -> items. A missing `image` column or a repeated id is an error."""
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.exists():
+        raise LcdError(f"{p}: manifest not found", item=str(p))
+    try:
+        table = pq.read_table(p) if p.suffix == ".parquet" else pcsv.read_csv(p)
+    except Exception as e:
+        raise LcdError(f"{p}: cannot read manifest as {'Parquet' if p.suffix == '.parquet' else 'CSV'}: {e}", item=str(p)) from None
+    cols = table.column_names
+    if "image" not in cols:
+        raise LcdError(f"{p}: manifest needs an 'image' column (path or URL); has {cols}", item=str(p))
+    images = [str(v) for v in table.column("image").to_pylist()]
+    ids = [str(v) for v in table.column("image_id").to_pylist()] if "image_id" in cols else images
+    prompts = table.column("prompts").to_pylist() if "prompts" in cols else [None] * len(images)
+    seen: set[str] = set()
+    for i in ids:
+        if i in seen:
+            raise LcdError(f"{p}: image_id {i!r} appears more than once", item=i)
+        seen.add(i)
+    return [ManifestItem(i, im, pr if pr else None) for i, im, pr in zip(ids, images, prompts)]
+
+
+def parse_prompts_json(raw: str | None, name: str) -> list[dict]:
+    """The `prompts` cell -> list of prompt objects (validated later against the image size)."""
+    from lcd.masks.predict import PromptError
+
+    if raw is None:
+        return []
+    try:
+        val = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise PromptError(f"{name}: prompts is not valid JSON ({e.msg} at {e.pos})", item=name) from None
+    if not isinstance(val, list):
+        raise PromptError(f"{name}: prompts must be a JSON list of objects, got {type(val).__name__}", item=name)
+    return val
+
+
+def fetch_bytes(ref: str, name: str, timeout: float = 30.0) -> bytes:
+    """Bytes of a local file or an http(s) URL; a missing file or failed download names the item."""
+    if ref.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(ref, timeout=timeout) as r:
+                return r.read()
+        except Exception as e:
+            raise InputImageError(f"{name}: cannot download {ref}: {e}", item=name) from None
+    p = Path(ref)
+    if not p.is_file():
+        raise InputImageError(f"{name}: {ref}: file not found", item=name)
+    return p.read_bytes()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Encoded image bytes -> (H, W, 3) uint8 RGB, upright per EXIF."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.load()
+    except UnidentifiedImageError:
+        raise InputImageError(f"{name}: not an image file (unrecognised format)", item=name) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise InputImageError(f"{name}: corrupt or truncated image ({e})", item=name) from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block should not make a readable image unusable
+        pass
+    return pil_to_rgb(im).copy()

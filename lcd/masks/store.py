@@ -1,0 +1,177 @@
+"""Masks on disk: Parquet parts with an explicit schema, a failures table, and the read API.
+
+Layout of an output folder `out/`:
+
+    out/masks/part-00000.parquet ...   mask rows (MASK_SCHEMA), one file per batch of images
+    out/failures.parquet               image_id, image, error_type, error (FAILURE_SCHEMA)
+
+Each part is written to a temp file and renamed, so a reader (and a resumed run) only ever sees
+whole parts. Every part lists the images it finished, with their SHA-256, in its Parquet key-value
+metadata (`lcd.masks.images`), including images that produced no mask; a re-run takes the union of
+these lists as "done" and skips those images, so a killed run resumes with no duplicate rows and
+no redone images. `pd.read_parquet("out/masks")` and `pyarrow.dataset` read the folder directly.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lcd.errors import LcdError
+from lcd.io.atomic import atomic_path
+from lcd.masks.rle import decode_rles, encode_rle
+
+MASKS_DIR = "masks"
+FAILURES_FILE = "failures.parquet"
+IMAGES_META = b"lcd.masks.images"
+CONFIG_META = b"lcd.masks.config"
+
+PROMPT_TYPE = pa.struct([
+    # variable-size lists: pyarrow 15 cannot write null fixed-size lists to Parquet
+    ("points", pa.list_(pa.list_(pa.float32()))),  # [[x, y], ...] pixels
+    ("labels", pa.list_(pa.int32())),  # 1 foreground, 0 background
+    ("box", pa.list_(pa.float32())),  # [x0, y0, x1, y1] pixels
+    ("text", pa.string()),
+])
+RLE_TYPE = pa.struct([
+    pa.field("size", pa.list_(pa.int32(), 2), nullable=False),  # [H, W], COCO order
+    pa.field("counts", pa.string(), nullable=False),  # COCO compressed counts string
+])
+MODEL_TYPE = pa.struct([("type", pa.string()), ("ref", pa.string()), ("sha256", pa.string()), ("revision", pa.string())])
+
+MASK_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("image", pa.string(), nullable=False),  # path or URL as given in the manifest
+    pa.field("image_sha256", pa.string(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("mask_id", pa.int32(), nullable=False),  # 0..n-1 within the image
+    pa.field("source", pa.string(), nullable=False),  # auto | point | box | text
+    pa.field("prompt_index", pa.int32()),  # index in the image's prompt list (null for auto)
+    pa.field("multimask_index", pa.int8()),  # 0..2 for SAM's multimask candidates, else null
+    pa.field("prompt", PROMPT_TYPE),
+    pa.field("rle", RLE_TYPE, nullable=False),
+    pa.field("bbox", pa.list_(pa.int32(), 4), nullable=False),  # XYWH pixels
+    pa.field("area", pa.int64(), nullable=False),
+    pa.field("predicted_iou", pa.float32(), nullable=False),
+    pa.field("stability_score", pa.float32(), nullable=False),
+    pa.field("model", MODEL_TYPE, nullable=False),
+])
+
+FAILURE_SCHEMA = pa.schema([
+    pa.field("image_id", pa.string(), nullable=False),
+    pa.field("image", pa.string(), nullable=False),
+    pa.field("error_type", pa.string(), nullable=False),
+    pa.field("error", pa.string(), nullable=False),
+])
+
+
+def image_rows(image_id: str, image: str, sha: str, width: int, height: int, records, model: dict) -> list[dict]:
+    """MaskRecords of one image -> rows of MASK_SCHEMA (RLE-encoded)."""
+    rows = []
+    for k, r in enumerate(records):
+        rows.append({
+            "image_id": image_id, "image": image, "image_sha256": sha, "width": width, "height": height,
+            "mask_id": k, "source": r.source, "prompt_index": r.prompt_index,
+            "multimask_index": r.multimask_index, "prompt": r.prompt.to_row() if r.prompt else None,
+            "rle": encode_rle(r.mask), "bbox": list(r.bbox), "area": r.area,
+            "predicted_iou": r.predicted_iou, "stability_score": r.stability_score, "model": model,
+        })
+    return rows
+
+
+def part_paths(out: str | Path) -> list[Path]:
+    return sorted((Path(out) / MASKS_DIR).glob("part-*.parquet"))
+
+
+def write_part(out: str | Path, rows: list[dict], images: list[dict], config: dict, row_group_rows: int) -> Path:
+    """Write one part atomically: rows + the list of images it completes (in file metadata)."""
+    parts = part_paths(out)
+    seq = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+    # the random suffix keeps two runs writing into one folder from renaming over each other's part
+    dest = Path(out) / MASKS_DIR / f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet"
+    meta = {IMAGES_META: json.dumps(images).encode(), CONFIG_META: json.dumps(config, sort_keys=True).encode()}
+    schema = MASK_SCHEMA.with_metadata(meta)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp, row_group_size=row_group_rows, compression="zstd")
+    return dest
+
+
+def done_images(out: str | Path) -> dict[tuple[str, str], dict]:
+    """(image_id, sha256) -> image entry, for every image a finished part records."""
+    done: dict[tuple[str, str], dict] = {}
+    for p in part_paths(out):
+        meta = pq.read_schema(p).metadata or {}
+        for im in json.loads(meta.get(IMAGES_META, b"[]")):
+            done[(im["image_id"], im["image_sha256"])] = im
+    return done
+
+
+def read_failures(out: str | Path) -> pa.Table:
+    p = Path(out) / FAILURES_FILE
+    return pq.read_table(p, schema=FAILURE_SCHEMA) if p.exists() else FAILURE_SCHEMA.empty_table()
+
+
+def write_failures(out: str | Path, new: Sequence[dict], retried: Iterable[str]) -> Path:
+    """Rewrite the failures table atomically: old rows of images not retried + the new rows."""
+    retried = set(retried)
+    old = [r for r in read_failures(out).to_pylist() if r["image_id"] not in retried]
+    dest = Path(out) / FAILURES_FILE
+    table = pa.Table.from_pylist(old + list(new), schema=FAILURE_SCHEMA)
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp)
+    return dest
+
+
+# --- read API ---------------------------------------------------------------------------------
+
+def _dataset(path: str | Path):
+    import pyarrow.dataset as ds
+
+    p = Path(path)
+    if p.is_dir() and (p / MASKS_DIR).is_dir():
+        p = p / MASKS_DIR
+    if not p.exists():
+        raise LcdError(f"{path}: masks table not found", item=str(path))
+    files = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
+    if not files:
+        raise LcdError(f"{path}: no mask parts (part-*.parquet) in folder", item=str(path))
+    return ds.dataset([str(f) for f in files], schema=MASK_SCHEMA, format="parquet")
+
+
+def read_rows(path: str | Path, image_id: str, columns: list[str] | None = None) -> pa.Table:
+    """All mask rows of one image (row-group statistics let pyarrow skip other images' groups)."""
+    import pyarrow.dataset as ds
+
+    table = _dataset(path).to_table(filter=ds.field("image_id") == image_id, columns=columns)
+    if table.num_rows == 0:
+        raise LcdError(f"{image_id}: no masks stored for this image_id in {path}", item=image_id)
+    shas = set(table.column("image_sha256").to_pylist())
+    if len(shas) > 1:  # the file changed between runs: the newest rows are the last part's
+        last = table.column("image_sha256")[table.num_rows - 1].as_py()
+        table = table.filter(pa.compute.equal(table.column("image_sha256"), last))
+    return table.sort_by("mask_id")
+
+
+def decode_table_masks(table: pa.Table) -> np.ndarray:
+    """Rows of one image -> (N, H, W) bool, all RLEs decoded in one vectorised pass."""
+    if table.num_rows == 0:
+        return np.zeros((0, 0, 0), dtype=bool)
+    rle = table.column("rle").combine_chunks()
+    counts = rle.field("counts").to_pylist()
+    h, w = rle.field("size")[0].as_py()
+    ids = [f"{a}#{b}" for a, b in zip(table.column("image_id").to_pylist(), table.column("mask_id").to_pylist())]
+    return decode_rles(counts, h, w, names=ids)
+
+
+def read_masks(path: str | Path, image_id: str) -> tuple[pa.Table, np.ndarray]:
+    """image_id -> (its rows, (N, H, W) bool masks in mask_id order)."""
+    table = read_rows(path, image_id)
+    return table, decode_table_masks(table)
