@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.stage == "masks":
         from flows.stages import precompute_masks
 
-        out = precompute_masks(f"{a.data}/scenes", f"{a.out}/masks/masks.parquet", a.params)
+        out = precompute_masks(f"{a.data}/scenes", f"{a.out}/masks", a.params)
     elif a.stage == "evaluate":
         from flows.stages import evaluate
 

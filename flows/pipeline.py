@@ -48,7 +48,7 @@ def pipeline(
                                         f"{out_root}/regset" if "regset" in run else None, params_path,
                                         loss_csv=f"{out_root}/train_loss.csv")
     if "masks" in run:
-        report["masks"] = precompute_masks(f"{data_root}/scenes", f"{out_root}/masks/masks.parquet", params_path)
+        report["masks"] = precompute_masks(f"{data_root}/scenes", f"{out_root}/masks", params_path)
     if "edit" in run:
         report["edit"] = edit_batch(manifest, f"{out_root}/edit", params_path, num_shards=num_shards,
                                     fan_out=fan_out, concepts_root=f"{out_root}/concepts", edit=edit)

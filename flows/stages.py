@@ -37,9 +37,9 @@ def train_concept(concepts_root: str = "data/concepts", out_root: str = "outputs
 
 
 @flow(name="precompute-masks")
-def precompute_masks(images_dir: str = "data/scenes", out_path: str = "outputs/masks/masks.parquet",
+def precompute_masks(images_dir: str = "data/scenes", out_path: str = "outputs/masks",
                      params_path: str = "params.yaml") -> str:
-    """SAM masks of every scene, as one RLE Parquet table."""
+    """SAM masks of every scene, stored as RLE Parquet under `out_path` (lcd.masks.store layout)."""
     return precompute_masks_task(images_dir, out_path, params_path)
 
 

@@ -18,7 +18,7 @@ STAGES = ("regset", "train", "masks", "edit", "evaluate")
 STAGE_FUNCTIONS = {
     "regset": ("lcd.jobs.regsets", "build_concept_regset"),  # wraps lcd.regset per concept
     "train": ("lcd.jobs.training", "train_concept"),  # wraps lcd.train + lcd.concepts
-    "masks": ("lcd.masks", "precompute_masks"),
+    "masks": ("lcd.jobs.masking", "precompute_masks"),  # wraps lcd.masks.bulk
     "edit": ("lcd.edit.engine", "edit_images"),
     "evaluate": ("lcd.evaluate", "evaluate_edits"),
 }

@@ -58,6 +58,8 @@ def dvc_repo(tmp_path, tiny_dir, prefect_server):
     params["models"].update(sd=str(tiny_dir / "sd"), sam=str(tiny_dir / "sam" / "sam_vit_tiny.pth"),
                             clip=str(tiny_dir / "clip"))
     params["edit"].update(steps=2, size=64, guidance=6.0)
+    if "masks" in params:
+        params["masks"]["auto"].update(points_per_side=4, points_per_batch=16)
     if "evaluate" in params:
         params["evaluate"].update(dino=str(tiny_dir / "dino"))
     params["train"].update(steps=2, resolution=64, batch_size=1, prior=False, min_photo_px=64, checkpoint_every=0,
