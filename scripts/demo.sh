@@ -58,11 +58,10 @@ fi
 $PREFECT --no-prompt deploy --all >"$PREFECT_HOME/deploy.log" 2>&1 || { tail -30 "$PREFECT_HOME/deploy.log"; exit 1; }
 
 # 5. the pipeline on the bundled samples with samples/params.demo.yaml (tiny models, few steps;
-#    LCD_DEMO_PARAMS=params.yaml for the real settings). Stages whose library is not installed are
-#    reported, not run; regset is left out because it needs a LAION-style metadata source
-#    (params.yaml regset.shards or a clip back), which the samples do not include.
+#    LCD_DEMO_PARAMS=params.yaml for the real settings). regset reads the bundled LAION-style
+#    shard (data/laion-meta, dead links on purpose) and generates its shortfall with the base model.
 PARAMS=${LCD_DEMO_PARAMS:-samples/params.demo.yaml}
-STAGES=${LCD_DEMO_STAGES:-'["train", "masks", "edit", "evaluate"]'}
+STAGES=${LCD_DEMO_STAGES:-'["regset", "train", "masks", "edit", "evaluate"]'}
 $PREFECT deployment run lcd-pipeline/default -p skip_unavailable=true -p "params_path=$PARAMS" -p "stages=$STAGES" \
   --watch --watch-interval 2
 

@@ -1,4 +1,4 @@
-"""The DVC-tracked `data/` folder: concept photos, scenes with masks, manifests.
+"""The DVC-tracked `data/` folder: concept photos, scenes with masks, manifests, LAION-style metadata.
 
 `data/` is not in git (DVC tracks it through `data.dvc`), and a fresh clone has no DVC cache,
 so the embedded default materialises it from the bundled `samples/` by copying bytes: the same
@@ -13,11 +13,11 @@ from pathlib import Path
 from lcd.errors import LcdError
 from lcd.models.sources import sha256_file
 
-DATA_SUBDIRS = ("concepts", "scenes", "masks", "manifests")
+DATA_SUBDIRS = ("concepts", "scenes", "masks", "manifests", "laion-meta")
 
 
 def materialise_data(samples_root: str | Path, data_root: str | Path) -> list[Path]:
-    """Copy samples/{concepts,scenes,masks,manifests} into data_root; -> files written (unchanged ones are left)."""
+    """Copy samples/{concepts,scenes,masks,manifests,laion-meta} into data_root; -> files written (unchanged ones are left)."""
     src, dst = Path(samples_root), Path(data_root)
     missing = [d for d in DATA_SUBDIRS if not (src / d).is_dir()]
     if missing:
