@@ -28,6 +28,9 @@ def register(sub) -> None:
     d.add_argument("--out", required=True)
     d.add_argument("--dreambench", help="DreamBench root (overrides evaluate.dreambench)")
     d.add_argument("--n-prompts", type=int)
+    d.add_argument("--concept", action="append", default=[], metavar="DIR",
+                   help="trained concept folder (`lcd train`; repeatable): DIR named after its DreamBench "
+                        "subject, or SUBJECT=DIR. Adds a 'concept' method editing with its token")
     for x in (e, d):
         x.add_argument("--device")
         x.add_argument("--loss-curves", help='JSON {"<run name>": [loss per step, ...]} to plot in the report')
@@ -94,14 +97,21 @@ def _loss_curves(path: str | None) -> dict[str, list[float]] | None:
 
 
 def _dreambench(args, params, device, out, emb, lp_model):
-    from lcd.evaluate.protocol import Method, run_protocol
+    from lcd.evaluate.protocol import Method, concept_folders, concept_installer, folder_concepts, run_protocol
     from lcd.models.loader import load_sd_pipeline
 
     ev = params.evaluate
     upd = {k: v for k, v in (("dreambench", args.dreambench), ("n_prompts", args.n_prompts)) if v is not None}
     ev = type(ev).model_validate(ev.model_dump() | upd)
     m = params.models
-    lp = load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,
-                          single_file_config=m.sd_single_file_config)
-    res = run_protocol([Method("class-word", pipeline=lp)], ev, params.edit, emb, lp_model, out)
+    folders = concept_folders(args.concept)  # bad specs fail before any model is loaded
+
+    def base():
+        return load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,
+                                single_file_config=m.sd_single_file_config)
+
+    methods = [Method("class-word", pipeline=base())]
+    if folders:
+        methods.append(Method("concept", concept=folder_concepts(folders, concept_installer(base))))
+    res = run_protocol(methods, ev, params.edit, emb, lp_model, out)
     return res.rows, {"Per method": res.table, "Per method and subject": res.subject_table}, res.failures, res.sheets
