@@ -5,13 +5,17 @@
       (optional), "method" (optional)}]. Writes DIR/rows.json, failures.json, metrics.json,
       report.html (+ report.png).
   lcd evaluate dreambench --out DIR
-      runs evaluate.* of params.yaml with the base model (class-word prompts: no trained concept
-      is wired into the CLI yet) and writes the same files.
+      runs evaluate.* of params.yaml with the base model (class-word prompts) and, per
+      `--concept DIR` (or SUBJECT=DIR), a 'concept' method with that trained concept's token.
+  lcd evaluate ablations --out DIR [--subject NAME]
+      the paper's Tables 2-4 from real runs (train kv vs full, region modes, with/without token);
+      writes DIR/ablations.json, metrics.json (Table 4) and report.html.
 Bad manifest entries are recorded in DIR/failures.json and printed; the rest are scored.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -28,6 +32,15 @@ def register(sub) -> None:
     d.add_argument("--out", required=True)
     d.add_argument("--dreambench", help="DreamBench root (overrides evaluate.dreambench)")
     d.add_argument("--n-prompts", type=int)
+    d.add_argument("--concept", action="append", default=[], metavar="DIR",
+                   help="trained concept folder (`lcd train`; repeatable): DIR named after its DreamBench "
+                        "subject, or SUBJECT=DIR. Adds a 'concept' method editing with its token")
+    a = s.add_parser("ablations", help="Tables 2-4 from real training/edit runs (train.*, evaluate.*, edit.*)")
+    a.add_argument("--out", required=True)
+    a.add_argument("--subject", help="DreamBench subject (default: the first of evaluate.subjects)")
+    a.add_argument("--dreambench", help="DreamBench root (overrides evaluate.dreambench)")
+    a.add_argument("--device")
+    a.add_argument("--loss-curves", help=argparse.SUPPRESS)
     for x in (e, d):
         x.add_argument("--device")
         x.add_argument("--loss-curves", help='JSON {"<run name>": [loss per step, ...]} to plot in the report')
@@ -39,6 +52,8 @@ def run(args) -> int:
 
     params = params_or_default(args.params)
     device = args.device or params.models.device
+    if args.evaluate_command == "ablations":
+        return _ablations(args, params, device)
     # 1. read inputs (bad files fail before any model is loaded)
     curves = _loss_curves(args.loss_curves)
     entries = _manifest(Path(args.manifest)) if args.evaluate_command == "edits" else None
@@ -94,14 +109,50 @@ def _loss_curves(path: str | None) -> dict[str, list[float]] | None:
 
 
 def _dreambench(args, params, device, out, emb, lp_model):
-    from lcd.evaluate.protocol import Method, run_protocol
+    from lcd.evaluate.protocol import Method, concept_folders, concept_installer, folder_concepts, run_protocol
     from lcd.models.loader import load_sd_pipeline
 
     ev = params.evaluate
     upd = {k: v for k, v in (("dreambench", args.dreambench), ("n_prompts", args.n_prompts)) if v is not None}
     ev = type(ev).model_validate(ev.model_dump() | upd)
     m = params.models
-    lp = load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,
-                          single_file_config=m.sd_single_file_config)
-    res = run_protocol([Method("class-word", pipeline=lp)], ev, params.edit, emb, lp_model, out)
+    folders = concept_folders(args.concept)  # bad specs fail before any model is loaded
+
+    def base():
+        return load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,
+                                single_file_config=m.sd_single_file_config)
+
+    methods = [Method("class-word", pipeline=base())]
+    if folders:
+        methods.append(Method("concept", concept=folder_concepts(folders, concept_installer(base))))
+    res = run_protocol(methods, ev, params.edit, emb, lp_model, out)
     return res.rows, {"Per method": res.table, "Per method and subject": res.subject_table}, res.failures, res.sheets
+
+
+def _ablations(args, params, device) -> int:
+    from lcd.evaluate.ablation_runs import run_ablations
+    from lcd.evaluate.batch import load_metric_models, notes_for
+    from lcd.evaluate.report import write_metrics_json, write_report
+    from lcd.evaluate.metrics import json_safe
+    from lcd.io.atomic import write_text_atomic
+    from lcd.models.loader import load_clip, load_sd_pipeline
+
+    ev = params.evaluate
+    if args.dreambench:
+        ev = type(ev).model_validate(ev.model_dump() | {"dreambench": args.dreambench})
+    m = params.models
+    emb, lp_model = load_metric_models(ev, m.clip, m.dtype, device)
+    model, processor, _ = load_clip(m.clip, dtype=m.dtype, device=device)
+
+    def base():
+        return load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,
+                                single_file_config=m.sd_single_file_config)
+
+    tables = run_ablations(base, (model, processor), ev, params.edit, params.train.model_copy(update={"progress": False}),
+                           emb, lp_model, args.out, subject=args.subject)
+    out = Path(args.out)
+    write_text_atomic(out / "ablations.json", json.dumps(json_safe(tables), indent=1, allow_nan=False))
+    write_metrics_json(out / "metrics.json", tables["Table 4: with vs without the concept token"])
+    html, _ = write_report(out, title="LCDiffusion ablations", tables=tables, notes=notes_for(ev, lp_model))
+    print(html)
+    return 0

@@ -102,6 +102,35 @@ def folder_concepts(
     return provide
 
 
+def concept_installer(load_base: Callable[[], LoadedPipeline]) -> Callable[[Path], tuple[LoadedPipeline, str]]:
+    """`install` for folder_concepts: a fresh base pipeline (load_base()) with the trained concept
+    folder (lcd.concepts format, as `lcd train` writes it) applied -> (pipeline, its first token).
+    A fresh pipeline per folder, because applying a concept changes the UNet's K/V in place."""
+
+    def install(folder: Path) -> tuple[LoadedPipeline, str]:
+        from lcd.concepts.io import apply_concepts, load_concept
+
+        concept = load_concept(folder)
+        lp = load_base()
+        apply_concepts(lp.pipe, [concept])
+        return lp, concept.tokens[0]
+
+    return install
+
+
+def concept_folders(specs: Sequence[str]) -> dict[str, Path]:
+    """`--concept` values -> {subject: folder}: `SUBJECT=DIR`, or `DIR` whose name is the subject."""
+    out: dict[str, Path] = {}
+    for s in specs:
+        name, _, folder = s.rpartition("=") if "=" in s else (Path(s).name, "", s)
+        if not name or not folder:
+            raise LcdError(f"--concept {s!r}: expected DIR or SUBJECT=DIR", item=s)
+        if name in out:
+            raise LcdError(f"--concept: two folders for subject {name!r}", item=name)
+        out[name] = Path(folder)
+    return out
+
+
 @dataclass
 class ProtocolResult:
     rows: list[dict]

@@ -119,3 +119,34 @@ def test_folder_concepts_installs_each_folder_once(tmp_path):
         provide(P.Subject("cat", "cat", ()))
     with pytest.raises(LcdError, match="no trained concept folder for subject 'teapot'"):
         provide(P.Subject("teapot", "teapot", ()))
+
+
+def test_protocol_with_a_trained_concept_folder(dreambench, tiny_dir, tiny_sd, embedders, lpips_random, trained_dog,
+                                                tmp_path):
+    """A concept trained by lcd.train and saved by lcd.concepts: the edit prompt uses its token,
+    CLIP-T the class word, and the concept's trained K/V change the edit against the base model."""
+    from lcd.models.loader import load_sd_pipeline
+
+    folders = P.concept_folders([str(trained_dog)])
+    assert folders == {"dog": trained_dog}
+    install = P.concept_installer(lambda: load_sd_pipeline(tiny_dir / "sd"))
+    methods = [P.Method("class-word", pipeline=tiny_sd),
+               P.Method("concept", concept=P.folder_concepts(folders, install)),
+               P.Method("concept-no-token", concept=P.folder_concepts(folders, install), use_token=False)]
+    res = P.run_protocol(methods, _cfg(dreambench, subjects=["dog"], n_prompts=1), EDIT, embedders, lpips_random,
+                         tmp_path)
+    assert res.failures == []
+    by = {r["method"]: r for r in res.rows}
+    assert by["concept"]["prompt"] == "a [P] dog in the jungle" and by["concept"]["clip_text"] == "a dog in the jungle"
+    assert by["concept-no-token"]["prompt"] == "a dog in the jungle"
+    # the trained K/V changed the result, not only the prompt
+    assert by["concept-no-token"]["bg_lpips"] != pytest.approx(by["class-word"]["bg_lpips"], abs=0) or \
+        by["concept-no-token"]["clip_i"] != pytest.approx(by["class-word"]["clip_i"], abs=0)
+
+
+def test_concept_folders_specs(tmp_path):
+    assert P.concept_folders(["cat=/x/y", "/a/dog"]) == {"cat": Path("/x/y"), "dog": Path("/a/dog")}
+    with pytest.raises(LcdError, match="two folders for subject 'dog'"):
+        P.concept_folders(["/a/dog", "dog=/b"])
+    with pytest.raises(LcdError, match="expected DIR or SUBJECT=DIR"):
+        P.concept_folders(["=/b"])
