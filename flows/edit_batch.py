@@ -46,23 +46,24 @@ def edit_batch(
     shard_deployment: str = "edit-batch/shard",
     engine: Engine = "diffusion",
     concepts_root: str | None = "outputs/concepts",
+    masks_store: str | None = "outputs/masks",  # the masks stage's store, for `sam:<selection>` regions
     edit: EditConfig | None = None,
     contact_sheet_rows: int = 8,
 ) -> dict:
     """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}."""
     if shard_index is not None:  # shard role
-        return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root)
+        return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root, masks_store)
     log = get_run_logger()
     # 1. validate the manifest; its bad entries are failures of this run
     ids = check_manifest(manifest, out_root)
     # 2. fan the shards out
     if fan_out == "inline":
         for i in range(num_shards):
-            edit_shard(manifest, out_root, i, num_shards, params_path, edit, engine, concepts_root)
+            edit_shard(manifest, out_root, i, num_shards, params_path, edit, engine, concepts_root, masks_store)
         states = ["Completed"] * num_shards
     else:
         common = dict(manifest=manifest, out_root=out_root, params_path=params_path, num_shards=num_shards,
-                      engine=engine, concepts_root=concepts_root, edit=edit.model_dump() if edit else None)
+                      engine=engine, concepts_root=concepts_root, masks_store=masks_store, edit=edit.model_dump() if edit else None)
         runs = [run_deployment(shard_deployment, parameters={**common, "shard_index": i}, timeout=0,
                                flow_run_name=f"shard-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
         states = _wait_all([r.id for r in runs], poll_s=1.0)

@@ -23,14 +23,16 @@ from lcd.jobs.manifest import read_manifest, shard_items
 
 @task(cache_policy=NO_CACHE)  # loads a model; results live on disk, Prefect must not cache them
 def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, params_path: str,
-               edit: EditConfig | None, engine: Engine, concepts_root: str | None) -> dict:
+               edit: EditConfig | None, engine: Engine, concepts_root: str | None,
+               masks_store: str | None = None) -> dict:
     """Edit shard `shard_index` of `num_shards`; write its results/failures tables; -> counts."""
     params = load_params(params_path)
     items, _ = read_manifest(manifest)  # manifest failures are the coordinator's to record
     name = tables.shard_name(shard_index, num_shards)
     report = run_edit_shard(shard_items(items, num_shards, shard_index), out_root=out_root,
                             cfg=edit or params.edit, models=params.models, shard=name,
-                            engine=engine, concepts_root=concepts_root)
+                            engine=engine, concepts_root=concepts_root,
+                            masks_store=masks_store if masks_store and Path(masks_store).exists() else None)
     tdir = Path(out_root) / "tables"
     tables.write_table(tdir / f"results-{name}.parquet", report.results, tables.RESULTS_SCHEMA)
     tables.write_table(tdir / f"failures-{name}.parquet", report.failures, tables.FAILURES_SCHEMA)

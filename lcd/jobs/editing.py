@@ -101,13 +101,32 @@ def is_current(path: Path, input_hash: str) -> bool:
         return False
 
 
-def load_region(item: ManifestItem, image: np.ndarray) -> np.ndarray:
-    """(H, W) bool region of `item`: its mask file or its selection rule, checked against the image."""
+SAM_PREFIX = "sam:"
+
+
+def load_region(item: ManifestItem, image: np.ndarray, masks_store: str | Path | None = None,
+                clip=None) -> np.ndarray:
+    """(H, W) bool region of `item`: its mask file, a `box:` rectangle, or `sam:<selection>`
+    (largest | best | id:N | point:X,Y | box:... | text:WORDS) among the masks the masks stage
+    stored for the image (image_id = file stem) in `masks_store`; checked against the image."""
     if item.mask is not None:
         mask = load_mask(item.mask)
         check_mask_fits(image, mask, item.image, item.mask)
         return mask
-    return select_region(item.select, image.shape[:2], item.id)
+    rule = item.select.strip()
+    if not rule.startswith(SAM_PREFIX):
+        return select_region(rule, image.shape[:2], item.id)
+    if masks_store is None:
+        raise InputImageError(f"{item.id}: region {rule!r} needs the masks store (edit masks_store / outputs/masks)",
+                              item=item.id)
+    from lcd.masks.read import select_mask
+
+    try:
+        mask, _ = select_mask(masks_store, Path(item.image).stem, rule[len(SAM_PREFIX):], clip=clip, image=image)
+    except LcdError as e:
+        raise InputImageError(f"{item.id}: {e}", item=item.id) from None
+    check_mask_fits(image, mask, item.image, f"{masks_store}:{rule}")
+    return mask
 
 
 def _failure(item_id: str, stage: str, err: Exception, shard: str) -> dict:
@@ -145,6 +164,7 @@ def run_edit_shard(
     engine: Engine = "diffusion",
     concepts_root: str | Path | None = None,
     loader: PipelineLoader | None = None,
+    masks_store: str | Path | None = None,
 ) -> ShardReport:
     """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception."""
     from lcd.edit.engine import EditItem, EditResult, check_item, edit_images, known_concept_tokens
@@ -184,7 +204,7 @@ def run_edit_shard(
             for it, h, _ in group[start : start + cfg.batch_size]:
                 try:
                     image = load_image(it.image)
-                    ei = EditItem(image, load_region(it, image), it.prompt, it.seed, it.id)
+                    ei = EditItem(image, load_region(it, image, masks_store), it.prompt, it.seed, it.id)
                     if lp is not None:
                         check_item(ei, known_concept_tokens(lp.pipe.tokenizer), tokens)
                 except LcdError as e:
