@@ -82,15 +82,11 @@ def run(args) -> int:
 def _manifest(path: Path) -> list:
     from lcd.errors import LcdError
 
+    from lcd.io.jsonfile import read_json
+
     if not path.is_file():
         raise LcdError(f"{path}: manifest not found", item=str(path))
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise LcdError(f"{path}: not valid JSON ({e})", item=str(path)) from None
-    if not isinstance(entries, list):
-        raise LcdError(f"{path}: must be a JSON list of edits", item=str(path))
-    return entries
+    return read_json(path, list, "list of edits")
 
 
 def _loss_curves(path: str | None) -> dict[str, list[float]] | None:

@@ -8,12 +8,11 @@ class word and the token is `[P]`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lcd.concepts.io import save_concept
 from lcd.config import ModelsConfig
-from lcd.errors import LcdError
+from lcd.io.jsonfile import read_json
 from lcd.train.config import ConceptSpec, TrainConfig
 from lcd.train.loop import train_concepts
 
@@ -23,15 +22,8 @@ CONCEPT_SPEC_FILE = "concept.json"
 def concept_spec(photos_dir: str | Path) -> ConceptSpec:
     """The ConceptSpec of a photos folder (concept.json, else folder name as class word)."""
     d = Path(photos_dir)
-    raw = {}
     f = d / CONCEPT_SPEC_FILE
-    if f.exists():
-        try:
-            raw = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
-            raise LcdError(f"{f}: not valid JSON ({e.msg})", item=str(f)) from None
-        if not isinstance(raw, dict):
-            raise LcdError(f"{f}: must be a JSON object", item=str(f))
+    raw = read_json(f, dict, "object") if f.exists() else {}
     return ConceptSpec.model_validate({"photos": str(d), "class_word": d.name} | raw)
 
 
