@@ -4,9 +4,13 @@ decode speed of the read API, and encoder passes per image.
 Default: the tiny random-weight SAM (written to a temp dir) on CPU over the first photo of each
 of --subjects DreamBench subjects, automatic masks + 3 prompts per image. For real numbers pass
 --sam /weights/sam_vit_h_4b8939.pth --sam-type vit_h --device cuda --points-per-side 32.
-Random weights give blobby masks (upsampled low-res logits); real SAM masks have more detailed
-edges, so their RLE is longer - but PNG grows with edge length too. The last line printed is
-one JSON object. Run from the repo root: `PYTHONPATH=. python bench/masks.py`.
+
+Random SAM weights give texture-like masks (thresholded noise logits), the worst case for any
+mask codec and nothing like real SAM output. So the same photos are also stored with two
+stand-ins made without SAM weights: `photo_region_masks` (colour k-means regions, ragged edges,
+like automatic masks of background and parts) and `subject_masks` (GrabCut of the centred
+subject, like the mask a user picks for an edit). Each block reports the same figures. The last
+line printed is one JSON object. Run from the repo root: `PYTHONPATH=. python bench/masks.py`.
 """
 
 from __future__ import annotations
@@ -69,8 +73,32 @@ def photo_region_masks(image: np.ndarray, k: int = 5, min_frac: float = 0.005) -
     return out
 
 
-def storage_and_decode(out: Path, image_ids: list[str], repeats: int) -> dict:
-    """Parquet bytes (all columns) per mask vs PNG per mask, and read-API decode rate."""
+def subject_masks(image: np.ndarray) -> list[np.ndarray]:
+    """The subject of a photo, as a point or box prompt on it would select: GrabCut from a box
+    over the central 80% (DreamBench subjects are centred), largest component. A stand-in for the
+    mask a user actually edits; real SAM edges follow the object like these do."""
+    import cv2
+
+    h, w = image.shape[:2]
+    gc = np.zeros((h, w), np.uint8)
+    bg, fg = np.zeros((1, 65)), np.zeros((1, 65))
+    cv2.setRNGSeed(0)
+    cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), gc, (w // 10, h // 10, w * 8 // 10, h * 8 // 10), bg, fg, 5,
+                cv2.GC_INIT_WITH_RECT)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(((gc == 1) | (gc == 3)).astype(np.uint8))
+    if n < 2:
+        return []
+    return [comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))]
+
+
+def storage_and_decode(out: Path, image_ids: list[str], repeats: int, codec: str, level: int | None) -> dict:
+    """Parquet bytes per mask vs PNG bytes per mask, and the read API's decode rate.
+
+    `bytes_ratio_rle_vs_png` counts the RLE columns (rle.counts + rle.size) as stored: their
+    compressed column-chunk bytes from the Parquet footer. `bytes_ratio_parquet_file_vs_png`
+    counts whole files: every other column (ids, paths, prompts, scores, model) and footers too.
+    The PNG peer is 8-bit grey written by cv2.imwrite, as SAM's scripts/amg.py writes masks.
+    """
     import pyarrow.parquet as pq
 
     t0 = time.perf_counter()
@@ -79,7 +107,14 @@ def storage_and_decode(out: Path, image_ids: list[str], repeats: int) -> dict:
         for i in image_ids:
             decoded += read_masks(out, i)[1].shape[0]
     decode_s = time.perf_counter() - t0
-    parquet_bytes = sum(p.stat().st_size for p in part_paths(out))
+    file_bytes = rle_bytes = 0
+    for p in part_paths(out):
+        file_bytes += p.stat().st_size
+        md = pq.read_metadata(p)
+        for g in range(md.num_row_groups):
+            for c in range(md.num_columns):
+                col = md.row_group(g).column(c)
+                rle_bytes += col.total_compressed_size if col.path_in_schema.startswith("rle.") else 0
     png_cv = png_l = png_1 = n = 0
     for i in image_ids:
         for m in read_masks(out, i)[1]:
@@ -88,19 +123,74 @@ def storage_and_decode(out: Path, image_ids: list[str], repeats: int) -> dict:
             png_1 += png_bytes(m, "1")
             n += 1
     rle = pq.read_table(out / "masks", columns=["rle"]).column("rle").combine_chunks()
-    counts_bytes = sum(len(c) for c in rle.field("counts").to_pylist())
+    counts = rle.field("counts").to_pylist()
+    counts_chars = sum(len(c) for c in counts)
     return {
         "masks": n,
-        "bytes_ratio_rle_vs_png": round(parquet_bytes / png_cv, 4),  # vs SAM amg.py's PNGs
-        "bytes_ratio_rle_vs_png_optimized": round(parquet_bytes / png_l, 4),
-        "bytes_ratio_rle_vs_png_1bit": round(parquet_bytes / png_1, 4),
-        "parquet_bytes_per_mask": round(parquet_bytes / n, 1),
-        "rle_counts_bytes_per_mask": round(counts_bytes / n, 1),
+        "bytes_ratio_rle_vs_png": round(rle_bytes / png_cv, 4),
+        "bytes_ratio_rle_vs_png_optimized": round(rle_bytes / png_l, 4),
+        "bytes_ratio_rle_vs_png_1bit": round(rle_bytes / png_1, 4),
+        "bytes_ratio_parquet_file_vs_png": round(file_bytes / png_cv, 4),
+        "rle_bytes_per_mask": round(rle_bytes / n, 1),
+        "rle_counts_chars_per_mask": round(counts_chars / n, 1),  # the COCO string, uncompressed
+        "parquet_file_bytes_per_mask": round(file_bytes / n, 1),
         "png_bytes_per_mask": round(png_cv / n, 1),
         "png_optimized_bytes_per_mask": round(png_l / n, 1),
         "png_1bit_bytes_per_mask": round(png_1 / n, 1),
         "masks_decoded_per_s": round(decoded / decode_s, 1),
+        "by_relative_size": ratio_by_size(out, image_ids, codec, level),
     }
+
+
+SIZE_BINS = (0.0, 0.1, 0.25, 0.5, 1.01)  # sqrt(mask area / image area), as SAM's paper bins masks
+
+
+def ratio_by_size(out: Path, image_ids: list[str], codec: str, level: int | None) -> dict:
+    """RLE bytes vs cv2 PNG bytes per bin of relative mask size. The ratio depends mostly on how
+    big a mask is (a PNG has a floor of ~1.1 kB at 512x512, an empty RLE is 4 bytes), so this
+    lets a user predict the ratio for their own mask-size mix. Each bin's counts are written as
+    a counts-only Parquet column with the store's codec and encoding."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lcd.masks.rle import encode_rle
+
+    bins: dict[str, list] = {}
+    for i in image_ids:
+        for m in read_masks(out, i)[1]:
+            rel = float(np.sqrt(m.mean()))
+            k = next(j for j in range(len(SIZE_BINS) - 1) if rel < SIZE_BINS[j + 1])
+            bins.setdefault(f"{SIZE_BINS[k]}-{min(SIZE_BINS[k + 1], 1.0)}", []).append(m)
+    result = {}
+    for name, ms in sorted(bins.items()):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"counts": [encode_rle(m)["counts"] for m in ms]}), buf, compression=codec,
+                       compression_level=level, use_dictionary=False,
+                       column_encoding={"counts": "DELTA_LENGTH_BYTE_ARRAY"})
+        md = pq.read_metadata(pa.BufferReader(buf.getvalue()))
+        rle = sum(md.row_group(g).column(0).total_compressed_size for g in range(md.num_row_groups))
+        png = sum(png_bytes(m, "cv2") for m in ms)
+        result[name] = {"masks": len(ms), "bytes_ratio_rle_vs_png": round(rle / png, 4)}
+    return result
+
+
+def store_standin(out: Path, items: list, make_masks, kind: str, cfg: MasksConfig) -> None:
+    """Store masks made by `make_masks(image)` for each item, exactly as the SAM path stores them."""
+    from lcd.masks.manifest import decode_image, fetch_bytes, sha256_bytes
+    from lcd.masks.predict import MaskRecord
+    from lcd.masks.store import image_rows, write_part
+
+    rows, images = [], []
+    for it in items:
+        data = fetch_bytes(it.image, it.image_id)
+        img = decode_image(data, it.image_id)
+        recs = [MaskRecord(m, "auto", 1.0, 1.0) for m in make_masks(img)]
+        h, w = img.shape[:2]
+        rows += image_rows(it.image_id, it.image, sha256_bytes(data), w, h, recs, {"type": kind})
+        images.append({"image_id": it.image_id, "image_sha256": sha256_bytes(data), "width": w, "height": h})
+    write_part(out, rows, images, {}, cfg.row_group_rows, cfg.parquet_codec, cfg.parquet_level)
 
 
 def main() -> None:
@@ -142,24 +232,13 @@ def main() -> None:
 
     # 2. storage and decode of what SAM produced
     ids = [it.image_id for it in items]
-    sam_stats = storage_and_decode(out, ids, args.decode_repeats)
+    sam_stats = storage_and_decode(out, ids, args.decode_repeats, cfg.parquet_codec, cfg.parquet_level)
 
-    # 3. the same store on realistic region masks of the same photos (see photo_region_masks)
-    from lcd.masks.manifest import decode_image, fetch_bytes, sha256_bytes
-    from lcd.masks.predict import MaskRecord
-    from lcd.masks.store import image_rows, write_part
-
-    out2 = out.parent / "photo-regions"
-    rows, images = [], []
-    for it in items:
-        data = fetch_bytes(it.image, it.image_id)
-        img = decode_image(data, it.image_id)
-        recs = [MaskRecord(m, "auto", 1.0, 1.0) for m in photo_region_masks(img)]
-        h, w = img.shape[:2]
-        rows += image_rows(it.image_id, it.image, sha256_bytes(data), w, h, recs, {"type": "kmeans-regions"})
-        images.append({"image_id": it.image_id, "image_sha256": sha256_bytes(data), "width": w, "height": h})
-    write_part(out2, rows, images, {}, cfg.row_group_rows)
-    photo_stats = storage_and_decode(out2, ids, args.decode_repeats)
+    # 3. the same store on realistic masks of the same photos (random SAM weights give texture)
+    store_standin(out.parent / "photo-regions", items, photo_region_masks, "kmeans-regions", cfg)
+    photo_stats = storage_and_decode(out.parent / "photo-regions", ids, args.decode_repeats, cfg.parquet_codec, cfg.parquet_level)
+    store_standin(out.parent / "subjects", items, subject_masks, "grabcut-subject", cfg)
+    subject_stats = storage_and_decode(out.parent / "subjects", ids, args.decode_repeats, cfg.parquet_codec, cfg.parquet_level)
 
     result = {
         "device": args.device, "sam_type": args.sam_type, "images": len(items),
@@ -169,6 +248,9 @@ def main() -> None:
         "compute_s_per_image": round(compute_s / len(items), 3),
         "failed": summary.failed,
         "photo_region_masks": photo_stats,
+        "subject_masks": subject_stats,
+        "storage": {"codec": cfg.parquet_codec, "level": cfg.parquet_level,
+                    "counts_encoding": "DELTA_LENGTH_BYTE_ARRAY"},
     }
     print(json.dumps(result))
 

@@ -81,7 +81,8 @@ def compute_masks(
 
     def flush() -> None:
         if images:
-            summary.parts.append(str(write_part(out, rows, images, config, cfg.row_group_rows)))
+            summary.parts.append(str(write_part(out, rows, images, config, cfg.row_group_rows,
+                                                cfg.parquet_codec, cfg.parquet_level)))
         if attempted:
             write_failures(out, failures, attempted)
         rows.clear(), images.clear(), failures.clear(), attempted.clear()

