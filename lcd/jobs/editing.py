@@ -1,8 +1,9 @@
 """Edit one shard of a manifest: skip finished items, edit the rest in batches, record everything.
 
 Resumability rests on one rule: an item's output `<out>/edits/<id>.png` carries, in its PNG
-metadata, the `input_hash` of everything that determines it (input bytes, region, concept
-weights, prompt, seed, edit config, model pin). An item whose output exists with the same hash is
+metadata, the `input_hash` of everything that determines it (input bytes, region -- for a
+`sam:` rule the stored masks it reads, and CLIP's weights for `sam:text:` --, concept weights,
+prompt, seed, edit config, model pin). An item whose output exists with the same hash is
 skipped; any change to any of those re-runs it. Outputs are written atomically after each batch,
 so a worker killed mid-shard loses at most the batch in flight, and a re-run finds the rest.
 """
@@ -27,6 +28,7 @@ from lcd.models.sources import local_source, sha256_file, sha256_tree
 
 Engine = Literal["diffusion", "noop"]
 EDITS_DIR = "edits"
+SAM_PREFIX = "sam:"  # manifest regions resolved on the masks stage's store
 
 
 @dataclass
@@ -65,7 +67,32 @@ def concept_path(concept: str | None, concepts_root: str | Path | None) -> Path 
     return Path(concepts_root) / concept
 
 
-def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None) -> str:
+def is_text_rule(select: str | None) -> bool:
+    """True for `sam:text:...` regions, which need a CLIP model to resolve."""
+    return bool(select) and select.strip().startswith(SAM_PREFIX + "text:")
+
+
+def region_fingerprint(item: ManifestItem, masks_store: str | Path | None, clip_pin: str | None) -> object:
+    """What the item's region depends on: the rule and, for `sam:` rules, the stored masks of the
+    image (and the CLIP weights for `sam:text:`). Raises InputImageError naming the item when the
+    store is missing or has no masks for the image."""
+    rule = item.select.strip()
+    if not rule.startswith(SAM_PREFIX):
+        return rule
+    if masks_store is None:
+        raise InputImageError(f"{item.id}: region {rule!r} needs the masks store (edit masks_store / outputs/masks)",
+                              item=item.id)
+    from lcd.masks.read import stored_masks_digest
+
+    try:
+        digest = stored_masks_digest(masks_store, Path(item.image).stem)
+    except LcdError as e:
+        raise InputImageError(f"{item.id}: {e}", item=item.id) from None
+    return {"rule": rule, "masks": digest, "clip": clip_pin if is_text_rule(rule) else None}
+
+
+def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
+              masks_store: str | Path | None = None, clip_pin: str | None = None) -> str:
     """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file."""
     def file_hash(p: str) -> str:
         try:
@@ -78,7 +105,7 @@ def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None) -> s
                        item=str(concept_dir))
     payload = {
         "image": file_hash(item.image),
-        "region": file_hash(item.mask) if item.mask else item.select,
+        "region": file_hash(item.mask) if item.mask else region_fingerprint(item, masks_store, clip_pin),
         "concept": sha256_tree(concept_dir) if concept_dir is not None else None,
         "prompt": item.prompt,
         "seed": item.seed,
@@ -100,8 +127,6 @@ def is_current(path: Path, input_hash: str) -> bool:
     except Exception:  # unreadable / foreign file: redo it
         return False
 
-
-SAM_PREFIX = "sam:"
 
 
 def load_region(item: ManifestItem, image: np.ndarray, masks_store: str | Path | None = None,
@@ -172,11 +197,13 @@ def run_edit_shard(
     report = ShardReport()
     # 1. hash every item against the run's config; keep the ones whose output is missing or stale
     config_fp = config_fingerprint(cfg, models, engine)
+    needs_clip = any(it.mask is None and is_text_rule(it.select) for it in items)
+    clip_pin = model_pin(models.clip, None) if needs_clip else None
     pending: list[tuple[ManifestItem, str, Path | None]] = []
     for it in items:
         try:
             cdir = concept_path(it.concept, concepts_root)
-            h = item_hash(it, config_fp, cdir)
+            h = item_hash(it, config_fp, cdir, masks_store, clip_pin)
         except LcdError as e:
             report.failures.append(_failure(it.id, "input", e, shard))
             continue
@@ -185,8 +212,10 @@ def run_edit_shard(
             report.results.append(_row(it, out, h, "skipped", shard, 0.0))
         else:
             pending.append((it, h, cdir))
-    # 2. one model load per concept group (a concept changes the text encoder and the UNet)
+    # 2. one model load per concept group (a concept changes the text encoder and the UNet);
+    # CLIP only when a pending item selects its SAM region by text
     loader = loader or default_loader(models)
+    clip = _load_text_clip(models, pending, report, shard)
     pending.sort(key=lambda p: str(p[2] or ""))
     for cdir, group in groupby(pending, key=lambda p: p[2]):
         group = list(group)
@@ -204,7 +233,7 @@ def run_edit_shard(
             for it, h, _ in group[start : start + cfg.batch_size]:
                 try:
                     image = load_image(it.image)
-                    ei = EditItem(image, load_region(it, image, masks_store), it.prompt, it.seed, it.id)
+                    ei = EditItem(image, load_region(it, image, masks_store, clip), it.prompt, it.seed, it.id)
                     if lp is not None:
                         check_item(ei, known_concept_tokens(lp.pipe.tokenizer), tokens)
                 except LcdError as e:
@@ -230,6 +259,23 @@ def run_edit_shard(
                 save_png(out, res.image, meta)
                 report.results.append(_row(it, out, h, "edited", shard, per_item))
     return report
+
+
+def _load_text_clip(models: ModelsConfig, pending: list, report: ShardReport, shard: str):
+    """(CLIPModel, CLIPProcessor) when some pending item has a `sam:text:` region, else None. A
+    CLIP that fails to load fails those items (named), not the shard."""
+    if not any(it.mask is None and is_text_rule(it.select) for it, _, _ in pending):
+        return None
+    from lcd.models.loader import load_clip
+
+    try:
+        model, processor, _ = load_clip(models.clip, device=models.device)
+    except LcdError as e:
+        failed = {it.id for it, _, _ in pending if it.mask is None and is_text_rule(it.select)}
+        report.failures.extend(_failure(i, "input", e, shard) for i in sorted(failed))
+        pending[:] = [p for p in pending if p[0].id not in failed]
+        return None
+    return model, processor
 
 
 def _row(it: ManifestItem, out: Path, h: str, status: str, shard: str, seconds: float) -> dict:

@@ -14,7 +14,21 @@ import numpy as np
 from lcd.errors import InputImageError
 from lcd.masks.manifest import decode_image, fetch_bytes, sha256_bytes
 from lcd.masks.select import Selection, parse_selection, select_by_text, select_index
-from lcd.masks.store import read_masks
+from lcd.masks.store import read_masks, read_rows
+
+DIGEST_COLUMNS = ["image_sha256", "mask_id", "rle", "predicted_iou", "stability_score", "model"]
+
+
+def stored_masks_digest(path: str | Path, image_id: str) -> str:
+    """sha256 of what a selection on `image_id` can depend on: its stored rows (RLEs, scores,
+    image and model hashes), in mask_id order. Recomputed masks -> a new digest, so an edit made
+    from a `sam:` region is redone when the masks under it change. Raises LcdError when the
+    store has no rows for the image."""
+    import hashlib
+    import json
+
+    rows = read_rows(path, image_id, columns=DIGEST_COLUMNS).to_pylist()
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def load_stored_image(row: dict, image: str | None = None) -> np.ndarray:

@@ -65,3 +65,52 @@ def test_edit_shard_uses_stored_masks(store, tmp_path):
                          models=ModelsConfig(sd="unused"), engine="noop", masks_store=out)
     assert [r["id"] for r in rep.results] == ["x"] and [f["id"] for f in rep.failures] == ["y"]
     assert (tmp_path / "edits" / "x.png").exists()
+
+
+def test_edit_is_redone_when_the_stored_masks_change_not_when_the_store_moves(store, tmp_path, tiny_dir):
+    """The item hash covers the masks a `sam:` rule reads, not just the rule's text."""
+    from lcd.config import EditConfig
+
+    scene, out = store
+    item = _item(scene, "sam:largest")
+    run = lambda masks: run_edit_shard([item], out_root=tmp_path / "edits-out", cfg=EditConfig(steps=2, size=64),
+                                       models=ModelsConfig(sd="unused"), engine="noop", masks_store=masks)
+    assert [r["status"] for r in run(out).results] == ["edited"]
+    assert [r["status"] for r in run(out).results] == ["skipped"]
+    moved = tmp_path / "moved-store"
+    shutil.copytree(out, moved)
+    assert [r["status"] for r in run(moved).results] == ["skipped"]  # same rows, other folder
+    # the same image, masked again with other settings: other rows -> the edit is redone
+    cfg = MasksConfig.model_validate({"auto": {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}})
+    models = ModelsConfig(sd=str(tiny_dir / "sd"), sam=str(tiny_dir / "sam" / "sam_vit_tiny.pth"), sam_type="vit_tiny")
+    other = precompute_masks([scene], tmp_path / "other-store", cfg, models)
+    rows = run(other).results
+    assert [r["status"] for r in rows] == ["edited"]
+    # a store without this image fails the item at hashing time, naming it
+    empty = precompute_masks([], tmp_path / "empty-store", cfg, models)
+    rep = run(empty)
+    assert not rep.results and rep.failures[0]["id"] == "x" and "x: " in rep.failures[0]["message"]
+
+
+def test_text_rule_loads_clip_and_picks_the_text_scored_mask(store, tmp_path, tiny_dir):
+    from lcd.config import EditConfig
+    from lcd.models.loader import load_clip
+
+    scene, out = store
+    items = [_item(scene, "sam:text:a cat"), ManifestItem(id="y", image=str(scene), select="sam:largest",
+                                                          prompt="a dog", seed=0)]
+    models = ModelsConfig(sd="unused", clip=str(tiny_dir / "clip"))
+    rep = run_edit_shard(items, out_root=tmp_path, cfg=EditConfig(steps=2, size=64), models=models, engine="noop",
+                         masks_store=out)
+    assert sorted(r["id"] for r in rep.results) == ["x", "y"] and not rep.failures
+    model, processor, _ = load_clip(tiny_dir / "clip")
+    want, _ = select_mask(out, "cat_00", "text:a cat", clip=(model, processor), image=load_image(scene))
+    # before CLIP was loaded for the shard, the text item failed with "needs ... a CLIP model"
+    got = load_region(items[0], load_image(scene), out, (model, processor))
+    np.testing.assert_array_equal(got, want)
+    # without a loadable CLIP only the text item fails, and its message names the weights
+    rep = run_edit_shard(items, out_root=tmp_path / "b", cfg=EditConfig(steps=2, size=64),
+                         models=models.model_copy(update={"clip": str(tmp_path / "no-clip")}), engine="noop",
+                         masks_store=out)
+    assert [r["id"] for r in rep.results] == ["y"] and [f["id"] for f in rep.failures] == ["x"]
+    assert "no-clip" in rep.failures[0]["message"]
