@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.edit_batch import edit_batch
 
         out = edit_batch(a.manifest, f"{a.out}/edit", a.params, num_shards=1, fan_out="inline", engine=a.engine,
-                         concepts_root=f"{a.out}/concepts")
+                         concepts_root=f"{a.out}/concepts", masks_store=f"{a.out}/masks")
     elif a.stage == "regset":
         from flows.stages import build_regset
 

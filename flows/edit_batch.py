@@ -69,7 +69,7 @@ def edit_batch(
         states = _wait_all([r.id for r in runs], poll_s=1.0)
     # 3. merge the tables of this sharding; 4. artifacts
     counts = merge_shard_tables(out_root, num_shards)
-    publish_artifacts(manifest, out_root, counts, states, contact_sheet_rows)
+    publish_artifacts(manifest, out_root, counts, states, contact_sheet_rows, masks_store)
     done = counts.pop("ids")
     counts.pop("per_shard")
     missing = sorted(set(ids) - set(done))

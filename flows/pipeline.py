@@ -51,7 +51,8 @@ def pipeline(
         report["masks"] = precompute_masks(f"{data_root}/scenes", f"{out_root}/masks", params_path)
     if "edit" in run:
         report["edit"] = edit_batch(manifest, f"{out_root}/edit", params_path, num_shards=num_shards,
-                                    fan_out=fan_out, concepts_root=f"{out_root}/concepts", edit=edit)
+                                    fan_out=fan_out, concepts_root=f"{out_root}/concepts",
+                                    masks_store=f"{out_root}/masks", edit=edit)
     if "evaluate" in run:
         report["evaluate"] = evaluate(f"{out_root}/edit/results.parquet", f"{out_root}/evaluate",
                                       "metrics.json", params_path, photos_root=f"{data_root}/concepts")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from PIL import Image
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
@@ -16,7 +16,7 @@ from lcd.config import EditConfig, load_params
 from lcd.io.atomic import write_text_atomic
 from lcd.io.images import save_png
 from lcd.jobs import tables
-from lcd.jobs.contact import contact_sheet, load_triple
+from lcd.jobs.contact import contact_sheet, result_triples
 from lcd.jobs.editing import Engine, run_edit_shard
 from lcd.jobs.manifest import read_manifest, shard_items
 
@@ -61,7 +61,8 @@ def merge_shard_tables(out_root: str, num_shards: int) -> dict:
 
 
 @task(cache_policy=NO_CACHE)
-def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[str], max_rows: int) -> str:
+def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[str], max_rows: int,
+                      masks_store: str | None = None) -> str:
     """A summary table and a before | mask | after contact sheet (PNG, embedded in a markdown artifact)."""
     create_table_artifact(table=[{"status": k, "items": counts[k]} for k in ("edited", "skipped", "failed")]
                           + [{"status": f"shard {tables.shard_name(i, len(states))} ({st})",
@@ -72,8 +73,10 @@ def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[s
     items = {it.id: it for it in read_manifest(manifest)[0]}
     if not results:
         return ""
-    sheet_path = save_png(Path(out_root) / "contact_sheet.png",
-                          contact_sheet([load_triple(items[r["id"]], r["output"]) for r in results]))
+    triples, problems = result_triples(items, results, out_root, masks_store)
+    for p in problems:
+        get_run_logger().warning(p)
+    sheet_path = save_png(Path(out_root) / "contact_sheet.png", contact_sheet(triples))
     buf = io.BytesIO()
     Image.open(sheet_path).save(buf, format="PNG")
     md = (f"# edit-batch contact sheet\n\nbefore | mask | after, first {len(results)} items; "

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lcd.io.images import load_image
-from lcd.jobs.editing import load_region
+from lcd.errors import LcdError
+from lcd.io.images import load_image, load_mask
+from lcd.jobs.editing import load_region, region_path
 from lcd.jobs.manifest import ManifestItem
 
 
@@ -33,7 +34,29 @@ def contact_sheet(triples: list[tuple[np.ndarray, np.ndarray, np.ndarray]], side
     return sheet
 
 
-def load_triple(item: ManifestItem, output: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read one item's before, region and after from disk."""
+def load_triple(item: ManifestItem, output: str | Path, region_file: str | Path | None = None,
+                masks_store: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one item's before, region and after from disk. The region is the one the edit saved
+    (`region_file`) when present, else resolved again from the item (mask file, box, masks store)."""
     before = load_image(item.image)
-    return before, load_region(item, before), load_image(output)
+    if region_file is not None and Path(region_file).exists():
+        region = load_mask(region_file)
+    else:
+        region = load_region(item, before, masks_store)
+    return before, region, load_image(output)
+
+
+def result_triples(items: dict[str, ManifestItem], results: list[dict], out_root: str | Path,
+                   masks_store: str | Path | None = None) -> tuple[list, list[str]]:
+    """Contact-sheet triples for result rows (id, output) -> (triples, problems). An item whose
+    files cannot be read any more gets a blank grey row and a message naming it: the sheet is a
+    report on the batch and must not fail it."""
+    triples, problems = [], []
+    blank = np.full((8, 8, 3), 96, np.uint8)
+    for r in results:
+        try:
+            triples.append(load_triple(items[r["id"]], r["output"], region_path(out_root, r["id"]), masks_store))
+        except (LcdError, OSError, KeyError) as e:
+            problems.append(f"{r['id']}: contact sheet row left blank: {type(e).__name__}: {e}")
+            triples.append((blank, np.zeros((8, 8), bool), blank))
+    return triples, problems

@@ -28,6 +28,7 @@ from lcd.models.sources import local_source, sha256_file, sha256_tree
 
 Engine = Literal["diffusion", "noop"]
 EDITS_DIR = "edits"
+REGIONS_DIR = "regions"  # the region each edit used, as resolved at edit time (8-bit PNG, 255 = edited)
 SAM_PREFIX = "sam:"  # manifest regions resolved on the masks stage's store
 
 
@@ -116,6 +117,12 @@ def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
 
 def output_path(out_root: str | Path, item_id: str) -> Path:
     return Path(out_root) / EDITS_DIR / f"{item_id}.png"
+
+
+def region_path(out_root: str | Path, item_id: str) -> Path:
+    """Where the resolved region of an item is kept: a `sam:text:` pick or a `box:` is visible and
+    auditable later without the masks store or CLIP."""
+    return Path(out_root) / REGIONS_DIR / f"{item_id}.png"
 
 
 def is_current(path: Path, input_hash: str) -> bool:
@@ -252,10 +259,13 @@ def run_edit_shard(
                 report.failures.extend(_failure(it.id, "edit", e, shard) for it, _ in batch)
                 continue
             per_item = (time.perf_counter() - t0) / len(batch)
-            for (it, h), res in zip(batch, results):
+            for (it, h), ei, res in zip(batch, edit_items, results):
                 out = output_path(out_root, it.id)
                 meta = res.meta | {"id": it.id, "image": it.image, "region": it.mask or it.select,
                                    "concept": it.concept, "input_hash": h}
+                # region first: the output is what marks the item done
+                save_png(region_path(out_root, it.id), ei.mask.astype(np.uint8) * 255,
+                         {"id": it.id, "region": it.mask or it.select, "input_hash": h})
                 save_png(out, res.image, meta)
                 report.results.append(_row(it, out, h, "edited", shard, per_item))
     return report

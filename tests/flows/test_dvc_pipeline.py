@@ -59,7 +59,9 @@ def dvc_repo(tmp_path, tiny_dir, prefect_server):
                             clip=str(tiny_dir / "clip"))
     params["edit"].update(steps=2, size=64, guidance=6.0)
     if "masks" in params:
-        params["masks"]["auto"].update(points_per_side=4, points_per_batch=16)
+        # random SAM weights score low: keep every mask, so the manifest's `sam:` row has some
+        params["masks"]["auto"].update(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0,
+                                       stability_score_thresh=0.0)
     params["regset"].update(clip_model=str(tiny_dir / "open_clip"), top_n=2, timeout_s=2, threads=2,
                             gen_size=64, gen_steps=2)
     if "evaluate" in params:
@@ -97,8 +99,10 @@ def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
         regset = pd.read_parquet(manifest)
         assert len(regset) == 2 and set(regset["source"]) == {"generated"}
     edits = sorted(p.stem for p in (root / "outputs/edit/edits").glob("*.png"))
-    # the manifest's concept item needs the trained concept: edited when train ran, a failure otherwise
-    assert edits == sorted(["backpack_00", "cat_00", "teapot_00"] + (["cat_00-dog"] if "train" in keep else []))
+    # the manifest's concept item needs the trained concept, its `sam:` item the masks stage's
+    # store: each is edited when its stage ran, a failure otherwise
+    assert edits == sorted(["backpack_00", "cat_00", "teapot_00"] + (["cat_00-dog"] if "train" in keep else [])
+                           + (["teapot_00-sam"] if "masks" in keep else []))
     assert _ran(run(*dvc, "repro")) == set()  # nothing changed: nothing runs
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["edit"]["guidance"] = 3.0
@@ -108,7 +112,7 @@ def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
     metrics = json.loads(run(*dvc, "metrics", "show", "--json"))
     (rev,) = metrics.values()  # the workspace (keyed "" while the temp repo has no commit)
     summary = rev["data"]["outputs/edit/summary.json"]["data"]
-    assert summary == {"edited": len(edits), "failed": 4 - len(edits), "items": 4, "skipped": 0}
+    assert summary == {"edited": len(edits), "failed": 5 - len(edits), "items": 5, "skipped": 0}
     plots = json.loads(run(*dvc, "plots", "show", "--json"))
     (plot,) = plots["data"]["outputs/edit/edit_seconds.csv"]
     assert sorted(v["item"] for v in plot["content"]["data"]["values"]) == edits

@@ -114,3 +114,24 @@ def test_text_rule_loads_clip_and_picks_the_text_scored_mask(store, tmp_path, ti
                          masks_store=out)
     assert [r["id"] for r in rep.results] == ["y"] and [f["id"] for f in rep.failures] == ["x"]
     assert "no-clip" in rep.failures[0]["message"]
+
+
+def test_the_used_region_is_saved_beside_the_output_and_feeds_the_contact_sheet(store, tmp_path):
+    from lcd.config import EditConfig
+    from lcd.io.images import load_mask
+    from lcd.jobs.contact import result_triples
+    from lcd.jobs.editing import region_path
+
+    scene, out = store
+    items = [_item(scene, "sam:largest")]
+    rep = run_edit_shard(items, out_root=tmp_path, cfg=EditConfig(steps=2, size=64), models=ModelsConfig(sd="unused"),
+                         engine="noop", masks_store=out)
+    want, _ = select_mask(out, "cat_00", "largest")
+    np.testing.assert_array_equal(load_mask(region_path(tmp_path, "x")), want)
+    # the sheet needs neither the store nor CLIP once the region is saved
+    triples, problems = result_triples({"x": items[0]}, rep.results, tmp_path, masks_store=None)
+    assert not problems and np.array_equal(triples[0][1], want)
+    # a row whose files are gone is left blank and named, the sheet is still made
+    region_path(tmp_path, "x").unlink()
+    triples, problems = result_triples({"x": items[0]}, rep.results, tmp_path, masks_store=None)
+    assert len(triples) == 1 and problems and problems[0].startswith("x: contact sheet row left blank")
