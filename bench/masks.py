@@ -28,7 +28,7 @@ from PIL import Image
 from lcd.masks.bulk import compute_masks
 from lcd.masks.config import AutoMaskConfig, MasksConfig
 from lcd.masks.manifest import ManifestItem
-from lcd.masks.store import part_paths, read_masks
+from lcd.masks.store import MaskStore, part_paths, read_masks
 from lcd.models.loader import load_sam
 
 PROMPTS = json.dumps([{"points": [[256, 256]]}, {"points": [[128, 300], [400, 100]], "labels": [1, 0]},
@@ -103,9 +103,10 @@ def storage_and_decode(out: Path, image_ids: list[str], repeats: int, codec: str
 
     t0 = time.perf_counter()
     decoded = 0
+    store = MaskStore(out)  # opened once, as a bulk reader (an edit shard) does
     for _ in range(repeats):
         for i in image_ids:
-            decoded += read_masks(out, i)[1].shape[0]
+            decoded += store.masks(i)[1].shape[0]
     decode_s = time.perf_counter() - t0
     file_bytes = rle_bytes = 0
     for p in part_paths(out):
@@ -193,6 +194,42 @@ def store_standin(out: Path, items: list, make_masks, kind: str, cfg: MasksConfi
     write_part(out, rows, images, {}, cfg.row_group_rows, cfg.parquet_codec, cfg.parquet_level)
 
 
+def lookup_scaling(n_images: int, masks_per_image: int = 20, images_per_part: int = 64, lookups: int = 50) -> dict:
+    """ms per image lookup in a store of `n_images` synthetic 256x256 images (64 per part, as
+    `masks.images_per_part` defaults), through an opened MaskStore vs pandas' filtered read of
+    the folder (what a user of a plain Parquet table would call)."""
+    import pandas as pd
+
+    from lcd.masks.predict import MaskRecord
+    from lcd.masks.store import image_rows, write_part
+
+    out = Path(tempfile.mkdtemp()) / "lookup-store"
+    yy, xx = np.mgrid[:256, :256]
+    recs = [MaskRecord(((yy - 100 - k) ** 2 + (xx - 120) ** 2) < (20 + 3 * k) ** 2, "auto", 0.9, 0.9)
+            for k in range(masks_per_image)]
+    model = {"type": "synthetic", "ref": "-", "sha256": "-", "revision": None}
+    for p0 in range(0, n_images, images_per_part):
+        ids = [f"im{i:06d}" for i in range(p0, min(p0 + images_per_part, n_images))]
+        rows = [r for i in ids for r in image_rows(i, f"{i}.jpg", "ab" * 32, 256, 256, recs, model)]
+        write_part(out, rows, [{"image_id": i, "image_sha256": "ab" * 32, "width": 256, "height": 256} for i in ids],
+                   {}, 1024)
+    pick = [f"im{i:06d}" for i in np.random.default_rng(0).choice(n_images, lookups)]
+    t0 = time.perf_counter()
+    store = MaskStore(out)
+    open_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in pick:
+        store.masks(i)
+    ours = (time.perf_counter() - t0) / lookups
+    t0 = time.perf_counter()
+    for i in pick:
+        pd.read_parquet(out / "masks", filters=[("image_id", "==", i)])
+    peer = (time.perf_counter() - t0) / lookups
+    return {"images": n_images, "parts": len(part_paths(out)), "store_open_ms": round(open_s * 1e3, 1),
+            "ms_per_lookup_opened_store": round(ours * 1e3, 2), "ms_per_lookup_pandas_filter": round(peer * 1e3, 2),
+            "speedup_vs_pandas_filter": round(peer / ours, 1), "lookup_includes_rle_decode": True}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     repo = Path(__file__).resolve().parents[1]
@@ -204,6 +241,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--points-per-side", type=int, default=8)
     ap.add_argument("--decode-repeats", type=int, default=3)
+    ap.add_argument("--lookup-images", type=int, default=4000, help="size of the synthetic store for lookup timing")
     args = ap.parse_args()
 
     root = Path(args.dreambench)
@@ -249,6 +287,7 @@ def main() -> None:
         "failed": summary.failed,
         "photo_region_masks": photo_stats,
         "subject_masks": subject_stats,
+        "lookup": lookup_scaling(args.lookup_images),
         "storage": {"codec": cfg.parquet_codec, "level": cfg.parquet_level,
                     "counts_encoding": "DELTA_LENGTH_BYTE_ARRAY"},
     }

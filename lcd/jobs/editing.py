@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from lcd.errors import InputImageError, LcdError
 from lcd.io.images import check_mask_fits, load_image, load_mask, read_png_meta, save_png
 from lcd.jobs.manifest import ManifestItem, select_region
 from lcd.models.sources import local_source, sha256_file, sha256_tree
+
+if TYPE_CHECKING:
+    from lcd.masks.store import MaskStore
 
 Engine = Literal["diffusion", "noop"]
 EDITS_DIR = "edits"
@@ -73,7 +76,7 @@ def is_text_rule(select: str | None) -> bool:
     return bool(select) and select.strip().startswith(SAM_PREFIX + "text:")
 
 
-def region_fingerprint(item: ManifestItem, masks_store: str | Path | None, clip_pin: str | None) -> object:
+def region_fingerprint(item: ManifestItem, masks_store: "str | Path | MaskStore | None", clip_pin: str | None) -> object:
     """What the item's region depends on: the rule and, for `sam:` rules, the stored masks of the
     image (and the CLIP weights for `sam:text:`). Raises InputImageError naming the item when the
     store is missing or has no masks for the image."""
@@ -93,7 +96,7 @@ def region_fingerprint(item: ManifestItem, masks_store: str | Path | None, clip_
 
 
 def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
-              masks_store: str | Path | None = None, clip_pin: str | None = None) -> str:
+              masks_store: "str | Path | MaskStore | None" = None, clip_pin: str | None = None) -> str:
     """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file."""
     def file_hash(p: str) -> str:
         try:
@@ -136,7 +139,7 @@ def is_current(path: Path, input_hash: str) -> bool:
 
 
 
-def load_region(item: ManifestItem, image: np.ndarray, masks_store: str | Path | None = None,
+def load_region(item: ManifestItem, image: np.ndarray, masks_store: "str | Path | MaskStore | None" = None,
                 clip=None) -> np.ndarray:
     """(H, W) bool region of `item`: its mask file, a `box:` rectangle, or `sam:<selection>`
     (largest | best | id:N | point:X,Y | box:... | text:WORDS) among the masks the masks stage
@@ -196,7 +199,7 @@ def run_edit_shard(
     engine: Engine = "diffusion",
     concepts_root: str | Path | None = None,
     loader: PipelineLoader | None = None,
-    masks_store: str | Path | None = None,
+    masks_store: "str | Path | MaskStore | None" = None,
 ) -> ShardReport:
     """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception."""
     from lcd.edit.engine import EditItem, EditResult, check_item, edit_images, known_concept_tokens
@@ -204,6 +207,7 @@ def run_edit_shard(
     report = ShardReport()
     # 1. hash every item against the run's config; keep the ones whose output is missing or stale
     config_fp = config_fingerprint(cfg, models, engine)
+    masks_store = _open_masks_store(masks_store, items)
     needs_clip = any(it.mask is None and is_text_rule(it.select) for it in items)
     clip_pin = model_pin(models.clip, None) if needs_clip else None
     pending: list[tuple[ManifestItem, str, Path | None]] = []
@@ -269,6 +273,20 @@ def run_edit_shard(
                 save_png(out, res.image, meta)
                 report.results.append(_row(it, out, h, "edited", shard, per_item))
     return report
+
+
+def _open_masks_store(masks_store, items: list[ManifestItem]):
+    """The masks store opened once for the shard's `sam:` items (a lookup then reads one part,
+    not every part's footer); left as the path when it cannot be opened, so each item that
+    needs it fails with its own message."""
+    if masks_store is None or not any(it.mask is None and it.select.strip().startswith(SAM_PREFIX) for it in items):
+        return masks_store
+    from lcd.masks.store import open_store
+
+    try:
+        return open_store(masks_store)
+    except LcdError:
+        return masks_store
 
 
 def _load_text_clip(models: ModelsConfig, pending: list, report: ShardReport, shard: str):

@@ -14,12 +14,12 @@ import numpy as np
 from lcd.errors import InputImageError
 from lcd.masks.manifest import decode_image, fetch_bytes, sha256_bytes
 from lcd.masks.select import Selection, parse_selection, select_by_text, select_index
-from lcd.masks.store import read_masks, read_rows
+from lcd.masks.store import MaskStore, read_masks, read_rows
 
 DIGEST_COLUMNS = ["image_sha256", "mask_id", "rle", "predicted_iou", "stability_score", "model"]
 
 
-def stored_masks_digest(path: str | Path, image_id: str) -> str:
+def stored_masks_digest(path: str | Path | MaskStore, image_id: str) -> str:
     """sha256 of what a selection on `image_id` can depend on: its stored rows (RLEs, scores,
     image and model hashes), in mask_id order. Recomputed masks -> a new digest, so an edit made
     from a `sam:` region is redone when the masks under it change. Raises LcdError when the
@@ -44,7 +44,7 @@ def load_stored_image(row: dict, image: str | None = None) -> np.ndarray:
 
 
 def select_mask(
-    path: str | Path,
+    path: str | Path | MaskStore,
     image_id: str,
     select: str | Selection = "best",
     *,
@@ -52,7 +52,8 @@ def select_mask(
     image: np.ndarray | None = None,
     text_margin: float = 0.1,
 ) -> tuple[np.ndarray, dict]:
-    """-> ((H, W) bool mask, its row as a dict without the RLE).
+    """-> ((H, W) bool mask, its row as a dict without the RLE). `path`: a store folder, a part
+    file, or a MaskStore opened once for many lookups.
 
     `clip` = (CLIPModel, CLIPProcessor) is needed for `text:` selections; `image` (H, W, 3) uint8
     skips re-reading the image for them.

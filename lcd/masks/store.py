@@ -159,9 +159,7 @@ def write_failures(out: str | Path, new: Sequence[dict], retried: Iterable[str])
 
 # --- read API ---------------------------------------------------------------------------------
 
-def _dataset(path: str | Path):
-    import pyarrow.dataset as ds
-
+def _part_files(path: str | Path) -> list[Path]:
     p = Path(path)
     if p.is_dir() and (p / MASKS_DIR).is_dir():
         p = p / MASKS_DIR
@@ -170,21 +168,66 @@ def _dataset(path: str | Path):
     files = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
     if not files:
         raise LcdError(f"{path}: no mask parts (part-*.parquet) in folder", item=str(path))
-    return ds.dataset([str(f) for f in files], schema=MASK_SCHEMA, format="parquet")
+    return files
 
 
-def read_rows(path: str | Path, image_id: str, columns: list[str] | None = None) -> pa.Table:
-    """All mask rows of one image (row-group statistics let pyarrow skip other images' groups)."""
-    import pyarrow.dataset as ds
+class MaskStore:
+    """A masks table opened for many lookups: every part's footer is read once, and image_id ->
+    the parts that list it (their `lcd.masks.images` metadata), so a lookup opens only those
+    files instead of every part in the store. Parts without that metadata (a Parquet file
+    written by another tool) are searched on every lookup. Built from a store folder, its
+    `masks/` folder, or one Parquet file. The index is a snapshot: open a new MaskStore after
+    more masks are computed.
+    """
 
-    table = _dataset(path).to_table(filter=ds.field("image_id") == image_id, columns=columns)
-    if table.num_rows == 0:
-        raise LcdError(f"{image_id}: no masks stored for this image_id in {path}", item=image_id)
-    shas = set(table.column("image_sha256").to_pylist())
-    if len(shas) > 1:  # the file changed between runs: the newest rows are the last part's
-        last = table.column("image_sha256")[table.num_rows - 1].as_py()
-        table = table.filter(pa.compute.equal(table.column("image_sha256"), last))
-    return table.sort_by("mask_id")
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.files = _part_files(path)
+        self.by_image: dict[str, list[Path]] = {}
+        self.unindexed: list[Path] = []
+        for f in self.files:
+            meta = pq.read_schema(f).metadata or {}
+            if IMAGES_META not in meta:
+                self.unindexed.append(f)
+                continue
+            for im in json.loads(meta[IMAGES_META]):
+                self.by_image.setdefault(im["image_id"], []).append(f)
+
+    def rows(self, image_id: str, columns: list[str] | None = None) -> pa.Table:
+        """All mask rows of one image, in mask_id order, from its newest SHA-256 (see read_rows)."""
+        import pyarrow.dataset as ds
+
+        files = self.by_image.get(image_id, []) + self.unindexed
+        cols = None if columns is None else list(dict.fromkeys([*columns, "image_sha256", "mask_id"]))
+        table = MASK_SCHEMA.empty_table() if cols is None else MASK_SCHEMA.empty_table().select(cols)
+        if files:
+            dataset = ds.dataset([str(f) for f in sorted(set(files))], schema=MASK_SCHEMA, format="parquet")
+            table = dataset.to_table(filter=ds.field("image_id") == image_id, columns=cols)
+        if table.num_rows == 0:
+            raise LcdError(f"{image_id}: no masks stored for this image_id in {self.path}", item=image_id)
+        shas = set(table.column("image_sha256").to_pylist())
+        if len(shas) > 1:  # the file changed between runs: the newest rows are the last part's
+            last = table.column("image_sha256")[table.num_rows - 1].as_py()
+            table = table.filter(pa.compute.equal(table.column("image_sha256"), last))
+        table = table.sort_by("mask_id")
+        return table if columns is None else table.select(columns)
+
+    def masks(self, image_id: str) -> tuple[pa.Table, np.ndarray]:
+        """image_id -> (its rows, (N, H, W) bool masks in mask_id order)."""
+        table = self.rows(image_id)
+        return table, decode_table_masks(table)
+
+
+
+def open_store(path: str | Path | MaskStore) -> MaskStore:
+    """A MaskStore for `path` (returned as is when it already is one)."""
+    return path if isinstance(path, MaskStore) else MaskStore(path)
+
+
+def read_rows(path: str | Path | MaskStore, image_id: str, columns: list[str] | None = None) -> pa.Table:
+    """All mask rows of one image. Open a MaskStore once for many lookups; a path re-reads the
+    parts' footers on every call."""
+    return open_store(path).rows(image_id, columns)
 
 
 def decode_table_masks(table: pa.Table) -> np.ndarray:
@@ -198,7 +241,6 @@ def decode_table_masks(table: pa.Table) -> np.ndarray:
     return decode_rles(counts, h, w, names=ids)
 
 
-def read_masks(path: str | Path, image_id: str) -> tuple[pa.Table, np.ndarray]:
+def read_masks(path: str | Path | MaskStore, image_id: str) -> tuple[pa.Table, np.ndarray]:
     """image_id -> (its rows, (N, H, W) bool masks in mask_id order)."""
-    table = read_rows(path, image_id)
-    return table, decode_table_masks(table)
+    return open_store(path).masks(image_id)

@@ -72,3 +72,51 @@ def test_level_is_checked_against_the_codec():
         MasksConfig(parquet_codec="snappy", parquet_level=3)
     with pytest.raises(ValidationError):
         MasksConfig(parquet_codec="lzma")
+
+
+def _store_with_parts(tmp_path, n_parts: int):
+    masks = _disc_masks(3)
+    for k in range(n_parts):
+        recs = [MaskRecord(m, "auto", 0.9, 0.95) for m in masks[: k + 1]]
+        rows = image_rows(f"im{k}", f"im{k}.png", "ab" * 32, 128, 96, recs, {"type": "t", "ref": "r", "sha256": "s",
+                                                                            "revision": None})
+        write_part(tmp_path, rows, [{"image_id": f"im{k}", "image_sha256": "ab" * 32, "width": 128, "height": 96}],
+                   {}, 1024)
+    return masks
+
+
+def test_opened_store_reads_only_the_parts_that_list_the_image(tmp_path):
+    from lcd.masks.store import MaskStore, part_paths
+
+    masks = _store_with_parts(tmp_path, 3)
+    store = MaskStore(tmp_path)
+    assert {k: [p.name for p in v] for k, v in store.by_image.items()} == {
+        f"im{k}": [part_paths(tmp_path)[k].name] for k in range(3)}
+    # wreck the parts of im0 and im2: im1's lookup must not touch them
+    for k in (0, 2):
+        part_paths(tmp_path)[k].write_bytes(b"not parquet")
+    rows, got = store.masks("im1")
+    assert rows.column("mask_id").to_pylist() == [0, 1] and np.array_equal(got, np.stack(masks[:2]))
+    assert read_masks(store, "im1")[0].equals(rows)
+    with pytest.raises(Exception):
+        read_masks(tmp_path, "im1")  # a path opens every footer again, the wrecked ones too
+    from lcd.errors import LcdError
+
+    with pytest.raises(LcdError, match="nope: no masks stored"):
+        store.masks("nope")
+
+
+def test_parts_without_the_images_listing_are_searched_on_every_lookup(tmp_path):
+    import pyarrow.parquet as pq
+
+    from lcd.masks.store import MaskStore, part_paths
+
+    masks = _store_with_parts(tmp_path, 2)
+    foreign = part_paths(tmp_path)[1]
+    table = pq.read_table(foreign)
+    pq.write_table(table.replace_schema_metadata(None), foreign)  # as another tool would write it
+    store = MaskStore(tmp_path)
+    assert store.unindexed == [foreign] and "im1" not in store.by_image
+    assert np.array_equal(store.masks("im1")[1], np.stack(masks[:2]))
+    assert store.masks("im0")[1].shape[0] == 1
+    assert store.rows("im1", columns=["area"]).column_names == ["area"]
