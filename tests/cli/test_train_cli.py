@@ -102,3 +102,43 @@ def test_concept_export_then_import_round_trip(setup, tmp_path, capsys):
     rc = main(["--params", str(params), "concept", "import", str(tmp_path / "d"), "--out", str(tmp_path / "e"),
                "--token", "[P]", "--token", "[Q]"])
     assert rc == 2 and "1 token file(s) but 2 token name(s) given" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_killed_mid_run_resumes_from_its_checkpoint(setup, tmp_path):
+    """A real `lcd train` process SIGKILLed after a checkpoint; `--resume` finishes the run and the
+    concept equals an uninterrupted run's, tensor for tensor."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    root, params = setup
+    raw = yaml.safe_load(params.read_text())
+    raw["train"].update(steps=30, checkpoint_every=2)
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "lcd", "--params", str(p), "train", "--photos", str(root / "dog"),
+           "--class-word", "dog", "--no-prior"]
+    env = {**os.environ, "PYTHONPATH": str(SAMPLES.parent)}
+    full = subprocess.run(cmd + ["--out", str(tmp_path / "full")], env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = subprocess.Popen(cmd + ["--out", str(tmp_path / "cut")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpts = tmp_path / "cut" / "training" / "checkpoints"
+    deadline = time.time() + 300
+    while not (ckpts / "step-000004").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "card.json").exists(), "the run finished before it could be killed"
+    res = subprocess.run(cmd + ["--out", str(tmp_path / "cut"), "--resume"], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["resumed_from"] >= 4 and report["steps"] == 30
+    a, b = load_file(tmp_path / "full" / "concept.safetensors"), load_file(tmp_path / "cut" / "concept.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
