@@ -143,18 +143,16 @@ def storage_and_decode(out: Path, image_ids: list[str], repeats: int, codec: str
     }
 
 
-SIZE_BINS = (0.0, 0.1, 0.25, 0.5, 1.01)  # sqrt(mask area / image area), as SAM's paper bins masks
+SIZE_BINS = (0.0, 0.1, 0.25, 0.5, 1.01)  # sqrt(mask area / image area): the side of a mask relative to the image
 
 
 def ratio_by_size(out: Path, image_ids: list[str], codec: str, level: int | None) -> dict:
     """RLE bytes vs cv2 PNG bytes per bin of relative mask size. The ratio depends mostly on how
     big a mask is (a PNG has a floor of ~1.1 kB at 512x512, an empty RLE is 4 bytes), so this
-    lets a user predict the ratio for their own mask-size mix. Each bin's counts are written as
-    a counts-only Parquet column with the store's codec and encoding."""
-    import io
-
+    lets a user predict the ratio for their own mask-size mix. Each bin's counts strings are
+    compressed together with the store's codec and level (no Parquet page overhead, which would
+    swamp a bin of a few masks)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from lcd.masks.rle import encode_rle
 
@@ -166,12 +164,8 @@ def ratio_by_size(out: Path, image_ids: list[str], codec: str, level: int | None
             bins.setdefault(f"{SIZE_BINS[k]}-{min(SIZE_BINS[k + 1], 1.0)}", []).append(m)
     result = {}
     for name, ms in sorted(bins.items()):
-        buf = io.BytesIO()
-        pq.write_table(pa.table({"counts": [encode_rle(m)["counts"] for m in ms]}), buf, compression=codec,
-                       compression_level=level, use_dictionary=False,
-                       column_encoding={"counts": "DELTA_LENGTH_BYTE_ARRAY"})
-        md = pq.read_metadata(pa.BufferReader(buf.getvalue()))
-        rle = sum(md.row_group(g).column(0).total_compressed_size for g in range(md.num_row_groups))
+        data = "".join(encode_rle(m)["counts"] for m in ms).encode()
+        rle = len(data) if codec == "none" else len(pa.Codec(codec, compression_level=level).compress(data, asbytes=True))
         png = sum(png_bytes(m, "cv2") for m in ms)
         result[name] = {"masks": len(ms), "bytes_ratio_rle_vs_png": round(rle / png, 4)}
     return result

@@ -105,7 +105,8 @@ COUNTS_COLUMN = "rle.counts"
 # every column but the counts is dictionary-encoded (ids, paths, model refs repeat row after row);
 # the counts are unique per mask, so a dictionary only adds an index per row, and
 # DELTA_LENGTH_BYTE_ARRAY stores the string lengths apart from the characters, which leaves the
-# codec a clean run of COCO characters.
+# codec a clean run of COCO characters. Nor do the counts get min/max statistics: nobody filters
+# on them, and each page and row group would carry two whole counts strings uncompressed.
 @functools.cache
 def dictionary_columns() -> tuple[str, ...]:
     return tuple(c for c in _leaf_paths(MASK_SCHEMA) if c != COUNTS_COLUMN)
@@ -127,7 +128,8 @@ def write_part(out: str | Path, rows: list[dict], images: list[dict], config: di
     table = pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_rows, compression=codec, compression_level=level,
-                       use_dictionary=list(dictionary_columns()), column_encoding={COUNTS_COLUMN: "DELTA_LENGTH_BYTE_ARRAY"})
+                       use_dictionary=list(dictionary_columns()), write_statistics=list(dictionary_columns()),
+                       column_encoding={COUNTS_COLUMN: "DELTA_LENGTH_BYTE_ARRAY"})
     return dest
 
 

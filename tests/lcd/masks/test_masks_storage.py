@@ -40,6 +40,10 @@ def test_part_round_trips_with_each_codec(tmp_path, codec, level):
     assert not chunks[COUNTS_COLUMN].has_dictionary_page
     # repeated columns keep their dictionary
     assert chunks["image"].has_dictionary_page and chunks["model.ref"].has_dictionary_page
+    # no min/max of counts strings (two whole masks per page, useless for filtering); image_id keeps
+    # its statistics, which let a filtered read skip other images' row groups
+    assert not chunks[COUNTS_COLUMN].is_stats_set
+    assert chunks["image_id"].is_stats_set and chunks["image_id"].statistics.min == "im"
     _, got = read_masks(tmp_path, "im")
     assert np.array_equal(got, np.stack(masks))
     assert pd.read_parquet(part)["rle"].iloc[2]["size"].tolist() == [96, 128]
