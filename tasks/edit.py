@@ -32,7 +32,8 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
     report = run_edit_shard(shard_items(items, num_shards, shard_index), out_root=out_root,
                             cfg=edit or params.edit, models=params.models, shard=name,
                             engine=engine, concepts_root=concepts_root,
-                            masks_store=masks_store if masks_store and Path(masks_store).exists() else None)
+                            masks_store=masks_store if masks_store and Path(masks_store).exists() else None,
+                            masks_cfg=params.masks)
     tdir = Path(out_root) / "tables"
     tables.write_table(tdir / f"results-{name}.parquet", report.results, tables.RESULTS_SCHEMA)
     tables.write_table(tdir / f"failures-{name}.parquet", report.failures, tables.FAILURES_SCHEMA)

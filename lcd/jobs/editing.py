@@ -24,6 +24,7 @@ from lcd.config import EditConfig, ModelsConfig
 from lcd.errors import InputImageError, LcdError
 from lcd.io.images import check_mask_fits, load_image, load_mask, read_png_meta, save_png
 from lcd.jobs.manifest import ManifestItem, select_region
+from lcd.masks.config import MasksConfig
 from lcd.models.sources import local_source, sha256_file, sha256_tree
 
 if TYPE_CHECKING:
@@ -76,10 +77,12 @@ def is_text_rule(select: str | None) -> bool:
     return bool(select) and select.strip().startswith(SAM_PREFIX + "text:")
 
 
-def region_fingerprint(item: ManifestItem, masks_store: "str | Path | MaskStore | None", clip_pin: str | None) -> object:
+def region_fingerprint(item: ManifestItem, masks_store: "str | Path | MaskStore | None", clip_pin: str | None,
+                       masks_cfg: MasksConfig | None = None) -> object:
     """What the item's region depends on: the rule and, for `sam:` rules, the stored masks of the
-    image (and the CLIP weights for `sam:text:`). Raises InputImageError naming the item when the
-    store is missing or has no masks for the image."""
+    image, the post-processing (masks.fill_holes / dilate_px) and, for `sam:text:`, the CLIP
+    weights and crop margin. Raises InputImageError naming the item when the store is missing or
+    has no masks for the image."""
     rule = item.select.strip()
     if not rule.startswith(SAM_PREFIX):
         return rule
@@ -92,11 +95,15 @@ def region_fingerprint(item: ManifestItem, masks_store: "str | Path | MaskStore 
         digest = stored_masks_digest(masks_store, Path(item.image).stem)
     except LcdError as e:
         raise InputImageError(f"{item.id}: {e}", item=item.id) from None
-    return {"rule": rule, "masks": digest, "clip": clip_pin if is_text_rule(rule) else None}
+    m = masks_cfg or MasksConfig()
+    text = is_text_rule(rule)
+    return {"rule": rule, "masks": digest, "fill": m.fill_holes, "dilate": m.dilate_px,
+            "clip": clip_pin if text else None, "text_margin": m.text_crop_margin if text else None}
 
 
 def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
-              masks_store: "str | Path | MaskStore | None" = None, clip_pin: str | None = None) -> str:
+              masks_store: "str | Path | MaskStore | None" = None, clip_pin: str | None = None,
+              masks_cfg: MasksConfig | None = None) -> str:
     """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file."""
     def file_hash(p: str) -> str:
         try:
@@ -109,7 +116,7 @@ def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
                        item=str(concept_dir))
     payload = {
         "image": file_hash(item.image),
-        "region": file_hash(item.mask) if item.mask else region_fingerprint(item, masks_store, clip_pin),
+        "region": file_hash(item.mask) if item.mask else region_fingerprint(item, masks_store, clip_pin, masks_cfg),
         "concept": sha256_tree(concept_dir) if concept_dir is not None else None,
         "prompt": item.prompt,
         "seed": item.seed,
@@ -140,10 +147,11 @@ def is_current(path: Path, input_hash: str) -> bool:
 
 
 def load_region(item: ManifestItem, image: np.ndarray, masks_store: "str | Path | MaskStore | None" = None,
-                clip=None) -> np.ndarray:
+                clip=None, masks_cfg: MasksConfig | None = None) -> np.ndarray:
     """(H, W) bool region of `item`: its mask file, a `box:` rectangle, or `sam:<selection>`
     (largest | best | id:N | point:X,Y | box:... | text:WORDS) among the masks the masks stage
-    stored for the image (image_id = file stem) in `masks_store`; checked against the image."""
+    stored for the image (image_id = file stem) in `masks_store`, holes filled and dilated per
+    `masks_cfg` exactly as `lcd edit --masks` does; checked against the image."""
     if item.mask is not None:
         mask = load_mask(item.mask)
         check_mask_fits(image, mask, item.image, item.mask)
@@ -157,9 +165,14 @@ def load_region(item: ManifestItem, image: np.ndarray, masks_store: "str | Path 
     from lcd.masks.read import select_mask
 
     try:
-        mask, _ = select_mask(masks_store, Path(item.image).stem, rule[len(SAM_PREFIX):], clip=clip, image=image)
+        m = masks_cfg or MasksConfig()
+        mask, _ = select_mask(masks_store, Path(item.image).stem, rule[len(SAM_PREFIX):], clip=clip, image=image,
+                              text_margin=m.text_crop_margin)
     except LcdError as e:
         raise InputImageError(f"{item.id}: {e}", item=item.id) from None
+    from lcd.masks.postprocess import postprocess_mask
+
+    mask = postprocess_mask(mask, fill=m.fill_holes, dilate_px=m.dilate_px)
     check_mask_fits(image, mask, item.image, f"{masks_store}:{rule}")
     return mask
 
@@ -200,6 +213,7 @@ def run_edit_shard(
     concepts_root: str | Path | None = None,
     loader: PipelineLoader | None = None,
     masks_store: "str | Path | MaskStore | None" = None,
+    masks_cfg: MasksConfig | None = None,
 ) -> ShardReport:
     """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception."""
     from lcd.edit.engine import EditItem, EditResult, check_item, edit_images, known_concept_tokens
@@ -214,7 +228,7 @@ def run_edit_shard(
     for it in items:
         try:
             cdir = concept_path(it.concept, concepts_root)
-            h = item_hash(it, config_fp, cdir, masks_store, clip_pin)
+            h = item_hash(it, config_fp, cdir, masks_store, clip_pin, masks_cfg)
         except LcdError as e:
             report.failures.append(_failure(it.id, "input", e, shard))
             continue
@@ -244,7 +258,7 @@ def run_edit_shard(
             for it, h, _ in group[start : start + cfg.batch_size]:
                 try:
                     image = load_image(it.image)
-                    ei = EditItem(image, load_region(it, image, masks_store, clip), it.prompt, it.seed, it.id)
+                    ei = EditItem(image, load_region(it, image, masks_store, clip, masks_cfg), it.prompt, it.seed, it.id)
                     if lp is not None:
                         check_item(ei, known_concept_tokens(lp.pipe.tokenizer), tokens)
                 except LcdError as e:

@@ -37,11 +37,18 @@ def _item(scene, select):
 def test_sam_rules_return_the_stored_mask(store):
     scene, out = store
     image = load_image(scene)
+    from lcd.masks.postprocess import postprocess_mask
+
     for rule in ("largest", "best", "id:0"):
         want, _ = select_mask(out, "cat_00", rule)
         got = load_region(_item(scene, f"sam:{rule}"), image, out)
         assert got.dtype == bool and got.shape == image.shape[:2]
-        np.testing.assert_array_equal(got, want)
+        # post-processed as `lcd edit --masks` does: masks.fill_holes (on by default), masks.dilate_px
+        np.testing.assert_array_equal(got, postprocess_mask(want, fill=True, dilate_px=0))
+        raw = load_region(_item(scene, f"sam:{rule}"), image, out, masks_cfg=MasksConfig(fill_holes=False))
+        np.testing.assert_array_equal(raw, want)
+    grown = load_region(_item(scene, "sam:largest"), image, out, masks_cfg=MasksConfig(dilate_px=4))
+    assert grown.sum() > load_region(_item(scene, "sam:largest"), image, out).sum()
     # box: without the prefix is still the plain rectangle, not a stored mask
     assert load_region(_item(scene, "box:0,0,8,8"), image, out).sum() == 64
 
@@ -80,6 +87,11 @@ def test_edit_is_redone_when_the_stored_masks_change_not_when_the_store_moves(st
     moved = tmp_path / "moved-store"
     shutil.copytree(out, moved)
     assert [r["status"] for r in run(moved).results] == ["skipped"]  # same rows, other folder
+    grown = run_edit_shard([item], out_root=tmp_path / "edits-out", cfg=EditConfig(steps=2, size=64),
+                           models=ModelsConfig(sd="unused"), engine="noop", masks_store=out,
+                           masks_cfg=MasksConfig(dilate_px=3))
+    assert [r["status"] for r in grown.results] == ["edited"]  # another dilation is another region
+    assert [r["status"] for r in run(out).results] == ["edited"]  # and back
     # the same image, masked again with other settings: other rows -> the edit is redone
     cfg = MasksConfig.model_validate({"auto": {"points_per_side": 3, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}})
     models = ModelsConfig(sd=str(tiny_dir / "sd"), sam=str(tiny_dir / "sam" / "sam_vit_tiny.pth"), sam_type="vit_tiny")
@@ -104,7 +116,10 @@ def test_text_rule_loads_clip_and_picks_the_text_scored_mask(store, tmp_path, ti
                          masks_store=out)
     assert sorted(r["id"] for r in rep.results) == ["x", "y"] and not rep.failures
     model, processor, _ = load_clip(tiny_dir / "clip")
+    from lcd.masks.postprocess import postprocess_mask
+
     want, _ = select_mask(out, "cat_00", "text:a cat", clip=(model, processor), image=load_image(scene))
+    want = postprocess_mask(want, fill=True, dilate_px=0)
     # before CLIP was loaded for the shard, the text item failed with "needs ... a CLIP model"
     got = load_region(items[0], load_image(scene), out, (model, processor))
     np.testing.assert_array_equal(got, want)
@@ -126,7 +141,9 @@ def test_the_used_region_is_saved_beside_the_output_and_feeds_the_contact_sheet(
     items = [_item(scene, "sam:largest")]
     rep = run_edit_shard(items, out_root=tmp_path, cfg=EditConfig(steps=2, size=64), models=ModelsConfig(sd="unused"),
                          engine="noop", masks_store=out)
-    want, _ = select_mask(out, "cat_00", "largest")
+    from lcd.masks.postprocess import postprocess_mask
+
+    want = postprocess_mask(select_mask(out, "cat_00", "largest")[0], fill=True, dilate_px=0)
     np.testing.assert_array_equal(load_mask(region_path(tmp_path, "x")), want)
     # the sheet needs neither the store nor CLIP once the region is saved
     triples, problems = result_triples({"x": items[0]}, rep.results, tmp_path, masks_store=None)
