@@ -28,7 +28,7 @@ from PIL import Image
 from lcd.masks.bulk import compute_masks
 from lcd.masks.config import AutoMaskConfig, MasksConfig
 from lcd.masks.manifest import ManifestItem
-from lcd.masks.store import MaskStore, part_paths, read_masks
+from lcd.masks.store import MaskStore, part_paths
 from lcd.models.loader import load_sam
 
 PROMPTS = json.dumps([{"points": [[256, 256]]}, {"points": [[128, 300], [400, 100]], "labels": [1, 0]},
@@ -116,16 +116,13 @@ def storage_and_decode(out: Path, image_ids: list[str], repeats: int, codec: str
             for c in range(md.num_columns):
                 col = md.row_group(g).column(c)
                 rle_bytes += col.total_compressed_size if col.path_in_schema.startswith("rle.") else 0
-    png_cv = png_l = png_1 = n = 0
-    for i in image_ids:
-        for m in read_masks(out, i)[1]:
-            png_cv += png_bytes(m, "cv2")
-            png_l += png_bytes(m, "L")
-            png_1 += png_bytes(m, "1")
-            n += 1
+    all_masks = [m for i in image_ids for m in store.masks(i)[1]]
+    n = len(all_masks)
+    png_cv = sum(png_bytes(m, "cv2") for m in all_masks)
+    png_l = sum(png_bytes(m, "L") for m in all_masks)
+    png_1 = sum(png_bytes(m, "1") for m in all_masks)
     rle = pq.read_table(out / "masks", columns=["rle"]).column("rle").combine_chunks()
-    counts = rle.field("counts").to_pylist()
-    counts_chars = sum(len(c) for c in counts)
+    counts_chars = sum(len(c) for c in rle.field("counts").to_pylist())
     return {
         "masks": n,
         "bytes_ratio_rle_vs_png": round(rle_bytes / png_cv, 4),
@@ -139,14 +136,14 @@ def storage_and_decode(out: Path, image_ids: list[str], repeats: int, codec: str
         "png_optimized_bytes_per_mask": round(png_l / n, 1),
         "png_1bit_bytes_per_mask": round(png_1 / n, 1),
         "masks_decoded_per_s": round(decoded / decode_s, 1),
-        "by_relative_size": ratio_by_size(out, image_ids, codec, level),
+        "by_relative_size": ratio_by_size(all_masks, codec, level),
     }
 
 
 SIZE_BINS = (0.0, 0.1, 0.25, 0.5, 1.01)  # sqrt(mask area / image area): the side of a mask relative to the image
 
 
-def ratio_by_size(out: Path, image_ids: list[str], codec: str, level: int | None) -> dict:
+def ratio_by_size(masks: list[np.ndarray], codec: str, level: int | None) -> dict:
     """RLE bytes vs cv2 PNG bytes per bin of relative mask size. The ratio depends mostly on how
     big a mask is (a PNG has a floor of ~1.1 kB at 512x512, an empty RLE is 4 bytes), so this
     lets a user predict the ratio for their own mask-size mix. Each bin's counts strings are
@@ -157,11 +154,10 @@ def ratio_by_size(out: Path, image_ids: list[str], codec: str, level: int | None
     from lcd.masks.rle import encode_rle
 
     bins: dict[str, list] = {}
-    for i in image_ids:
-        for m in read_masks(out, i)[1]:
-            rel = float(np.sqrt(m.mean()))
-            k = next(j for j in range(len(SIZE_BINS) - 1) if rel < SIZE_BINS[j + 1])
-            bins.setdefault(f"{SIZE_BINS[k]}-{min(SIZE_BINS[k + 1], 1.0)}", []).append(m)
+    for m in masks:
+        rel = float(np.sqrt(m.mean()))
+        k = next(j for j in range(len(SIZE_BINS) - 1) if rel < SIZE_BINS[j + 1])
+        bins.setdefault(f"{SIZE_BINS[k]}-{min(SIZE_BINS[k + 1], 1.0)}", []).append(m)
     result = {}
     for name, ms in sorted(bins.items()):
         data = "".join(encode_rle(m)["counts"] for m in ms).encode()

@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from lcd.config_base import StrictConfig
+from lcd.config_base import StrictConfig, multiple_of_8
 from lcd.errors import LcdError
 from lcd.evaluate.config import EvaluateConfig
 from lcd.masks.config import MasksConfig
@@ -56,9 +56,7 @@ class EditConfig(StrictConfig):
     @field_validator("size")
     @classmethod
     def _multiple_of_8(cls, v: int) -> int:
-        if v % 8:
-            raise ValueError(f"size must be a multiple of 8 (the VAE downsamples by 8), got {v}")
-        return v
+        return multiple_of_8("size", v)
 
 
 class Params(StrictConfig):

@@ -77,6 +77,22 @@ def is_text_rule(select: str | None) -> bool:
     return bool(select) and select.strip().startswith(SAM_PREFIX + "text:")
 
 
+def uses_sam(item: ManifestItem) -> bool:
+    """True when the item's region is a `sam:` rule on the masks store."""
+    return item.mask is None and item.select.strip().startswith(SAM_PREFIX)
+
+
+def needs_text_clip(item: ManifestItem) -> bool:
+    return item.mask is None and is_text_rule(item.select)
+
+
+def _require_store(item: ManifestItem, rule: str, masks_store):
+    if masks_store is None:
+        raise InputImageError(f"{item.id}: region {rule!r} needs the masks store (edit masks_store / outputs/masks)",
+                              item=item.id)
+    return masks_store
+
+
 def region_fingerprint(item: ManifestItem, masks_store: "str | Path | MaskStore | None", clip_pin: str | None,
                        masks_cfg: MasksConfig | None = None) -> object:
     """What the item's region depends on: the rule and, for `sam:` rules, the stored masks of the
@@ -86,13 +102,10 @@ def region_fingerprint(item: ManifestItem, masks_store: "str | Path | MaskStore 
     rule = item.select.strip()
     if not rule.startswith(SAM_PREFIX):
         return rule
-    if masks_store is None:
-        raise InputImageError(f"{item.id}: region {rule!r} needs the masks store (edit masks_store / outputs/masks)",
-                              item=item.id)
     from lcd.masks.read import stored_masks_digest
 
     try:
-        digest = stored_masks_digest(masks_store, Path(item.image).stem)
+        digest = stored_masks_digest(_require_store(item, rule, masks_store), Path(item.image).stem)
     except LcdError as e:
         raise InputImageError(f"{item.id}: {e}", item=item.id) from None
     m = masks_cfg or MasksConfig()
@@ -103,8 +116,10 @@ def region_fingerprint(item: ManifestItem, masks_store: "str | Path | MaskStore 
 
 def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
               masks_store: "str | Path | MaskStore | None" = None, clip_pin: str | None = None,
-              masks_cfg: MasksConfig | None = None) -> str:
-    """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file."""
+              masks_cfg: MasksConfig | None = None, tree_hashes: dict[Path, str] | None = None) -> str:
+    """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file.
+    `tree_hashes` memoises concept-folder hashes across the items of one shard: a concept's
+    weights (and its checkpoints) are read once per shard, not once per item."""
     def file_hash(p: str) -> str:
         try:
             return sha256_file(p)
@@ -114,10 +129,16 @@ def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
     if concept_dir is not None and not concept_dir.is_dir():
         raise LcdError(f"concept {item.concept!r}: weights folder {concept_dir} not found (train it first)",
                        item=str(concept_dir))
+    concept_sha = None
+    if concept_dir is not None:
+        memo = tree_hashes if tree_hashes is not None else {}
+        if concept_dir not in memo:
+            memo[concept_dir] = sha256_tree(concept_dir)
+        concept_sha = memo[concept_dir]
     payload = {
         "image": file_hash(item.image),
         "region": file_hash(item.mask) if item.mask else region_fingerprint(item, masks_store, clip_pin, masks_cfg),
-        "concept": sha256_tree(concept_dir) if concept_dir is not None else None,
+        "concept": concept_sha,
         "prompt": item.prompt,
         "seed": item.seed,
         "config": config_fp,
@@ -145,7 +166,6 @@ def is_current(path: Path, input_hash: str) -> bool:
         return False
 
 
-
 def load_region(item: ManifestItem, image: np.ndarray, masks_store: "str | Path | MaskStore | None" = None,
                 clip=None, masks_cfg: MasksConfig | None = None) -> np.ndarray:
     """(H, W) bool region of `item`: its mask file, a `box:` rectangle, or `sam:<selection>`
@@ -159,14 +179,11 @@ def load_region(item: ManifestItem, image: np.ndarray, masks_store: "str | Path 
     rule = item.select.strip()
     if not rule.startswith(SAM_PREFIX):
         return select_region(rule, image.shape[:2], item.id)
-    if masks_store is None:
-        raise InputImageError(f"{item.id}: region {rule!r} needs the masks store (edit masks_store / outputs/masks)",
-                              item=item.id)
     from lcd.masks.read import select_mask
 
+    m = masks_cfg or MasksConfig()
     try:
-        m = masks_cfg or MasksConfig()
-        mask, _ = select_mask(masks_store, Path(item.image).stem, rule[len(SAM_PREFIX):], clip=clip, image=image,
+        mask, _ = select_mask(_require_store(item, rule, masks_store), Path(item.image).stem, rule[len(SAM_PREFIX):], clip=clip, image=image,
                               text_margin=m.text_crop_margin)
     except LcdError as e:
         raise InputImageError(f"{item.id}: {e}", item=item.id) from None
@@ -222,13 +239,13 @@ def run_edit_shard(
     # 1. hash every item against the run's config; keep the ones whose output is missing or stale
     config_fp = config_fingerprint(cfg, models, engine)
     masks_store = _open_masks_store(masks_store, items)
-    needs_clip = any(it.mask is None and is_text_rule(it.select) for it in items)
-    clip_pin = model_pin(models.clip, None) if needs_clip else None
+    clip_pin = model_pin(models.clip, None) if any(map(needs_text_clip, items)) else None
+    tree_hashes: dict[Path, str] = {}
     pending: list[tuple[ManifestItem, str, Path | None]] = []
     for it in items:
         try:
             cdir = concept_path(it.concept, concepts_root)
-            h = item_hash(it, config_fp, cdir, masks_store, clip_pin, masks_cfg)
+            h = item_hash(it, config_fp, cdir, masks_store, clip_pin, masks_cfg, tree_hashes)
         except LcdError as e:
             report.failures.append(_failure(it.id, "input", e, shard))
             continue
@@ -251,6 +268,7 @@ def run_edit_shard(
             except LcdError as e:
                 report.failures.extend(_failure(it.id, "concept", e, shard) for it, _, _ in group)
                 continue
+        known = known_concept_tokens(lp.pipe.tokenizer) if lp is not None else []
         # 3. batches: read inputs, validate per item, edit the valid ones, save atomically
         for start in range(0, len(group), cfg.batch_size):
             t0 = time.perf_counter()
@@ -260,7 +278,7 @@ def run_edit_shard(
                     image = load_image(it.image)
                     ei = EditItem(image, load_region(it, image, masks_store, clip, masks_cfg), it.prompt, it.seed, it.id)
                     if lp is not None:
-                        check_item(ei, known_concept_tokens(lp.pipe.tokenizer), tokens)
+                        check_item(ei, known, tokens)
                 except LcdError as e:
                     report.failures.append(_failure(it.id, "input", e, shard))
                     continue
@@ -293,7 +311,7 @@ def _open_masks_store(masks_store, items: list[ManifestItem]):
     """The masks store opened once for the shard's `sam:` items (a lookup then reads one part,
     not every part's footer); left as the path when it cannot be opened, so each item that
     needs it fails with its own message."""
-    if masks_store is None or not any(it.mask is None and it.select.strip().startswith(SAM_PREFIX) for it in items):
+    if masks_store is None or not any(map(uses_sam, items)):
         return masks_store
     from lcd.masks.store import open_store
 
@@ -306,14 +324,14 @@ def _open_masks_store(masks_store, items: list[ManifestItem]):
 def _load_text_clip(models: ModelsConfig, pending: list, report: ShardReport, shard: str):
     """(CLIPModel, CLIPProcessor) when some pending item has a `sam:text:` region, else None. A
     CLIP that fails to load fails those items (named), not the shard."""
-    if not any(it.mask is None and is_text_rule(it.select) for it, _, _ in pending):
+    if not any(needs_text_clip(it) for it, _, _ in pending):
         return None
     from lcd.models.loader import load_clip
 
     try:
         model, processor, _ = load_clip(models.clip, device=models.device)
     except LcdError as e:
-        failed = {it.id for it, _, _ in pending if it.mask is None and is_text_rule(it.select)}
+        failed = {it.id for it, _, _ in pending if needs_text_clip(it)}
         report.failures.extend(_failure(i, "input", e, shard) for i in sorted(failed))
         pending[:] = [p for p in pending if p[0].id not in failed]
         return None

@@ -13,12 +13,11 @@ from pathlib import Path
 
 from lcd.errors import LcdError
 from lcd.jobs import tables
+from lcd.jobs.editing import region_path
 
 
 def evaluation_table(results_path: str | Path, photos_root: str | Path, dest: str | Path) -> int:
     """Write the scorable rows of `results_path` to `dest` (same schema); -> how many."""
-    from lcd.jobs.editing import region_path
-
     rows = tables.read_table(results_path, tables.RESULTS_SCHEMA).to_pylist()
     keep = []
     for r in rows:

@@ -199,13 +199,13 @@ class MaskStore:
         """All mask rows of one image, in mask_id order, from its newest SHA-256 (see read_rows)."""
         import pyarrow.dataset as ds
 
-        files = self.by_image.get(image_id, []) + self.unindexed
+        files = sorted(set(self.by_image.get(image_id, []) + self.unindexed))
         cols = None if columns is None else list(dict.fromkeys([*columns, "image_sha256", "mask_id"]))
-        table = MASK_SCHEMA.empty_table() if cols is None else MASK_SCHEMA.empty_table().select(cols)
+        table = None
         if files:
-            dataset = ds.dataset([str(f) for f in sorted(set(files))], schema=MASK_SCHEMA, format="parquet")
+            dataset = ds.dataset([str(f) for f in files], schema=MASK_SCHEMA, format="parquet")
             table = dataset.to_table(filter=ds.field("image_id") == image_id, columns=cols)
-        if table.num_rows == 0:
+        if table is None or table.num_rows == 0:
             raise LcdError(f"{image_id}: no masks stored for this image_id in {self.path}", item=image_id)
         shas = set(table.column("image_sha256").to_pylist())
         if len(shas) > 1:  # the file changed between runs: the newest rows are the last part's

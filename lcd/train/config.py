@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lcd.config_base import StrictConfig
+from lcd.config_base import StrictConfig, multiple_of_8
 
 Method = Literal["kv", "crossattn", "lora", "full"]
 
@@ -62,9 +62,7 @@ class TrainConfig(StrictConfig):
     @field_validator("resolution")
     @classmethod
     def _multiple_of_8(cls, v: int) -> int:
-        if v % 8:
-            raise ValueError(f"resolution must be a multiple of 8 (the VAE downsamples by 8), got {v}")
-        return v
+        return multiple_of_8("resolution", v)
 
     @field_validator("template")
     @classmethod

@@ -48,14 +48,21 @@ def trained(tiny_dir, tmp_path_factory):
     return out, lp
 
 
-def test_stock_diffusers_loads_our_export_to_the_same_image(trained, fresh_sd, generate, tmp_path):
-    folder, trained_lp = trained
+def _ours_and_stock(folder, fresh_sd, tmp_path, pass_pipeline: bool):
+    """Our loader's pipeline with the concept, and a stock diffusers pipeline loading our export."""
     ours = fresh_sd()
     apply_concepts(ours.pipe, [load_concept(folder)])
     export_diffusers(load_concept(folder), ours.pipe.unet, tmp_path)
     stock = fresh_sd().pipe
-    stock.unet.load_attn_procs(str(tmp_path), weight_name=DIFFUSERS_WEIGHTS_NAME, _pipeline=stock)
+    extra = {"_pipeline": stock} if pass_pipeline else {}
+    stock.unet.load_attn_procs(str(tmp_path), weight_name=DIFFUSERS_WEIGHTS_NAME, **extra)
     stock.load_textual_inversion(str(tmp_path), weight_name=token_file_name("[P]"), token="[P]")
+    return ours, stock
+
+
+def test_stock_diffusers_loads_our_export_to_the_same_image(trained, fresh_sd, generate, tmp_path):
+    folder, trained_lp = trained
+    ours, stock = _ours_and_stock(folder, fresh_sd, tmp_path, pass_pipeline=True)
     a, b = generate(ours.pipe, PROMPT), generate(stock, PROMPT)
     base = generate(fresh_sd().pipe, "a photo of dog dog")
     assert np.abs(a - base).max() > 1e-2  # the concept changes the image ...
@@ -66,12 +73,7 @@ def test_stock_diffusers_loads_our_export_to_the_same_image(trained, fresh_sd, g
 def test_without_pipeline_arg_diffusers_silently_drops_the_weights(trained, fresh_sd, generate, tmp_path):
     """Documents the trap our export docstring warns about: no error, no K/V."""
     folder, _ = trained
-    ours = fresh_sd()
-    apply_concepts(ours.pipe, [load_concept(folder)])
-    export_diffusers(load_concept(folder), ours.pipe.unet, tmp_path)
-    stock = fresh_sd().pipe
-    stock.unet.load_attn_procs(str(tmp_path), weight_name=DIFFUSERS_WEIGHTS_NAME)
-    stock.load_textual_inversion(str(tmp_path), weight_name=token_file_name("[P]"), token="[P]")
+    ours, stock = _ours_and_stock(folder, fresh_sd, tmp_path, pass_pipeline=False)
     assert np.abs(generate(ours.pipe, PROMPT) - generate(stock, PROMPT)).max() > 1e-3
 
 
