@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 from pathlib import Path
 
-from PIL import Image
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -32,7 +30,7 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
     report = run_edit_shard(shard_items(items, num_shards, shard_index), out_root=out_root,
                             cfg=edit or params.edit, models=params.models, shard=name,
                             engine=engine, concepts_root=concepts_root,
-                            masks_store=masks_store if masks_store and Path(masks_store).exists() else None,
+                            masks_store=masks_store,
                             masks_cfg=params.masks)
     tdir = Path(out_root) / "tables"
     tables.write_table(tdir / f"results-{name}.parquet", report.results, tables.RESULTS_SCHEMA)
@@ -78,11 +76,9 @@ def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[s
     for p in problems:
         get_run_logger().warning(p)
     sheet_path = save_png(Path(out_root) / "contact_sheet.png", contact_sheet(triples))
-    buf = io.BytesIO()
-    Image.open(sheet_path).save(buf, format="PNG")
     md = (f"# edit-batch contact sheet\n\nbefore | mask | after, first {len(results)} items; "
           f"full size at `{sheet_path.resolve()}`\n\n![contact sheet](data:image/png;base64,"
-          f"{base64.b64encode(buf.getvalue()).decode()})\n")
+          f"{base64.b64encode(sheet_path.read_bytes()).decode()})\n")
     create_markdown_artifact(md, key="edit-batch-contact-sheet")
     return str(sheet_path)
 

@@ -74,11 +74,8 @@ def run(args) -> int:
 def _stored_mask(args, params, image):
     """--masks/--select: the selected SAM mask of this image, holes filled and dilated per params."""
     from lcd.commands.masks import load_clip_for
-    from lcd.masks.postprocess import postprocess_mask
-    from lcd.masks.read import select_mask
+    from lcd.masks.read import select_region_mask
 
-    cfg = params.masks
-    spec = args.select or cfg.select
-    mask, _ = select_mask(args.masks, args.image_id or args.image, spec, clip=load_clip_for(spec, params),
-                          image=image, text_margin=cfg.text_crop_margin)
-    return postprocess_mask(mask, fill=cfg.fill_holes, dilate_px=cfg.dilate_px)
+    spec = args.select or params.masks.select
+    return select_region_mask(args.masks, args.image_id or args.image, spec, params.masks,
+                              clip=load_clip_for(spec, params), image=image)

@@ -138,7 +138,10 @@ def _ablations(args, params, device) -> int:
         ev = type(ev).model_validate(ev.model_dump() | {"dreambench": args.dreambench})
     m = params.models
     emb, lp_model = load_metric_models(ev, m.clip, m.dtype, device)
-    model, processor, _ = load_clip(m.clip, dtype=m.dtype, device=device)
+    if (ev.clip or m.clip) == m.clip and ev.clip_revision is None:  # the metric CLIP is models.clip: share it
+        model, processor = emb.clip, emb.clip_processor
+    else:
+        model, processor, _ = load_clip(m.clip, dtype=m.dtype, device=device)
 
     def base():
         return load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,

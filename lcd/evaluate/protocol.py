@@ -257,11 +257,12 @@ def _edit_or_resume(lp, items, edit_cfg, folder: Path, token, failures, method, 
     """Edit the items whose PNG is missing; load the rest. Bad items are recorded, not fatal."""
     done = {it.name: load_image(folder / f"{it.name}.png") for it in items if (folder / f"{it.name}.png").exists()}
     todo = []
+    known = known_concept_tokens(lp.pipe.tokenizer)
     for it in items:
         if it.name in done:
             continue
         try:
-            check_item(it, known_concept_tokens(lp.pipe.tokenizer), [token] if token else [])
+            check_item(it, known, [token] if token else [])
             todo.append(it)
         except LcdError as e:
             failures.append({"method": method, "subject": subject, "item": it.name, "error": str(e)})

@@ -179,17 +179,13 @@ def load_region(item: ManifestItem, image: np.ndarray, masks_store: "str | Path 
     rule = item.select.strip()
     if not rule.startswith(SAM_PREFIX):
         return select_region(rule, image.shape[:2], item.id)
-    from lcd.masks.read import select_mask
+    from lcd.masks.read import select_region_mask
 
-    m = masks_cfg or MasksConfig()
     try:
-        mask, _ = select_mask(_require_store(item, rule, masks_store), Path(item.image).stem, rule[len(SAM_PREFIX):], clip=clip, image=image,
-                              text_margin=m.text_crop_margin)
+        mask = select_region_mask(_require_store(item, rule, masks_store), Path(item.image).stem,
+                                  rule[len(SAM_PREFIX):], masks_cfg or MasksConfig(), clip=clip, image=image)
     except LcdError as e:
         raise InputImageError(f"{item.id}: {e}", item=item.id) from None
-    from lcd.masks.postprocess import postprocess_mask
-
-    mask = postprocess_mask(mask, fill=m.fill_holes, dilate_px=m.dilate_px)
     check_mask_fits(image, mask, item.image, f"{masks_store}:{rule}")
     return mask
 
@@ -309,12 +305,17 @@ def run_edit_shard(
 
 def _open_masks_store(masks_store, items: list[ManifestItem]):
     """The masks store opened once for the shard's `sam:` items (a lookup then reads one part,
-    not every part's footer); left as the path when it cannot be opened, so each item that
-    needs it fails with its own message."""
-    if masks_store is None or not any(map(uses_sam, items)):
-        return masks_store
-    from lcd.masks.store import open_store
+    not every part's footer). A path that does not exist becomes None, so each `sam:` item fails
+    saying it needs the store; a store that cannot be opened stays a path, so each item that
+    needs it fails with the store's own message."""
+    from lcd.masks.store import MaskStore, open_store
 
+    if masks_store is None or isinstance(masks_store, MaskStore):
+        return masks_store
+    if not Path(masks_store).exists():
+        return None
+    if not any(map(uses_sam, items)):
+        return masks_store
     try:
         return open_store(masks_store)
     except LcdError:

@@ -43,6 +43,24 @@ def load_stored_image(row: dict, image: str | None = None) -> np.ndarray:
     return decode_image(data, row["image_id"])
 
 
+def select_region_mask(
+    path: str | Path | MaskStore,
+    image_id: str,
+    select: str,
+    cfg,
+    *,
+    clip=None,
+    image: np.ndarray | None = None,
+) -> np.ndarray:
+    """The edit region from stored masks: `select_mask`, then holes filled and dilated per `cfg`
+    (a MasksConfig: fill_holes, dilate_px, text_crop_margin). One function, so `lcd edit --masks`
+    and edit-batch's `sam:` regions give the same region for the same rule."""
+    from lcd.masks.postprocess import postprocess_mask
+
+    mask, _ = select_mask(path, image_id, select, clip=clip, image=image, text_margin=cfg.text_crop_margin)
+    return postprocess_mask(mask, fill=cfg.fill_holes, dilate_px=cfg.dilate_px)
+
+
 def select_mask(
     path: str | Path | MaskStore,
     image_id: str,

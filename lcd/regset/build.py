@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -11,7 +10,7 @@ import numpy as np
 
 from lcd.errors import LcdError
 from lcd.models.loader import LoadedOpenClip, load_open_clip
-from lcd.models.sources import local_source
+from lcd.models.sources import local_source, sha256_file
 from lcd.regset.config import RegsetConfig
 from lcd.regset.download import DownloadStore
 from lcd.regset.embed import EmbeddingCache, embed_images, embed_texts, texts_sha256
@@ -134,7 +133,7 @@ def build_regset(
         report.generated, report.generated_cached = gen.generated, gen.cached
         for f in gen.files:
             entries.append(RegsetEntry(file=f, caption=cfg.class_prompt, similarity=None,
-                                       sha256=hashlib.sha256(f.read_bytes()).hexdigest(), source="generated"))
+                                       sha256=sha256_file(f), source="generated"))
     # 7. manifest + diffusers layout
     info = {"config": cfg.model_dump(), "report": report.to_dict(),
             "clip_model": clip.source.to_dict() if clip is not None else None}

@@ -7,9 +7,8 @@ loss mask (1, S/8, S/8) float32 in {0, 1}, caption str). All randomness comes fr
 
 from __future__ import annotations
 
-import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +17,7 @@ from PIL import Image
 
 from lcd.errors import InputImageError, LcdError
 from lcd.io.images import load_image
+from lcd.models.sources import sha256_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SMALL_WORDS = ("a far away", "very small")  # prefixed when the object is shrunk in the frame
@@ -67,7 +67,7 @@ def load_concept_photos(
         caption = side.read_text().strip() if side.exists() else template.format(token=token, class_word=class_word)
         if token not in caption:
             raise LcdError(f"{side}: caption {caption!r} does not contain the concept token {token}", item=str(side))
-        out.append(Example(img, caption, str(f), hashlib.sha256(f.read_bytes()).hexdigest()))
+        out.append(Example(img, caption, str(f), sha256_file(f)))
     return out
 
 
@@ -125,6 +125,13 @@ def resize_square(img: np.ndarray, size: int) -> np.ndarray:
     y, x = (h - s) // 2, (w - s) // 2
     crop = Image.fromarray(img[y : y + s, x : x + s])
     return np.asarray(crop.resize((size, size), Image.LANCZOS))
+
+
+def at_size(examples: Sequence[Example], size: int) -> list[Example]:
+    """Examples center-cropped and resized to (size, size) once, before training: `augment`
+    starts from `resize_square`, which is a plain copy for an image already at that size, so the
+    result is the same while each step no longer resamples the full-size photo."""
+    return [replace(e, image=resize_square(e.image, size)) for e in examples]
 
 
 def augment(

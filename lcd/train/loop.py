@@ -151,6 +151,8 @@ def train_concepts(
             prior = data.load_reg_set(cfg.reg_dir, cfg.class_template.format(class_word=specs[0].class_word))
         else:
             prior = _class_images(lp, specs, cfg, work)
+    examples = [data.at_size(ex, cfg.resolution) for ex in examples]
+    prior = data.at_size(prior, cfg.resolution)
     # 3. tokens and trainable tensors
     init = torch.stack([_init_rows(pipe.tokenizer, pipe.text_encoder, s) for s in specs])
     token_ids = add_tokens(pipe.tokenizer, pipe.text_encoder, tokens, init, "concepts")
