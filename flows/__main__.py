@@ -19,7 +19,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs", help="outputs root")
     p.add_argument("--manifest", default="data/manifests/edits.jsonl")
     p.add_argument("--engine", default="diffusion", choices=["diffusion", "noop"])
-    p.add_argument("--skip-unavailable", action="store_true", help="pipeline: run the installed stages only")
     a = p.parse_args(argv)
     if a.stage == "edit":
         from flows.edit_batch import edit_batch
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from flows.pipeline import pipeline
 
-        out = pipeline(a.manifest, a.data, a.out, a.params, skip_unavailable=a.skip_unavailable)
+        out = pipeline(a.manifest, a.data, a.out, a.params)
     print(out)
     return 0
 

@@ -13,17 +13,15 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lcd.config import load_params
-from lcd.jobs.editing import model_pin
+from lcd.jobs.hashes import model_pin
 from lcd.jobs.fingerprint import ConceptPlan, plan_concepts, train_stale
-from lcd.jobs.stages import require_stage
 from tasks.stages import train_concept_task
 
 
 @task(cache_policy=NO_CACHE)
 def plan_concepts_task(concepts_root: str, weights_root: str, params_path: str) -> list[ConceptPlan]:
-    require_stage("train")  # fail before hashing anything when training is not installed
     params = load_params(params_path)
-    config = getattr(params, "train").model_dump()
+    config = params.train.model_dump()
     return plan_concepts(concepts_root, weights_root, config, model_pin(params.models.sd, params.models.sd_revision))
 
 

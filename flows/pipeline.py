@@ -1,18 +1,17 @@
 """lcd-pipeline: the parent flow, regset -> train -> masks -> edit -> evaluate, as subflows.
 
-`stages` picks a subset. A stage whose library is not installed fails the run before anything
-starts, naming the module; `skip_unavailable=True` runs the installed stages and reports the rest
-(the embedded demo uses it while a library is still missing).
+`stages` picks a subset (DVC's order is kept whatever order they are given in).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+STAGES = ("regset", "train", "masks", "edit", "evaluate")  # dvc.yaml's order
+
 from prefect import flow, get_run_logger
 
 from lcd.config import EditConfig
-from lcd.jobs.stages import STAGES, require_stage, stage_available
 from flows.edit_batch import edit_batch
 from flows.stages import build_regset, evaluate, precompute_masks, train_concept
 
@@ -24,23 +23,17 @@ def pipeline(
     out_root: str = "outputs",
     params_path: str = "params.yaml",
     stages: list[str] | None = None,
-    skip_unavailable: bool = False,
     num_shards: int = 1,
     fan_out: Literal["deployment", "inline"] = "inline",
     edit: EditConfig | None = None,
 ) -> dict:
-    """Run the chosen stages in order; -> {stage: summary | "not installed"}."""
-    log = get_run_logger()
-    chosen = [s for s in STAGES if stages is None or s in stages]
-    # 1. check every stage's library before any work
-    missing = [s for s in chosen if not stage_available(s)]
-    if missing and not skip_unavailable:
-        for s in missing:
-            require_stage(s)  # raises, naming the module
-    report: dict = {s: "not installed" for s in missing}
-    run = [s for s in chosen if s not in missing]
-    log.info(f"pipeline stages: running {run}, not installed {missing}")
-    # 2. the stages, in DVC's order
+    """Run the chosen stages in DVC's order; -> {stage: summary}."""
+    unknown = sorted(set(stages or ()) - set(STAGES))
+    if unknown:
+        raise ValueError(f"stages: unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    run = [s for s in STAGES if stages is None or s in stages]
+    get_run_logger().info(f"pipeline stages: {run}")
+    report: dict = {}
     if "regset" in run:
         report["regset"] = build_regset(f"{data_root}/concepts", f"{out_root}/regset", params_path)
     if "train" in run:

@@ -1,6 +1,4 @@
-"""Stage flows around the libraries of the other branches: build-regset, train-concept,
-precompute-masks, evaluate. Each fails at its first task, naming the missing module, when that
-library is not installed (lcd.jobs.stages)."""
+"""Stage flows: build-regset, train-concept, precompute-masks, evaluate (edit-batch has its own module)."""
 
 from __future__ import annotations
 

@@ -7,60 +7,24 @@ is saved beside every output, so a result can be reproduced from its own metadat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from lcd.config_base import StrictConfig, multiple_of_8
+from lcd.config_base import StrictConfig
+from lcd.edit.config import EditConfig
 from lcd.errors import LcdError
 from lcd.evaluate.config import EvaluateConfig
 from lcd.masks.config import MasksConfig
+from lcd.models.config import ModelsConfig
 from lcd.regset.config import RegsetConfig
 from lcd.train.config import TrainConfig
 
-
-class ModelsConfig(StrictConfig):
-    """Which weights to load and where. Defaults are the tiny models `lcd models tiny` writes.
-
-    For real weights: sd = "stable-diffusion-v1-5/stable-diffusion-v1-5" (or a folder, or a
-    .safetensors file), sam = path to sam_vit_h_4b8939.pth with sam_type "vit_h".
-    """
-
-    sd: str = "models/tiny/sd"  # a 9-channel inpainting checkpoint is detected and used as such
-    sd_revision: str | None = None
-    sd_single_file_config: str | None = None  # diffusers config folder for single-file checkpoints
-    sam: str = "models/tiny/sam/sam_vit_tiny.pth"
-    sam_type: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_tiny"
-    clip: str = "models/tiny/clip"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    device: str = "cpu"
-
-
-class EditConfig(StrictConfig):
-    """The edit: DDIM steps, guidance, working size, blending and compositing radii."""
-
-    steps: int = Field(60, ge=1, le=1000)
-    guidance: float = Field(6.0, ge=0.0, le=50.0)
-    size: int = Field(512, ge=64, le=2048)
-    eta: float = Field(0.0, ge=0.0, le=1.0)
-    negative_prompt: str = ""
-    blend: bool = True  # plain models: latent blending outside the mask at each step
-    blend_start: float = Field(0.0, ge=0.0, le=1.0)  # fraction of steps before blending starts
-    dilate_px: int = Field(8, ge=0, le=256)  # grow the mask before compositing (full-res pixels)
-    feather_px: int = Field(8, ge=0, le=256)  # linear ramp width outside the dilated mask
-    crop_margin: float = Field(0.25, ge=0.0, le=4.0)  # context around the mask, fraction of its side
-    batch_size: int = Field(8, ge=1, le=256)
-    seed: int = 0
-
-    @field_validator("size")
-    @classmethod
-    def _multiple_of_8(cls, v: int) -> int:
-        return multiple_of_8("size", v)
+__all__ = ["EditConfig", "ModelsConfig", "Params", "load_params"]
 
 
 class Params(StrictConfig):
-    """The whole `params.yaml`. Sections of later stages are added as their modules land."""
+    """The whole `params.yaml`: one section per stage, each defined beside the code it configures."""
 
     models: ModelsConfig = ModelsConfig()
     edit: EditConfig = EditConfig()

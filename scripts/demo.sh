@@ -62,7 +62,7 @@ $PREFECT --no-prompt deploy --all >"$PREFECT_HOME/deploy.log" 2>&1 || { tail -30
 #    shard (data/laion-meta, dead links on purpose) and generates its shortfall with the base model.
 PARAMS=${LCD_DEMO_PARAMS:-samples/params.demo.yaml}
 STAGES=${LCD_DEMO_STAGES:-'["regset", "train", "masks", "edit", "evaluate"]'}
-$PREFECT deployment run lcd-pipeline/default -p skip_unavailable=true -p "params_path=$PARAMS" -p "stages=$STAGES" \
+$PREFECT deployment run lcd-pipeline/default -p "params_path=$PARAMS" -p "stages=$STAGES" \
   --watch --watch-interval 2
 
 echo

@@ -1,8 +1,5 @@
-"""Tasks of the stages whose library lands on other branches: regset, train, masks, evaluate.
-
-Each calls the function `lcd.jobs.stages.STAGE_FUNCTIONS` names for it; a missing module fails
-the task at once with a message naming it. Section configs come from params.yaml (`Params.<stage>`).
-"""
+"""Tasks of the regset, train, masks and evaluate stages: each reads params.yaml, calls its lcd.jobs
+function with the stage's config section, and returns a path or a small summary."""
 
 from __future__ import annotations
 
@@ -13,49 +10,39 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lcd.config import load_params
-from lcd.errors import LcdError
-from lcd.jobs.stages import STAGE_FUNCTIONS, require_stage
-
-
-def _stage(stage: str, params_path: str):
-    """-> (library function, the stage's config section, models config)."""
-    fn = getattr(require_stage(stage), STAGE_FUNCTIONS[stage][1])
-    params = load_params(params_path)
-    if not hasattr(params, stage):
-        raise LcdError(f"params.yaml has no '{stage}' section (Params.{stage}); the {stage} stage needs it",
-                       item=f"{params_path}:{stage}")
-    return fn, getattr(params, stage), params.models
+from lcd.evaluate.batch import evaluate_edits
+from lcd.io.atomic import write_text_atomic
+from lcd.io.images import image_files
+from lcd.jobs.evaluation import evaluation_table
+from lcd.jobs.masking import precompute_masks
+from lcd.jobs.regsets import build_concept_regset
+from lcd.jobs.training import train_concept
 
 
 @task(cache_policy=NO_CACHE)
 def build_regset_task(concept_dir: str, out_dir: str, params_path: str) -> str:
-    fn, cfg, models = _stage("regset", params_path)
-    return str(fn(Path(concept_dir), Path(out_dir), cfg, models))
+    params = load_params(params_path)
+    return str(build_concept_regset(Path(concept_dir), Path(out_dir), params.regset, params.models))
 
 
 @task(cache_policy=NO_CACHE)
 def train_concept_task(photos_dir: str, out_dir: str, params_path: str, regset_dir: str | None = None) -> str:
-    fn, cfg, models = _stage("train", params_path)
-    return str(fn(Path(photos_dir), Path(out_dir), cfg, models, regset_dir=regset_dir))
+    params = load_params(params_path)
+    return str(train_concept(Path(photos_dir), Path(out_dir), params.train, params.models, regset_dir=regset_dir))
 
 
 @task(cache_policy=NO_CACHE)
 def precompute_masks_task(images_dir: str, out_path: str, params_path: str) -> str:
-    fn, cfg, models = _stage("masks", params_path)
-    images = sorted(p for p in Path(images_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    return str(fn(images, Path(out_path), cfg, models))
+    params = load_params(params_path)
+    return str(precompute_masks(image_files(images_dir), Path(out_path), params.masks, params.models))
 
 
 @task(cache_policy=NO_CACHE)
 def evaluate_task(results_table: str, out_dir: str, metrics_path: str, params_path: str, photos_root: str) -> dict:
-    from lcd.jobs.evaluation import evaluation_table
-
-    fn, cfg, models = _stage("evaluate", params_path)
+    params = load_params(params_path)
     scored = Path(out_dir) / "scored_results.parquet"
     evaluation_table(results_table, photos_root, scored)
-    metrics = dict(fn(scored, Path(out_dir), cfg, models))
-    from lcd.io.atomic import write_text_atomic
-
+    metrics = dict(evaluate_edits(scored, Path(out_dir), params.evaluate, params.models))
     write_text_atomic(metrics_path, json.dumps(metrics, indent=1, sort_keys=True))
     publish_evaluation(metrics, Path(out_dir) / "report.html")
     return metrics
@@ -79,8 +66,6 @@ def publish_evaluation(metrics: dict, report: Path, key: str = "evaluation") -> 
 def collect_loss_curves(out_root: str, names: list[str], dest: str) -> str:
     """`<out_root>/<name>/training/losses.csv` (step,loss,..., written by lcd.train) -> one
     `dest` CSV (concept,step,loss) for `dvc plots`. Concepts without a curve are left out."""
-    from lcd.io.atomic import write_text_atomic
-
     rows = ["concept,step,loss\n"]
     for name in names:
         f = Path(out_root) / name / "training" / "losses.csv"

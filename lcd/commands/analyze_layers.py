@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
     from lcd.train.analysis import GROUPS, analyze_layers, group_means, write_report
     from lcd.train.config import ConceptSpec, TrainConfig
 
@@ -28,9 +28,7 @@ def run(args) -> int:
         cfg["steps"] = args.steps
     cfg = TrainConfig.model_validate(cfg)
     spec = ConceptSpec(photos=args.photos, token=args.token, class_word=args.class_word)
-    m = params.models
-    lp = load_sd_pipeline(args.model or m.sd, revision=m.sd_revision, dtype=m.dtype, device=args.device or m.device,
-                          single_file_config=m.sd_single_file_config)
+    lp = load_sd(params.models, ref=args.model, device=args.device).lp
     rows = analyze_layers(lp, spec, cfg)
     paths = write_report(rows, args.out)
     means = group_means(rows)

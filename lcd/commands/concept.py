@@ -25,12 +25,11 @@ def register(sub) -> None:
 
 def run_export(args) -> int:
     from lcd.concepts.io import export_diffusers, load_concept, token_file_name
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
 
     params = params_or_default(args.params)
     concept = load_concept(args.concept)
-    lp = load_sd_pipeline(args.model or params.models.sd, revision=params.models.sd_revision,
-                          single_file_config=params.models.sd_single_file_config)
+    lp = load_sd(params.models, ref=args.model).lp
     export_diffusers(concept, lp.pipe.unet, args.out)
     print(json.dumps({"out": args.out, "token_files": {t: token_file_name(t) for t in concept.tokens}}))
     return 0

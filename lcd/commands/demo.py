@@ -19,16 +19,14 @@ def register(sub) -> None:
 def run(args) -> int:
     from lcd.edit.engine import EditItem, edit_images
     from lcd.io.images import check_mask_fits, load_image, load_mask, save_png
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
     from lcd.models.tiny import write_tiny_models
 
     params = params_or_default(args.params)
     if params.models.sd.startswith(args.tiny_dir) and not (Path(args.tiny_dir) / "sd" / "model_index.json").exists():
         print(f"writing tiny models to {args.tiny_dir}")
         write_tiny_models(args.tiny_dir)
-    m = params.models
-    lp = load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=m.device,
-                          single_file_config=m.sd_single_file_config)
+    lp = load_sd(params.models, scheduler=params.edit.scheduler).lp
     specs = json.loads(Path(args.edits).read_text())
     items = []
     for s in specs:

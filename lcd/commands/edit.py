@@ -13,11 +13,12 @@ def register(sub) -> None:
     where.add_argument("--mask", help="PNG mask, non-zero = edit")
     where.add_argument("--masks", help="masks table from `lcd masks compute` (folder or .parquet)")
     p.add_argument("--select", help="with --masks: largest | best | id:N | point:X,Y | box:... | text:WORDS")
-    p.add_argument("--image-id", help="with --masks: the image's id in the table (default: --image)")
+    p.add_argument("--image-id", help="with --masks: the image's id in the table (default: the image's file stem)")
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="output PNG path")
     p.add_argument("--seed", type=int)
     p.add_argument("--steps", type=int)
+    p.add_argument("--scheduler", help="sampler: ddim (default) | dpmpp_2m | euler_a | euler | pndm | unipc")
     p.add_argument("--guidance", type=float)
     p.add_argument("--size", type=int)
     p.add_argument("--blend-start", type=float)
@@ -33,36 +34,22 @@ def register(sub) -> None:
 def run(args) -> int:
     from lcd.edit.engine import EditItem, edit_images
     from lcd.io.images import check_mask_fits, load_image, load_mask, save_png
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
 
     params = params_or_default(args.params)
-    overrides = {k: getattr(args, k) for k in ("seed", "steps", "guidance", "size", "blend_start", "dilate_px", "feather_px")}
-    cfg = params.edit.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    cfg = type(cfg).model_validate(cfg.model_dump())  # re-validate overridden values
+    cfg = _edit_config(args, params)
     if (args.select or args.image_id) and not args.masks:
         raise LcdError("--select/--image-id need --masks (they pick a region from a masks table)", item="select")
     image = load_image(args.image)
     mask = load_mask(args.mask) if args.mask else _stored_mask(args, params, image)
     check_mask_fits(image, mask, args.image, args.mask or args.masks)
-    m = params.models
-    lp = load_sd_pipeline(
-        args.model or m.sd, revision=m.sd_revision, dtype=m.dtype, device=args.device or m.device,
-        single_file_config=m.sd_single_file_config,
-    )
-    required: list[str] = []
-    extra: dict = {}
-    if args.concept:
-        from lcd.concepts.io import apply_concepts, base_mismatch, load_concept
-
-        concepts = [load_concept(d) for d in args.concept]
-        apply_concepts(lp.pipe, concepts)
-        for c in concepts:
-            if (msg := base_mismatch(c, lp.source)) is not None:
-                print(f"warning: {msg}")
-        required = [t for c in concepts for t in c.tokens]
-        extra["concepts"] = [{"dir": c.name, "tokens": c.tokens, "base": c.card.get("base")} for c in concepts]
+    sd = load_sd(params.models, concepts=args.concept, scheduler=cfg.scheduler, ref=args.model, device=args.device)
+    for w in sd.warnings:
+        print(f"warning: {w}")
+    extra = {"concepts": [{"dir": c.name, "tokens": c.tokens, "base": c.card.get("base")} for c in sd.concepts]} \
+        if sd.concepts else {}
     item = EditItem(image=image, mask=mask, prompt=args.prompt, seed=cfg.seed, name=args.image)
-    result = edit_images(lp, [item], cfg, required_tokens=required, extra_meta=extra)[0]
+    result = edit_images(sd.lp, [item], cfg, required_tokens=sd.tokens, extra_meta=extra)[0]
     for w in result.warnings:
         print(f"warning: {w}")
     where = {"mask": args.mask} if args.mask else {"masks": args.masks, "select": args.select or params.masks.select}
@@ -71,11 +58,30 @@ def run(args) -> int:
     return 0
 
 
+def _edit_config(args, params):
+    """params.yaml's edit section with the command-line overrides, validated (a bad value is a
+    one-line error naming the option)."""
+    from pydantic import ValidationError
+
+    keys = ("seed", "steps", "guidance", "size", "blend_start", "dilate_px", "feather_px", "scheduler")
+    over = {k: v for k in keys if (v := getattr(args, k)) is not None}
+    try:
+        return type(params.edit).model_validate(params.edit.model_dump() | over)
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "edit"
+        raise LcdError(f"--{name.replace('_px', '').replace('_', '-')}: {first['msg']} (got {over.get(name)!r})",
+                       item=name) from None
+
+
 def _stored_mask(args, params, image):
-    """--masks/--select: the selected SAM mask of this image, holes filled and dilated per params."""
+    """--masks/--select: the selected SAM mask of this image (image_id = --image-id, default the
+    file stem, as the masks stage and edit-batch name images), holes filled and dilated per params."""
+    from pathlib import Path
+
     from lcd.commands.masks import load_clip_for
     from lcd.masks.read import select_region_mask
 
     spec = args.select or params.masks.select
-    return select_region_mask(args.masks, args.image_id or args.image, spec, params.masks,
+    return select_region_mask(args.masks, args.image_id or Path(args.image).stem, spec, params.masks,
                               clip=load_clip_for(spec, params), image=image)

@@ -106,21 +106,19 @@ def _loss_curves(path: str | None) -> dict[str, list[float]] | None:
 
 def _dreambench(args, params, device, out, emb, lp_model):
     from lcd.evaluate.protocol import Method, concept_folders, concept_installer, folder_concepts, run_protocol
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
 
     ev = params.evaluate
     upd = {k: v for k, v in (("dreambench", args.dreambench), ("n_prompts", args.n_prompts)) if v is not None}
     ev = type(ev).model_validate(ev.model_dump() | upd)
-    m = params.models
     folders = concept_folders(args.concept)  # bad specs fail before any model is loaded
 
-    def base():
-        return load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,
-                                single_file_config=m.sd_single_file_config)
+    def load(concepts=()):
+        return load_sd(params.models, concepts=concepts, scheduler=params.edit.scheduler, device=device)
 
-    methods = [Method("class-word", pipeline=base())]
+    methods = [Method("class-word", pipeline=load().lp)]
     if folders:
-        methods.append(Method("concept", concept=folder_concepts(folders, concept_installer(base))))
+        methods.append(Method("concept", concept=folder_concepts(folders, concept_installer(load))))
     res = run_protocol(methods, ev, params.edit, emb, lp_model, out)
     return res.rows, {"Per method": res.table, "Per method and subject": res.subject_table}, res.failures, res.sheets
 
@@ -131,7 +129,8 @@ def _ablations(args, params, device) -> int:
     from lcd.evaluate.report import write_metrics_json, write_report
     from lcd.evaluate.metrics import json_safe
     from lcd.io.atomic import write_text_atomic
-    from lcd.models.loader import load_clip, load_sd_pipeline
+    from lcd.models.loader import load_clip
+    from lcd.models.pipeline import load_sd
 
     ev = params.evaluate
     if args.dreambench:
@@ -144,8 +143,7 @@ def _ablations(args, params, device) -> int:
         model, processor, _ = load_clip(m.clip, dtype=m.dtype, device=device)
 
     def base():
-        return load_sd_pipeline(m.sd, revision=m.sd_revision, dtype=m.dtype, device=device,
-                                single_file_config=m.sd_single_file_config)
+        return load_sd(m, scheduler=params.edit.scheduler, device=device).lp
 
     tables = run_ablations(base, (model, processor), ev, params.edit, params.train.model_copy(update={"progress": False}),
                            emb, lp_model, args.out, subject=args.subject)

@@ -60,17 +60,12 @@ def _config(args):
 def run_build(args) -> int:
     from pathlib import Path
 
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
     from lcd.regset.build import build_regset
 
     params, cfg = _config(args)
-    m = params.models
-    report = build_regset(
-        cfg, args.out, args.cache or Path(args.out) / ".cache", sd_ref=m.sd,
-        load_pipeline=lambda: load_sd_pipeline(
-            m.sd, revision=m.sd_revision, dtype=m.dtype, device=m.device, single_file_config=m.sd_single_file_config
-        ),
-    )
+    report = build_regset(cfg, args.out, args.cache or Path(args.out) / ".cache", sd_ref=params.models.sd,
+                          load_pipeline=lambda: load_sd(params.models).lp)
     print(json.dumps(report.to_dict()))
     return 0
 

@@ -35,7 +35,7 @@ def run(args) -> int:
 
     from lcd.concepts.io import export_diffusers, save_concept
     from lcd.errors import LcdError
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
     from lcd.train.config import ConceptSpec, TrainConfig
     from lcd.train.loop import train_concepts
 
@@ -55,9 +55,7 @@ def run(args) -> int:
     tokens = args.token or ["[P]"] + [f"[P{i + 1}]" for i in range(1, n)]
     specs = [ConceptSpec(photos=args.photos[i], token=tokens[i], class_word=args.class_word[i],
                          init_word=args.init_word[i] if args.init_word else None) for i in range(n)]
-    m = params.models
-    lp = load_sd_pipeline(args.model or m.sd, revision=m.sd_revision, dtype=m.dtype, device=args.device or m.device,
-                          single_file_config=m.sd_single_file_config)
+    lp = load_sd(params.models, ref=args.model, device=args.device).lp
     work = Path(args.work_dir) if args.work_dir else Path(args.out) / "training"
     result = train_concepts(lp, specs, cfg, work_dir=work, resume=args.resume)
     save_concept(result.concept, args.out)

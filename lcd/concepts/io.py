@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
-from lcd.edit.prompts import CONCEPT_TOKEN
+from lcd.concepts.tokens import CONCEPT_TOKEN
 from lcd.errors import ModelLoadError, PromptError
 from lcd.io.atomic import atomic_path, write_text_atomic
 

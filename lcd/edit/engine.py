@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 import lcd
-from lcd.config import EditConfig
+from lcd.concepts.tokens import CONCEPT_TOKEN, check_prompt
 from lcd.edit import region
-from lcd.edit.prompts import CONCEPT_TOKEN, check_prompt
+from lcd.edit.config import EditConfig
 from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents, encode_prompts
-from lcd.errors import InputImageError
+from lcd.errors import InputImageError, LcdError
+from lcd.masks.morphology import feather_alpha
 from lcd.models.loader import LoadedPipeline
-
-LATENT_FACTOR = 8
+from lcd.models.schedulers import build_scheduler, sampler_label, scheduler_class_name
 
 
 @dataclass
@@ -61,6 +61,13 @@ def check_item(item: EditItem, known_tokens: Sequence[str], required_tokens: Seq
     check_prompt(item.prompt, known_tokens, required_tokens, item=item.name)
 
 
+def check_size(size: int, latent_factor: int) -> None:
+    """The working size must divide into latent cells of this model's VAE."""
+    if size % latent_factor:
+        raise LcdError(f"edit.size {size} is not a multiple of this model's latent factor {latent_factor} "
+                       "(its VAE downsamples by that much)", item="size")
+
+
 def known_concept_tokens(tokenizer) -> list[str]:
     """`[NAME]` tokens added to the tokenizer by loaded concepts (special tokens excluded)."""
     return [t for t in tokenizer.get_added_vocab() if CONCEPT_TOKEN.fullmatch(t)]
@@ -68,7 +75,7 @@ def known_concept_tokens(tokenizer) -> list[str]:
 
 def _prepare(item: EditItem, cfg: EditConfig):
     """-> (alpha, box, crop (S, S, 3) uint8, region at working size (S, S) bool)."""
-    alpha = region.feather_alpha(item.mask, cfg.dilate_px, cfg.feather_px)
+    alpha = feather_alpha(item.mask, cfg.dilate_px, cfg.feather_px)
     box = region.crop_box(alpha, cfg.size, cfg.crop_margin)
     crop = region.extract(item.image, box)
     a_crop = region.extract(alpha, box)
@@ -83,11 +90,15 @@ def _to_tensor(batch: list[np.ndarray], device, dtype) -> torch.Tensor:
     return (x * 2.0 - 1.0).to(device=device, dtype=dtype)
 
 
-def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int], device, dtype) -> torch.Tensor:
-    """Per-item noise from a CPU generator: the same seed gives the same noise on any device and
-    in any batch composition."""
-    out = [torch.randn((1, *shape), generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
-    return torch.cat(out).to(device=device, dtype=dtype)
+def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int], device, dtype
+                  ) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Per-item noise from a CPU generator seeded with the item's seed -> (noise (B, *shape), the
+    generators, which samplers that draw noise per step go on using). The same seed gives the same
+    noise on any device and in any batch, and the same as diffusers' pipelines given
+    `generator=[torch.Generator().manual_seed(seed)]`."""
+    gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    out = [torch.randn((1, *shape), generator=g) for g in gens]
+    return torch.cat(out).to(device=device, dtype=dtype), gens
 
 
 @torch.no_grad()
@@ -96,12 +107,13 @@ def _run_batch(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: E
     pipe = lp.pipe
     unet, vae = pipe.unet, pipe.vae
     device, dtype = unet.device, unet.dtype
-    s, h = cfg.size, cfg.size // LATENT_FACTOR
+    f = lp.latent_factor
+    h = cfg.size // f
     images = _to_tensor([p[2] for p in prepared], device, dtype)
     regions = torch.from_numpy(np.stack([p[3] for p in prepared]))[:, None].to(device=device, dtype=dtype)
     image_latents = encode_latents(vae, images)
-    # a latent cell is generated if any of its 8x8 pixels is in the region
-    latent_mask = F.max_pool2d(regions, LATENT_FACTOR)
+    # a latent cell is generated if any of its f x f pixels is in the region
+    latent_mask = F.max_pool2d(regions, f)
     inpaint_cond = None
     if lp.is_inpaint_model:
         masked = encode_latents(vae, images * (regions < 0.5))
@@ -109,11 +121,12 @@ def _run_batch(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: E
     cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [it.prompt for it in items])
     # one negative-prompt encoding serves the whole batch
     uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt]).expand(len(items), -1, -1)
-    noise = initial_noise([it.seed for it in items], (unet.config.out_channels, h, h), device, dtype)
+    noise, generators = initial_noise([it.seed for it in items], (unet.config.out_channels, h, h), device, dtype)
     settings = SamplerSettings(cfg.steps, cfg.guidance, cfg.eta, cfg.blend_start, cfg.blend)
     latents = denoise(
-        unet, pipe.scheduler, noise=noise, cond=cond.to(dtype), uncond=uncond.to(dtype), settings=settings,
-        image_latents=image_latents, latent_mask=latent_mask, inpaint_cond=inpaint_cond,
+        unet, build_scheduler(cfg.scheduler, pipe.scheduler.config), noise=noise, cond=cond.to(dtype),
+        uncond=uncond.to(dtype), settings=settings, image_latents=image_latents, latent_mask=latent_mask,
+        inpaint_cond=inpaint_cond, generators=generators,
     )
     out = decode_latents(vae, latents).float().cpu().permute(0, 2, 3, 1).numpy()
     return list((out * 255.0).round().astype(np.uint8))
@@ -136,6 +149,7 @@ def edit_images(
     known = known_concept_tokens(lp.pipe.tokenizer)
     for it in items:
         check_item(it, known, required_tokens)
+    check_size(cfg.size, lp.latent_factor)
     # 2. geometry per item; empty masks return their input untouched
     results: list[EditResult | None] = [None] * len(items)
     todo: list[int] = []
@@ -169,7 +183,8 @@ def _meta(lp: LoadedPipeline, it: EditItem, cfg: EditConfig, box, extra: dict | 
         "seed": it.seed,
         "steps": cfg.steps,
         "guidance": cfg.guidance,
-        "sampler": "DDIM",
+        "sampler": sampler_label(cfg.scheduler),
+        "scheduler_class": scheduler_class_name(cfg.scheduler),
         "size": f"{cfg.size}x{cfg.size}",
         "model": lp.source.ref,
         "model_hash": lp.source.short_hash,

@@ -1,34 +1,25 @@
-"""Pure mask geometry for the edit: dilation, feathering, crop boxes, compositing.
+"""Pure geometry of the edit: crop boxes around a region, and compositing back through alpha.
 
 All functions are pure numpy (no I/O, no torch). Masks are (H, W) bool, alphas (H, W) float32
-in [0, 1], images (H, W, 3) uint8.
+in [0, 1], images (H, W, 3) uint8. The compositing alpha is `lcd.masks.morphology.feather_alpha`.
+
+Which dilation applies to which region (the one place this is said):
+- `edit.dilate_px` and `edit.feather_px` apply to every region, whatever its source (a mask
+  file, a `box:` rule, a `sam:` rule, `lcd edit --mask` or `--masks`): the region is grown by
+  `dilate_px`, then ramped to 0 over `feather_px`, to give the compositing weight. Pixels where
+  it is 0 are the input's bytes.
+- `masks.dilate_px` (and `masks.fill_holes`) apply only when a stored SAM mask becomes a region
+  (`sam:` rules in edit-batch, `lcd edit --masks`, `lcd masks export`): SAM's masks hug the object,
+  so they may be grown once more before the edit's own dilation. Its default is 0, so by default a
+  SAM region is dilated once, like any other. The region an edit used, after this step and before
+  the edit's dilation, is what edit-batch saves as `regions/<id>.png`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
-
-
-def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Grow a bool mask by `radius` pixels (Euclidean disc). radius 0 returns a copy."""
-    if radius <= 0:
-        return mask.copy()
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
-
-
-def feather_alpha(mask: np.ndarray, dilate_px: int, feather_px: int) -> np.ndarray:
-    """Blend weight of the generated image: 1 on the dilated mask, a linear ramp over
-    `feather_px` pixels outside it, and exactly 0 beyond (so those pixels are byte-identical).
-    """
-    core = dilate(mask, dilate_px)
-    if feather_px <= 0 or not core.any():
-        return core.astype(np.float32)
-    dist = cv2.distanceTransform((~core).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return np.clip(1.0 - dist / float(feather_px + 1), 0.0, 1.0).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""The denoising loop: DDIM with classifier-free guidance and latent blending.
+"""The denoising loop: any diffusers sampler, classifier-free guidance and latent blending.
 
 Pure tensor code over diffusers components; no files, no device decisions (tensors arrive on
-their device). Shapes: latents (B, 4, h, w); masks (B, 1, h, w) float in {0, 1}, 1 = generate;
-text embeddings (B, 77, D).
+their device). Shapes: latents (B, C, h, w) with h = H / f, f the VAE's latent factor; masks
+(B, 1, h, w) float in {0, 1}, 1 = generate; text embeddings (B, 77, D).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from lcd.models.schedulers import step_kwargs
 
 
 @dataclass(frozen=True)
@@ -22,17 +24,21 @@ class SamplerSettings:
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    """CLIP last hidden states (B, 77, D), padded as diffusers' `encode_prompt` does."""
-    ids = tokenizer(
+    """CLIP last hidden states (B, 77, D), as diffusers' `encode_prompt` makes them (padded to
+    max length; the attention mask passed only to text encoders configured to use one)."""
+    tok = tokenizer(
         prompts, padding="max_length", max_length=tokenizer.model_max_length,
         truncation=True, return_tensors="pt",
-    ).input_ids.to(text_encoder.device)
-    return text_encoder(ids)[0]
+    )
+    mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        mask = tok.attention_mask.to(text_encoder.device)
+    return text_encoder(tok.input_ids.to(text_encoder.device), attention_mask=mask)[0]
 
 
 @torch.no_grad()
 def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), the posterior mean.
+    """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f), the posterior mean.
 
     The mean (not a sample) keeps the preserved region's latents noise-free and deterministic.
     """
@@ -58,8 +64,12 @@ def denoise(
     image_latents: torch.Tensor | None = None,
     latent_mask: torch.Tensor | None = None,
     inpaint_cond: torch.Tensor | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Run the reverse process from pure noise; return final latents (B, 4, h, w).
+    """Run the reverse process from pure noise; return final latents (B, C, h, w).
+
+    `scheduler` is any diffusers sampler (lcd.models.schedulers); `generators` (one per item,
+    CPU) feed samplers that draw noise during sampling, so results do not depend on the batch.
 
     One UNet call per step covers the whole batch and both guidance branches
     (batch 2B: [uncond; cond]), as in diffusers' pipelines.
@@ -74,6 +84,7 @@ def denoise(
     latents = noise * scheduler.init_noise_sigma
     text = torch.cat([uncond, cond])
     extra = torch.cat([inpaint_cond] * 2) if inpaint_cond is not None else None
+    extra_step = step_kwargs(scheduler, eta=settings.eta, generators=generators)
     blending = settings.blend and inpaint_cond is None and image_latents is not None and latent_mask is not None
     first_blend = int(round(settings.blend_start * len(timesteps)))
     for i, t in enumerate(timesteps):
@@ -82,7 +93,7 @@ def denoise(
             x = torch.cat([x, extra], dim=1)
         eps_uncond, eps_text = unet(x, t, encoder_hidden_states=text, return_dict=False)[0].chunk(2)
         eps = eps_uncond + settings.guidance * (eps_text - eps_uncond)
-        latents = scheduler.step(eps, t, latents, eta=settings.eta, return_dict=False)[0]
+        latents = scheduler.step(eps, t, latents, **extra_step, return_dict=False)[0]
         if blending and i >= first_blend:
             if i < len(timesteps) - 1:
                 known = scheduler.add_noise(image_latents, noise, timesteps[i + 1 : i + 2])

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from lcd.config import EditConfig
+from lcd.edit.config import EditConfig
 from lcd.errors import LcdError
 from lcd.evaluate.ablations import Scene, region_ablation, sam_region, whole_image
 from lcd.evaluate.background import LpipsModel

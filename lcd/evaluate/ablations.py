@@ -16,7 +16,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from lcd.config import EditConfig
+from lcd.edit.config import EditConfig
 from lcd.edit.engine import EditItem, edit_images
 from lcd.errors import LcdError
 from lcd.evaluate.background import LpipsModel, masked_lpips, masked_mse

@@ -20,17 +20,16 @@ from lcd.evaluate.config import EvaluateConfig
 from lcd.evaluate.embedders import Embedders, load_embedders
 from lcd.evaluate.metrics import json_safe
 from lcd.evaluate.scoring import ConceptTable, EditRecord, clip_t_text, score_edits, summarize
-from lcd.io.images import load_image, load_mask
+from lcd.io.images import image_files, load_image, load_mask
 
 ENTRY_KEYS = ("edit", "reference", "mask", "prompt", "concept")
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def concept_photos(folder: str | Path) -> list[Path]:
     """The concept's photos: image files in the folder, or in its `photos/` subfolder."""
     folder = Path(folder)
     for d in (folder, folder / "photos"):
-        files = sorted(p for p in d.glob("*") if p.suffix.lower() in PHOTO_SUFFIXES) if d.is_dir() else []
+        files = image_files(d)
         if files:
             return files
     raise LcdError(f"{folder}: concept folder has no photos (CLIP-I / DINO-I compare against them)", item=str(folder))

@@ -21,15 +21,16 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from lcd.config import EditConfig
+from lcd.edit.config import EditConfig
 from lcd.edit.engine import EditItem, check_item, edit_images, known_concept_tokens
 from lcd.errors import LcdError
 from lcd.evaluate.background import LpipsModel
 from lcd.evaluate.config import EvaluateConfig, SceneSpec
 from lcd.evaluate.embedders import Embedders
 from lcd.evaluate.scoring import ConceptTable, EditRecord, score_edits, summarize
-from lcd.io.images import load_image, load_mask, save_png
+from lcd.io.images import image_files, load_image, load_mask, save_png
 from lcd.models.loader import LoadedPipeline
+from lcd.models.pipeline import LoadedSD
 
 PROMPTS_FILE = "prompts_and_classes.txt"
 LIVE_CLASSES = ("dog", "cat")  # DreamBooth's live subjects (cat*, dog*) use the live templates
@@ -102,18 +103,14 @@ def folder_concepts(
     return provide
 
 
-def concept_installer(load_base: Callable[[], LoadedPipeline]) -> Callable[[Path], tuple[LoadedPipeline, str]]:
-    """`install` for folder_concepts: a fresh base pipeline (load_base()) with the trained concept
-    folder (lcd.concepts format, as `lcd train` writes it) applied -> (pipeline, its first token).
-    A fresh pipeline per folder, because applying a concept changes the UNet's K/V in place."""
+def concept_installer(load: Callable[[list[Path]], LoadedSD]) -> Callable[[Path], tuple[LoadedPipeline, str]]:
+    """`install` for folder_concepts: `load([folder])` (lcd.models.pipeline.load_sd with the
+    trained concept folder applied) -> (pipeline, the concept's first token). A fresh pipeline per
+    folder, because applying a concept changes the UNet's K/V in place."""
 
     def install(folder: Path) -> tuple[LoadedPipeline, str]:
-        from lcd.concepts.io import apply_concepts, load_concept
-
-        concept = load_concept(folder)
-        lp = load_base()
-        apply_concepts(lp.pipe, [concept])
-        return lp, concept.tokens[0]
+        sd = load([folder])
+        return sd.lp, sd.tokens[0]
 
     return install
 
@@ -169,7 +166,7 @@ def read_dreambench(root: str | Path) -> DreamBench:
 def load_subject(db: DreamBench, name: str) -> Subject:
     if name not in db.classes:
         raise LcdError(f"subject {name!r} is not in {PROMPTS_FILE} (known: {', '.join(sorted(db.classes))})", item=name)
-    photos = tuple(sorted(p for p in (db.root / name).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")))
+    photos = tuple(image_files(db.root / name))
     if not photos:
         raise LcdError(f"{db.root / name}: subject {name!r} has no photos", item=name)
     return Subject(name, db.classes[name], photos)

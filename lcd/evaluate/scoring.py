@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from lcd.edit.region import dilate
+from lcd.masks.morphology import dilate
 from lcd.errors import LcdError
 from lcd.evaluate import metrics as M
 from lcd.evaluate.background import LpipsModel, background_metrics
@@ -41,7 +41,7 @@ def clip_t_text(prompt: str, class_word: str | None) -> str:
     """The CLIP-T text: 'a [P] dog on the beach' -> 'a dog on the beach'; a token not followed by
     the class word becomes the class word ('photo of [P]' -> 'photo of dog'); without a class
     word the token is dropped."""
-    from lcd.edit.prompts import CONCEPT_TOKEN
+    from lcd.concepts.tokens import CONCEPT_TOKEN
 
     if not class_word:
         return " ".join(CONCEPT_TOKEN.sub("", prompt).split())

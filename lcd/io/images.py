@@ -17,6 +17,18 @@ from lcd.errors import InputImageError
 from lcd.io.atomic import atomic_path
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # refuse decompression bombs beyond 400 MP
+# The one list of photo/image suffixes: training photos, nightly fingerprints, scenes, evaluation.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files directly in `folder` (by IMAGE_SUFFIXES, any case), sorted; hidden files
+    and other suffixes are ignored. A missing folder gives []."""
+    d = Path(folder)
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _open(path: str | Path) -> Image.Image:

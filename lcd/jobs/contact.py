@@ -9,8 +9,9 @@ from PIL import Image
 
 from lcd.errors import LcdError
 from lcd.io.images import load_image, load_mask
-from lcd.jobs.editing import load_region, region_path
+from lcd.jobs.layout import region_path
 from lcd.jobs.manifest import ManifestItem
+from lcd.jobs.regions import load_region
 
 
 def _thumb(a: np.ndarray, side: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from lcd.errors import LcdError
-from lcd.models.sources import sha256_file
+from lcd.io.hashing import sha256_file
 
 DATA_SUBDIRS = ("concepts", "scenes", "masks", "manifests", "laion-meta")
 

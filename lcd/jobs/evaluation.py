@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lcd.errors import LcdError
 from lcd.jobs import tables
-from lcd.jobs.editing import region_path
+from lcd.jobs.layout import region_path
 
 
 def evaluation_table(results_path: str | Path, photos_root: str | Path, dest: str | Path) -> int:

@@ -16,24 +16,22 @@ from typing import Any, Callable
 
 from lcd.errors import LcdError
 from lcd.io.atomic import write_text_atomic
-from lcd.models.sources import sha256_file
+from lcd.io.hashing import sha256_file
+from lcd.io.images import IMAGE_SUFFIXES, image_files
 
 FINGERPRINT_FILE = "fingerprint.json"
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def concept_photos(concept_dir: str | Path) -> list[Path]:
     """The photo files of a concept folder, sorted (hidden files and other suffixes ignored)."""
-    d = Path(concept_dir)
-    return sorted(p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in PHOTO_SUFFIXES)
+    return image_files(concept_dir)
 
 
 def concept_fingerprint(concept_dir: str | Path, config: dict[str, Any], base_model: str) -> str:
     """sha256 of (photo names + bytes, config as sorted JSON, base model pin)."""
     photos = concept_photos(concept_dir)
     if not photos:
-        raise LcdError(f"{concept_dir}: concept folder has no photos ({', '.join(PHOTO_SUFFIXES)})",
+        raise LcdError(f"{concept_dir}: concept folder has no photos ({', '.join(IMAGE_SUFFIXES)})",
                        item=str(concept_dir))
     h = hashlib.sha256()
     spec = Path(concept_dir) / "concept.json"  # class word / token (lcd.jobs.training)

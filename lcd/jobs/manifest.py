@@ -14,14 +14,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from lcd.config import StrictConfig
-from lcd.errors import InputImageError, LcdError
+from lcd.config_base import StrictConfig
+from lcd.errors import LcdError
 
-ITEM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-BOX_RULE = re.compile(r"^box:(\d+),(\d+),(\d+),(\d+)$")
+ITEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole (fullmatch): no trailing newline
 
 
 class ManifestItem(StrictConfig):
@@ -39,8 +37,8 @@ class ManifestItem(StrictConfig):
     def _one_region(self) -> "ManifestItem":
         if (self.mask is None) == (self.select is None):
             raise ValueError("give exactly one of 'mask' (a mask file) or 'select' (a selection rule)")
-        if not ITEM_ID.match(self.id):
-            raise ValueError(f"id must match {ITEM_ID.pattern} (it names the output file), got {self.id!r}")
+        if not ITEM_ID.fullmatch(self.id):
+            raise ValueError(f"id must match {ITEM_ID.pattern} whole (it names the output file), got {self.id!r}")
         return self
 
 
@@ -129,23 +127,3 @@ def shard_items(items: list[ManifestItem], num_shards: int, index: int) -> list[
     n = len(items)
     start, stop = index * n // num_shards, (index + 1) * n // num_shards
     return items[start:stop]
-
-
-def select_region(rule: str, shape: tuple[int, int], item: str) -> np.ndarray:
-    """A built-in selection rule -> (H, W) bool mask. `box:x0,y0,x1,y1` selects a rectangle.
-
-    Rules that need a segmenter (SAM points, text) are resolved by lcd.masks upstream
-    (precompute-masks writes mask files the manifest then names)."""
-    m = BOX_RULE.match(rule.strip())
-    if not m:
-        raise InputImageError(
-            f"{item}: selection rule {rule!r} is not supported here; use 'box:x0,y0,x1,y1' or give a mask file",
-            item=item,
-        )
-    x0, y0, x1, y1 = map(int, m.groups())
-    h, w = shape
-    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise InputImageError(f"{item}: box {rule!r} is empty or outside the {w}x{h} image", item=item)
-    mask = np.zeros((h, w), bool)
-    mask[y0:y1, x0:x1] = True
-    return mask

@@ -13,15 +13,10 @@ from lcd.regset.config import RegsetConfig
 
 def build_concept_regset(concept_dir: str | Path, out_dir: str | Path, cfg: RegsetConfig, models: ModelsConfig) -> Path:
     """Build `<out_dir>` for the concept in `concept_dir`; caches under `<out_dir>/../.cache`."""
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
 
     spec = concept_spec(concept_dir)
     out = Path(out_dir)
-
-    def load():
-        return load_sd_pipeline(models.sd, revision=models.sd_revision, dtype=models.dtype, device=models.device,
-                                single_file_config=models.sd_single_file_config)
-
     build_regset(cfg.model_copy(update={"class_prompt": spec.class_word}), out, out.parent / ".cache",
-                 sd_ref=models.sd, load_pipeline=load)
+                 sd_ref=models.sd, load_pipeline=lambda: load_sd(models).lp)
     return out

@@ -31,12 +31,11 @@ def train_concept(photos_dir: str | Path, out_dir: str | Path, cfg: TrainConfig,
                   regset_dir: str | Path | None = None) -> Path:
     """Fine-tune the base model on one concept; write `<out_dir>/concept.safetensors` + card, and
     `<out_dir>/training/` (checkpoints, losses.csv). A regset folder, when it exists, is the prior."""
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.pipeline import load_sd
 
     spec = concept_spec(photos_dir)
     if regset_dir is not None and Path(regset_dir).is_dir():
         cfg = cfg.model_copy(update={"reg_dir": str(regset_dir)})
-    lp = load_sd_pipeline(models.sd, revision=models.sd_revision, dtype=models.dtype, device=models.device,
-                          single_file_config=models.sd_single_file_config)
+    lp = load_sd(models).lp
     result = train_concepts(lp, [spec], cfg, work_dir=Path(out_dir) / "training", resume=True)
     return save_concept(result.concept, out_dir)

@@ -1,7 +1,7 @@
 """The masks manifest (which images, with which prompts) and fetching its images as bytes.
 
 A manifest is CSV or Parquet with a column `image` (a local path or an http(s) URL), optional
-`image_id` (default: the `image` value) and optional `prompts` (a JSON list of prompt objects,
+`image_id` (default: the file stem of `image`, the id edit-batch and `lcd edit --masks` look up) and optional `prompts` (a JSON list of prompt objects,
 see `lcd.masks.predict.parse_prompt`). Images are read as bytes first so their SHA-256 (the
 resume key) is taken over exactly what was decoded.
 """
@@ -13,7 +13,7 @@ import io
 import json
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,14 +45,20 @@ def read_manifest(path: str | Path) -> list[ManifestItem]:
     if "image" not in cols:
         raise LcdError(f"{p}: manifest needs an 'image' column (path or URL); has {cols}", item=str(p))
     images = [str(v) for v in table.column("image").to_pylist()]
-    ids = [str(v) for v in table.column("image_id").to_pylist()] if "image_id" in cols else images
+    ids = [str(v) for v in table.column("image_id").to_pylist()] if "image_id" in cols else [image_stem(i) for i in images]
     prompts = table.column("prompts").to_pylist() if "prompts" in cols else [None] * len(images)
     seen: set[str] = set()
     for i in ids:
         if i in seen:
-            raise LcdError(f"{p}: image_id {i!r} appears more than once", item=i)
+            raise LcdError(f"{p}: image_id {i!r} appears more than once (ids default to file stems: give an "
+                           "image_id column when two images share a stem)", item=i)
         seen.add(i)
     return [ManifestItem(i, im, pr if pr else None) for i, im, pr in zip(ids, images, prompts)]
+
+
+def image_stem(image: str) -> str:
+    """The default image_id of a path or URL: its file name without the suffix."""
+    return PurePosixPath(image.split("?", 1)[0].rstrip("/")).stem or image
 
 
 def parse_prompts_json(raw: str | None, name: str) -> list[dict]:

@@ -1,32 +1,18 @@
 """Selected mask -> edit region: fill holes, dilate, feather; PNG export.
 
 Pure numpy/cv2 except `save_mask_png`. Masks are (H, W) bool, alphas (H, W) float32 in [0, 1].
-Dilation and feathering reuse the edit's own geometry (lcd.edit.region) so a PNG exported here
-and a mask fed to the edit grow the same way.
+Which dilation applies where is said once, in lcd.edit.region.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from lcd.edit.region import dilate, feather_alpha
+from lcd.masks.morphology import dilate, feather_alpha, fill_holes
 from lcd.io.atomic import atomic_path
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill background regions not connected to the image border (SAM leaves pinholes)."""
-    m = np.asarray(mask, dtype=bool)
-    bg = (~m).astype(np.uint8)
-    n, labels = cv2.connectedComponents(bg, connectivity=4)
-    if n <= 1:
-        return m.copy()
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    outside = np.isin(labels, border[border > 0])
-    return m | (bg.astype(bool) & ~outside)
 
 
 def postprocess_mask(mask: np.ndarray, *, fill: bool, dilate_px: int) -> np.ndarray:

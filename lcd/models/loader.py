@@ -65,6 +65,16 @@ class LoadedPipeline:
     def is_inpaint_model(self) -> bool:
         return self.pipe.unet.config.in_channels == 9
 
+    @property
+    def latent_factor(self) -> int:
+        """Pixels per latent cell along a side: 8 for SD's VAE (diffusers' `vae_scale_factor`)."""
+        return latent_factor(self.pipe.vae)
+
+
+def latent_factor(vae) -> int:
+    """2 ** (number of VAE blocks - 1), read off the VAE's config as diffusers' pipelines do."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
 
 def load_sd_pipeline(
     ref: str | Path,
@@ -76,42 +86,19 @@ def load_sd_pipeline(
 ) -> LoadedPipeline:
     """Load Stable Diffusion from a hub id, a diffusers folder, or one .safetensors/.ckpt file.
 
-    `single_file_config` is a diffusers folder (or hub id) giving component configs for a
-    single-file checkpoint; without it diffusers infers SD1.5's configs from the hub.
-    Returns a StableDiffusionPipeline, or StableDiffusionInpaintPipeline for a 9-channel UNet.
+    Single files of SD1.5 and SD1.5-inpainting load with the component configs bundled in
+    `lcd/models/configs` (no hub); `single_file_config` (a diffusers folder or hub id) gives them
+    for other bases. Returns a StableDiffusionPipeline, or StableDiffusionInpaintPipeline for a
+    9-channel UNet; the safety checker and feature extractor are never loaded.
     """
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
-
     from diffusers.utils import logging as dlogging
 
     torch_dtype = to_dtype(dtype)
     path, source = resolve(ref, revision)
     dlogging.disable_progress_bar()  # batch logs, not terminal bars
     try:
-        if path.is_file():
-            if path.suffix not in SINGLE_FILE_SUFFIXES:
-                raise ModelLoadError(
-                    f"{ref}: single-file checkpoints must be one of {SINGLE_FILE_SUFFIXES}", item=str(ref)
-                )
-            kwargs: dict[str, Any] = {"torch_dtype": torch_dtype}
-            if single_file_config is not None:
-                cfg_path, _ = resolve(single_file_config)
-                kwargs.update(config=str(cfg_path), local_files_only=True)
-            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
-            if pipe.unet.config.in_channels == 9:
-                pipe = StableDiffusionInpaintPipeline(**pipe.components)
-        else:
-            import json
-
-            index = path / "model_index.json"
-            if not index.exists():
-                raise ModelLoadError(f"{ref}: not a diffusers pipeline folder (no model_index.json)", item=str(ref))
-            unet_cfg = json.loads((path / "unet" / "config.json").read_text())
-            cls = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
-            pipe = cls.from_pretrained(
-                str(path), torch_dtype=torch_dtype, local_files_only=True,
-                safety_checker=None, requires_safety_checker=False,
-            )
+        pipe = _load_single_file(path, ref, torch_dtype, single_file_config) if path.is_file() \
+            else _load_folder(path, ref, torch_dtype)
     except ModelLoadError:
         raise
     except Exception as e:
@@ -123,15 +110,58 @@ def load_sd_pipeline(
     return LoadedPipeline(pipe=pipe, source=source)
 
 
+def _load_folder(path: Path, ref, torch_dtype):
+    """A diffusers pipeline folder (model_index.json), whatever scheduler and extras it lists."""
+    import json
+
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    if not (path / "model_index.json").exists():
+        raise ModelLoadError(f"{ref}: not a diffusers pipeline folder (no model_index.json)", item=str(ref))
+    unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+    cls = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
+    return cls.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True,
+                               safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _load_single_file(path: Path, ref, torch_dtype, single_file_config):
+    """An original-layout (LDM) checkpoint; component configs bundled for SD1.5(-inpainting)."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    from lcd.models.bundled import bundled_config_dir, single_file_kind
+
+    if path.suffix not in SINGLE_FILE_SUFFIXES:
+        raise ModelLoadError(f"{ref}: single-file checkpoints must be one of {SINGLE_FILE_SUFFIXES}", item=str(ref))
+    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "local_files_only": True, "safety_checker": None,
+                              "feature_extractor": None, "requires_safety_checker": False}
+    if single_file_config is not None:
+        cfg_path, _ = resolve(single_file_config)
+        return _from_single_file(StableDiffusionPipeline, path, str(cfg_path), kwargs)
+    kind = single_file_kind(path)
+    with bundled_config_dir(kind) as cfg_dir:
+        cls = StableDiffusionInpaintPipeline if kind == "sd15-inpaint" else StableDiffusionPipeline
+        return _from_single_file(cls, path, str(cfg_dir), kwargs)
+
+
+def _from_single_file(cls, path: Path, config: str, kwargs: dict):
+    from diffusers import StableDiffusionInpaintPipeline
+
+    pipe = cls.from_single_file(str(path), config=config, **kwargs)
+    if pipe.unet.config.in_channels == 9 and not isinstance(pipe, StableDiffusionInpaintPipeline):
+        pipe = StableDiffusionInpaintPipeline(**pipe.components)
+    return pipe
+
+
 # --- SAM -------------------------------------------------------------------------------------
+
+# vit_tiny: segment_anything's own `_build_sam` with a narrow, shallow ViT (the tests' and demo's SAM)
+TINY_SAM = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
 
 def _sam_builders() -> dict[str, Any]:
     from functools import partial
 
     from segment_anything import sam_model_registry
     from segment_anything.build_sam import _build_sam
-
-    from lcd.models.tiny import TINY_SAM
 
     builders = {k: v for k, v in sam_model_registry.items() if k != "default"}
     builders["vit_tiny"] = partial(_build_sam, **TINY_SAM)

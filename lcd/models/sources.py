@@ -7,15 +7,14 @@ the commit the revision resolved to.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lcd.io.hashing import sha256_file, sha256_tree
+
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass(frozen=True)
@@ -34,34 +33,6 @@ class ModelSource:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, memoised on (path, size, mtime) so repeated loads do not re-read GBs."""
-    p = Path(path).resolve()
-    st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            while block := f.read(chunk):
-                h.update(block)
-        _HASH_CACHE[key] = h.hexdigest()
-    return _HASH_CACHE[key]
-
-
-def sha256_tree(root: str | Path) -> str:
-    """Content hash of a folder: SHA-256 over sorted (relative path, file hash) lines."""
-    root = Path(root)
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            p = Path(dirpath) / name
-            h.update(f"{p.relative_to(root).as_posix()}\t{sha256_file(p)}\n".encode())
-    return h.hexdigest()
 
 
 def local_source(ref: str | Path) -> ModelSource:

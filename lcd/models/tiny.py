@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from lcd.models.loader import TINY_SAM
 from lcd.models.tokenizer import write_clip_tokenizer
 
 CLIP_BOS, CLIP_EOS, CLIP_VOCAB = 49406, 49407, 49408
@@ -35,7 +36,6 @@ SD15_SCHEDULER = dict(
     steps_offset=1,
     prediction_type="epsilon",
 )
-TINY_SAM = dict(encoder_embed_dim=32, encoder_depth=2, encoder_num_heads=2, encoder_global_attn_indexes=[1])
 TINY_SAM_FILE = "sam_vit_tiny.pth"
 
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from lcd.errors import LcdError
 from lcd.models.loader import LoadedOpenClip, load_open_clip
-from lcd.models.sources import local_source, sha256_file
+from lcd.io.hashing import sha256_file
+from lcd.models.sources import local_source
 from lcd.regset.config import RegsetConfig
 from lcd.regset.download import DownloadStore
 from lcd.regset.embed import EmbeddingCache, embed_images, embed_texts, texts_sha256

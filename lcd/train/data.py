@@ -16,10 +16,9 @@ import numpy as np
 from PIL import Image
 
 from lcd.errors import InputImageError, LcdError
-from lcd.io.images import load_image
-from lcd.models.sources import sha256_file
+from lcd.io.images import IMAGE_SUFFIXES, image_files, load_image
+from lcd.io.hashing import sha256_file
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SMALL_WORDS = ("a far away", "very small")  # prefixed when the object is shrunk in the frame
 LARGE_WORDS = ("zoomed in", "close up")  # prefixed when it is enlarged and cropped
 
@@ -34,11 +33,12 @@ class Example:
     sha256: str = ""
 
 
-def image_files(folder: str | Path) -> list[Path]:
+def photo_files(folder: str | Path) -> list[Path]:
+    """The photos of a concept folder (lcd.io.images.image_files); a missing folder is an error."""
     p = Path(folder)
     if not p.is_dir():
         raise InputImageError(f"{p}: photo folder not found", item=str(p))
-    return sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    return image_files(p)
 
 
 def load_concept_photos(
@@ -48,7 +48,7 @@ def load_concept_photos(
     (it must then contain the token). Errors name the folder or the photo."""
     if not class_word.strip():
         raise LcdError(f"{folder}: no class word given for concept {token} (e.g. 'dog')", item=str(folder))
-    files = image_files(folder)
+    files = photo_files(folder)
     if len(files) < min_photos:
         raise InputImageError(
             f"{folder}: {len(files)} photo(s) found, at least {min_photos} are needed "

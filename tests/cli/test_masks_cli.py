@@ -47,7 +47,7 @@ def test_compute_export_and_edit_with_stored_masks(setup, capsys):
 
     # export: the selected mask as a PNG, post-processed per params (dilated by 1)
     png = tmp / "sel.png"
-    assert main(P + ["masks", "export", str(tmp / "out"), "--image-id", str(paths[0]),
+    assert main(P + ["masks", "export", str(tmp / "out"), "--image-id", paths[0].stem,
                      "--select", "point:20,20", "--out", str(png)]) == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["source"] in {"point", "box", "auto", "text"}
@@ -64,11 +64,11 @@ def test_compute_export_and_edit_with_stored_masks(setup, capsys):
     from lcd.masks.read import select_mask
     from lcd.masks.postprocess import postprocess_mask
 
-    region = postprocess_mask(select_mask(tmp / "out", str(paths[0]), "point:20,20")[0], fill=True, dilate_px=1)
+    region = postprocess_mask(select_mask(tmp / "out", paths[0].stem, "point:20,20")[0], fill=True, dilate_px=1)
     assert np.array_equal(before[~region], after[~region])
 
     # text selection through the CLI (tiny CLIP loaded because the spec asks for it)
-    assert main(P + ["masks", "export", str(tmp / "out"), "--image-id", str(paths[1]),
+    assert main(P + ["masks", "export", str(tmp / "out"), "--image-id", paths[1].stem,
                      "--select", "text:a white square", "--out", str(tmp / "t.png")]) == 0
 
 

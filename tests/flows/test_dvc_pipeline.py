@@ -1,8 +1,5 @@
-"""`dvc repro` of dvc.yaml in a temporary git repository, stage commands running the flows.
-
-Stages whose library is not installed on this checkout are left out of the copy of dvc.yaml
-(with the deps that are their outputs); with every library present the copy is dvc.yaml itself.
-"""
+"""`dvc repro` of the real dvc.yaml (copied unchanged) in a temporary git repository, stage
+commands running the flows; only params.yaml is pointed at the tiny models."""
 
 from __future__ import annotations
 
@@ -14,28 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from lcd.jobs.stages import STAGES, available_stages
+from flows.pipeline import STAGES
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 COPY = ["lcd", "flows", "tasks", "samples", "dvc.yaml", "data.dvc", ".dvc/config", ".dvcignore", ".gitignore"]
-
-
-def _restrict(dvc_yaml: dict, keep: list[str]) -> dict:
-    """Drop stages not in `keep`, and the deps of kept stages that are outs / sources of dropped ones."""
-    dropped = {s: st for s, st in dvc_yaml["stages"].items() if s not in keep}
-    gone = set()
-    for s, st in dropped.items():
-        gone |= {next(iter(o)) if isinstance(o, dict) else o for o in st.get("outs", []) + st.get("plots", [])}
-        gone.add(f"lcd/{s}")
-    stages = {}
-    for s, st in dvc_yaml["stages"].items():
-        if s in keep:
-            stages[s] = {**st, "deps": [d for d in st["deps"] if d not in gone and not any(d.startswith(g + "/") for g in gone)]}
-    return {**dvc_yaml, "stages": stages}
 
 
 def _ran(out: str) -> set[str]:
@@ -51,21 +35,17 @@ def dvc_repo(tmp_path, tiny_dir, prefect_server):
         shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy(src, dst)
     # regset reads the bundled LAION-style shard (data/laion-meta; its links are dead on purpose),
     # so it runs offline and fills its shortfall with class images from the tiny SD
-    keep = [s for s in STAGES if s in available_stages()]
-    (root / "dvc.yaml").write_text(yaml.safe_dump(_restrict(yaml.safe_load((REPO / "dvc.yaml").read_text()), keep),
-                                                  sort_keys=False))
+    assert (root / "dvc.yaml").read_bytes() == (REPO / "dvc.yaml").read_bytes()
     params = yaml.safe_load((REPO / "params.yaml").read_text())  # the real file, on the tiny models
     params["models"].update(sd=str(tiny_dir / "sd"), sam=str(tiny_dir / "sam" / "sam_vit_tiny.pth"),
                             clip=str(tiny_dir / "clip"))
     params["edit"].update(steps=2, size=64, guidance=6.0)
-    if "masks" in params:
-        # random SAM weights score low: keep every mask, so the manifest's `sam:` row has some
-        params["masks"]["auto"].update(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0,
-                                       stability_score_thresh=0.0)
+    # random SAM weights score low: keep every mask, so the manifest's `sam:` row has some
+    params["masks"]["auto"].update(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0,
+                                   stability_score_thresh=0.0)
     params["regset"].update(clip_model=str(tiny_dir / "open_clip"), top_n=2, timeout_s=2, threads=2,
                             gen_size=64, gen_steps=2)
-    if "evaluate" in params:
-        params["evaluate"].update(dino=str(tiny_dir / "dino"))
+    params["evaluate"].update(dino=str(tiny_dir / "dino"))
     params["train"].update(steps=2, resolution=64, batch_size=1, prior=False, min_photo_px=64, checkpoint_every=0,
                            progress=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -79,11 +59,11 @@ def dvc_repo(tmp_path, tiny_dir, prefect_server):
 
     run("git", "init", "-q")
     run(sys.executable, "-m", "lcd", "data", "init")
-    return root, keep, run
+    return root, run
 
 
 def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
-    root, keep, run = dvc_repo
+    root, run = dvc_repo
     dvc = [sys.executable, "-m", "dvc"]
     # the materialised data/ has exactly the bytes data.dvc records: only the (fresh) cache lacks it
     recorded = (root / "data.dvc").read_bytes()
@@ -91,23 +71,19 @@ def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
     run(*dvc, "commit", "--force", "data.dvc")
     assert (root / "data.dvc").read_bytes() == recorded
     assert "up to date" in run(*dvc, "status", "data.dvc")
-    assert _ran(run(*dvc, "repro")) == set(keep) == set(STAGES)
-    if "regset" in keep:  # dead links -> exactly top_n generated class images, recorded as such
-        import pandas as pd
-
-        (manifest,) = (root / "outputs/regset").glob("*/manifest.parquet")
-        regset = pd.read_parquet(manifest)
-        assert len(regset) == 2 and set(regset["source"]) == {"generated"}
+    assert _ran(run(*dvc, "repro")) == set(STAGES)
+    # dead links -> exactly top_n generated class images, recorded as such
+    (manifest,) = (root / "outputs/regset").glob("*/manifest.parquet")
+    regset = pd.read_parquet(manifest)
+    assert len(regset) == 2 and set(regset["source"]) == {"generated"}
     edits = sorted(p.stem for p in (root / "outputs/edit/edits").glob("*.png"))
-    # the manifest's concept item needs the trained concept, its `sam:` item the masks stage's
-    # store: each is edited when its stage ran, a failure otherwise
-    assert edits == sorted(["backpack_00", "cat_00", "teapot_00"] + (["cat_00-dog"] if "train" in keep else [])
-                           + (["teapot_00-sam"] if "masks" in keep else []))
+    # all five manifest items: the concept item uses the trained concept, the `sam:` item the masks store
+    assert edits == sorted(["backpack_00", "cat_00", "teapot_00", "cat_00-dog", "teapot_00-sam"])
     assert _ran(run(*dvc, "repro")) == set()  # nothing changed: nothing runs
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["edit"]["guidance"] = 3.0
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    downstream = {"edit", "evaluate"} & set(keep)
+    downstream = {"edit", "evaluate"}
     assert _ran(run(*dvc, "repro")) == downstream  # regset, train, masks untouched
     metrics = json.loads(run(*dvc, "metrics", "show", "--json"))
     (rev,) = metrics.values()  # the workspace (keyed "" while the temp repo has no commit)
@@ -116,8 +92,6 @@ def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
     plots = json.loads(run(*dvc, "plots", "show", "--json"))
     (plot,) = plots["data"]["outputs/edit/edit_seconds.csv"]
     assert sorted(v["item"] for v in plot["content"]["data"]["values"]) == edits
-    if "train" in keep:
-        (loss,) = plots["data"]["outputs/train_loss.csv"]
-        assert [int(v["step"]) for v in loss["content"]["data"]["values"]] == [1, 2]
-    if "evaluate" in keep:
-        assert "metrics.json" in json.dumps(metrics)
+    (loss,) = plots["data"]["outputs/train_loss.csv"]
+    assert [int(v["step"]) for v in loss["content"]["data"]["values"]] == [1, 2]
+    assert "metrics.json" in json.dumps(metrics)

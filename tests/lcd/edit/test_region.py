@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lcd.edit import region
+from lcd.masks import morphology
 
 
 def _disk_mask(h=80, w=120, cy=40, cx=60, r=10):
@@ -13,13 +14,13 @@ def _disk_mask(h=80, w=120, cy=40, cx=60, r=10):
 
 def test_feather_alpha_band():
     m = _disk_mask()
-    a = region.feather_alpha(m, dilate_px=3, feather_px=4)
+    a = morphology.feather_alpha(m, dilate_px=3, feather_px=4)
     assert a.dtype == np.float32 and a.max() == 1.0
     assert (a[m] == 1).all()
-    core = region.dilate(m, 3)
+    core = morphology.dilate(m, 3)
     assert (a[core] == 1).all()
     # beyond dilate + feather (+1 px for the ellipse kernel's rounding) alpha is exactly zero
-    far = ~region.dilate(m, 3 + 4 + 1)
+    far = ~morphology.dilate(m, 3 + 4 + 1)
     assert (a[far] == 0).all()
     ring = (a > 0) & (a < 1)
     assert ring.any() and not (ring & m).any()
@@ -27,7 +28,7 @@ def test_feather_alpha_band():
 
 def test_zero_radii_keep_the_mask():
     m = _disk_mask()
-    assert np.array_equal(region.feather_alpha(m, 0, 0) > 0, m)
+    assert np.array_equal(morphology.feather_alpha(m, 0, 0) > 0, m)
 
 
 @pytest.mark.parametrize("shape", [(80, 120), (300, 90), (64, 64), (1000, 700)])

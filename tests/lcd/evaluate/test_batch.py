@@ -11,7 +11,7 @@ import pytest
 
 from lcd.config import ModelsConfig
 from lcd.errors import LcdError
-from lcd.evaluate import evaluate_edits
+from lcd.evaluate.batch import evaluate_edits
 from lcd.evaluate.config import EvaluateConfig
 from lcd.evaluate.scoring import clip_t_text
 

@@ -106,7 +106,7 @@ def test_background_exclude_px_leaves_out_the_blend_ring(embedders):
     ref = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
     mask = np.zeros((64, 64), bool)
     mask[20:40, 20:40] = True
-    from lcd.edit.region import dilate
+    from lcd.masks.morphology import dilate
 
     edit = ref.copy()
     edit[dilate(mask, 2)] = 0  # a 2 px ring outside the mask changed too

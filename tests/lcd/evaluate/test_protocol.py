@@ -125,11 +125,12 @@ def test_protocol_with_a_trained_concept_folder(dreambench, tiny_dir, tiny_sd, e
                                                 tmp_path):
     """A concept trained by lcd.train and saved by lcd.concepts: the edit prompt uses its token,
     CLIP-T the class word, and the concept's trained K/V change the edit against the base model."""
-    from lcd.models.loader import load_sd_pipeline
+    from lcd.models.config import ModelsConfig
+    from lcd.models.pipeline import load_sd
 
     folders = P.concept_folders([str(trained_dog)])
     assert folders == {"dog": trained_dog}
-    install = P.concept_installer(lambda: load_sd_pipeline(tiny_dir / "sd"))
+    install = P.concept_installer(lambda concepts: load_sd(ModelsConfig(sd=str(tiny_dir / "sd")), concepts=concepts))
     methods = [P.Method("class-word", pipeline=tiny_sd),
                P.Method("concept", concept=P.folder_concepts(folders, install)),
                P.Method("concept-no-token", concept=P.folder_concepts(folders, install), use_token=False)]

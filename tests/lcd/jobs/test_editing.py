@@ -8,7 +8,8 @@ from PIL import Image
 
 from lcd.config import EditConfig, ModelsConfig
 from lcd.io.images import load_image, read_png_meta
-from lcd.jobs.editing import item_hash, run_edit_shard
+from lcd.jobs.editing import run_edit_shard
+from lcd.jobs.hashes import item_hash
 from lcd.jobs.manifest import read_manifest
 
 CFG = EditConfig(steps=2, size=64, batch_size=2, dilate_px=2, feather_px=2)

@@ -10,7 +10,8 @@ import pytest
 from lcd.config import ModelsConfig
 from lcd.errors import InputImageError
 from lcd.io.images import load_image
-from lcd.jobs.editing import load_region, run_edit_shard
+from lcd.jobs.editing import run_edit_shard
+from lcd.jobs.regions import load_region
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.masking import precompute_masks
 from lcd.masks.config import MasksConfig
@@ -135,7 +136,7 @@ def test_the_used_region_is_saved_beside_the_output_and_feeds_the_contact_sheet(
     from lcd.config import EditConfig
     from lcd.io.images import load_mask
     from lcd.jobs.contact import result_triples
-    from lcd.jobs.editing import region_path
+    from lcd.jobs.layout import region_path
 
     scene, out = store
     items = [_item(scene, "sam:largest")]

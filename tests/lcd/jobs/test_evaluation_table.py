@@ -25,7 +25,7 @@ def test_keeps_scorable_concept_rows_and_maps_names_to_photo_folders(tmp_path):
 
 
 def test_uses_the_region_the_edit_saved_so_box_and_sam_rows_are_scored(tmp_path):
-    from lcd.jobs.editing import region_path
+    from lcd.jobs.layout import region_path
 
     res = tmp_path / "results.parquet"
     tables.write_table(res, [_row(0, "dog", "box:0,0,4,4"), _row(1, "dog", "sam:text:a cat"),

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from lcd.errors import InputImageError, LcdError
-from lcd.jobs.manifest import parse_manifest, read_manifest, select_region, shard_items
+from lcd.jobs.manifest import parse_manifest, read_manifest, shard_items
+from lcd.jobs.regions import box_mask, parse_rule
 
 
 def _jsonl(*objs):
@@ -63,10 +64,19 @@ def test_shards_partition_the_items_deterministically():
         shard_items(items, 3, 3)
 
 
-def test_box_selection_rule():
-    m = select_region("box:1,2,4,3", (5, 6), "it")
+def test_region_rules_have_one_parser():
+    m = box_mask(parse_rule("box:1,2,4,3", "it"), (5, 6), "it")
     assert m.dtype == np.bool_ and m.shape == (5, 6) and m.sum() == 3 and m[2, 1:4].all()
-    with pytest.raises(InputImageError, match="it: selection rule 'sam:dog' is not supported"):
-        select_region("sam:dog", (5, 6), "it")
+    rule = parse_rule(" sam:text:a red sofa ", "it")
+    assert (rule.kind, rule.selection, rule.needs_clip) == ("sam", "text:a red sofa", True)
+    assert parse_rule("sam:largest", "it").needs_clip is False
+    for bad in ("lasso:1", "box:1,2,3", "sam:", "box:1,2,3,-4"):
+        with pytest.raises(InputImageError, match="it: selection rule .* is not supported"):
+            parse_rule(bad, "it")
     with pytest.raises(InputImageError, match="empty or outside the 6x5 image"):
-        select_region("box:0,0,7,2", (5, 6), "it")
+        box_mask(parse_rule("box:0,0,7,2", "it"), (5, 6), "it")
+
+
+def test_item_id_with_a_trailing_newline_is_refused():
+    items, failures = parse_manifest('{"id": "a\\n", "image": "x.png", "select": "box:0,0,1,1", "prompt": "p"}\n')
+    assert items == [] and "id must match" in failures[0].message

@@ -3,9 +3,9 @@ import pyarrow as pa
 import pytest
 
 from lcd.errors import LcdError
+
 from lcd.jobs import tables
 from lcd.jobs.contact import contact_sheet
-from lcd.jobs.stages import STAGES, available_stages, require_stage
 
 
 def _row(i, shard):
@@ -33,16 +33,6 @@ def test_contact_sheet_layout():
     assert sheet.shape == (68, 102, 3) and sheet.dtype == np.uint8
     with pytest.raises(ValueError, match="must not be empty"):
         contact_sheet([])
-
-
-def test_stage_guard_names_the_missing_module():
-    assert "edit" in available_stages() and set(available_stages()) <= set(STAGES)
-    with pytest.raises(LcdError, match="stage must be one of"):
-        require_stage("paint")
-    missing = [s for s in STAGES if s not in available_stages()]
-    for s in missing:
-        with pytest.raises(LcdError, match=rf"stage '{s}' needs lcd\.\w+\.\w+"):
-            require_stage(s)
 
 
 def test_materialise_data_copies_bytes_once(tmp_path):

@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from lcd.masks.postprocess import fill_holes, mask_alpha, postprocess_mask, save_mask_png
+from lcd.masks.morphology import fill_holes
+from lcd.masks.postprocess import mask_alpha, postprocess_mask, save_mask_png
 
 
 def ring():

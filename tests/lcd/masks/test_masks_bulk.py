@@ -181,14 +181,14 @@ def test_text_prompt_without_candidate_masks_is_recorded(tiny_sam, tiny_clip, fa
     assert rows.column("prompt").to_pylist()[1]["text"] == "a dog"
 
 
-def test_parquet_manifest_defaults_image_id_to_image(tmp_path):
+def test_parquet_manifest_defaults_image_id_to_the_file_stem(tmp_path):
     import pyarrow as pa
 
     pq.write_table(pa.table({"image": ["a.png", "http://127.0.0.1:1/b.jpg"], "prompts": ['[{"box": [0, 0, 1, 1]}]', None]}),
                    tmp_path / "m.parquet")
     items = read_manifest(tmp_path / "m.parquet")
     assert [(i.image_id, i.image, i.prompts_json) for i in items] == [
-        ("a.png", "a.png", '[{"box": [0, 0, 1, 1]}]'), ("http://127.0.0.1:1/b.jpg", "http://127.0.0.1:1/b.jpg", None)]
+        ("a", "a.png", '[{"box": [0, 0, 1, 1]}]'), ("b", "http://127.0.0.1:1/b.jpg", None)]
 
 
 def test_unreachable_url_is_recorded(tiny_sam, fast_cfg, tmp_path):

@@ -8,7 +8,7 @@ import torch
 from lcd.errors import ModelLoadError
 from lcd.models.ldm_format import save_single_file
 from lcd.models.loader import load_clip, load_sam, load_sd_pipeline
-from lcd.models.sources import sha256_tree
+from lcd.io.hashing import sha256_tree
 
 
 def _same_weights(a, b):

@@ -1,4 +1,4 @@
-"""Concept tokens in prompts: `[P]`-style pseudo-words must be known to the tokenizer."""
+"""Concept tokens: `[P]`-style pseudo-words, their syntax, and the check that a prompt uses only known ones."""
 
 from __future__ import annotations
 

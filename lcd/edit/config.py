@@ -1,0 +1,40 @@
+"""The edit's settings (`params.yaml: edit`): sampler, steps, guidance, working size, blending, compositing."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from lcd.config_base import StrictConfig, multiple_of_8
+
+SchedulerName = Literal["ddim", "dpmpp_2m", "euler_a", "euler", "pndm", "unipc"]
+
+
+class EditConfig(StrictConfig):
+    """The edit: sampler and steps, guidance, working size, blending and compositing radii.
+
+    `scheduler` names the sampler, built from the model's own scheduler config (betas, timestep
+    spacing) whatever class the model folder ships (SD1.5 ships PNDM); DDIM is the paper's.
+    `eta` applies only to samplers whose step takes it (DDIM). `dilate_px` / `feather_px` shape
+    the compositing weight around every region (lcd.edit.region says which dilation applies where).
+    """
+
+    scheduler: SchedulerName = "ddim"
+    steps: int = Field(60, ge=1, le=1000)
+    guidance: float = Field(6.0, ge=0.0, le=50.0)
+    size: int = Field(512, ge=64, le=2048)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+    negative_prompt: str = ""
+    blend: bool = True  # plain models: latent blending outside the mask at each step
+    blend_start: float = Field(0.0, ge=0.0, le=1.0)  # fraction of steps before blending starts
+    dilate_px: int = Field(8, ge=0, le=256)  # grow the mask before compositing (full-res pixels)
+    feather_px: int = Field(8, ge=0, le=256)  # linear ramp width outside the dilated mask
+    crop_margin: float = Field(0.25, ge=0.0, le=4.0)  # context around the mask, fraction of its side
+    batch_size: int = Field(8, ge=1, le=256)
+    seed: int = 0
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        return multiple_of_8("size", v)

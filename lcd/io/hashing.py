@@ -1,0 +1,44 @@
+"""Content hashes of files and folders: what pins weights, inputs and photos in every record."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+from lcd.errors import LcdError
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a regular file, memoised on (path, size, mtime) so repeated loads do not re-read
+    GBs. A directory, FIFO or device is refused (reading a FIFO or /dev/zero would never end)."""
+    p = Path(path).resolve()
+    st = p.stat()
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (FIFO, device or socket)"
+        raise LcdError(f"{path}: {kind}; expected a file", item=str(path))
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def sha256_tree(root: str | Path) -> str:
+    """Content hash of a folder: SHA-256 over sorted (relative path, file hash) lines."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            h.update(f"{p.relative_to(root).as_posix()}\t{sha256_file(p)}\n".encode())
+    return h.hexdigest()

@@ -1,0 +1,85 @@
+"""What decides whether an edit is redone: the item's `input_hash` and the run's config fingerprint.
+
+An item's output `<out>/edits/<id>.png` carries, in its PNG metadata, the sha256 of everything
+that determines it: input bytes, region (for a `sam:` rule the stored masks it reads, and CLIP's
+weights for `sam:text:`), concept weights, prompt, seed, edit config (with the sampler class
+actually built) and model pin. An item whose output exists with the same hash is skipped; any
+change to any of those redoes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from lcd.config import EditConfig, ModelsConfig
+from lcd.errors import InputImageError, LcdError
+from lcd.io.hashing import sha256_file, sha256_tree
+from lcd.jobs.manifest import ManifestItem
+from lcd.jobs.regions import region_fingerprint
+from lcd.masks.config import MasksConfig
+from lcd.models.schedulers import scheduler_class_name
+from lcd.models.sources import local_source
+
+if TYPE_CHECKING:
+    from lcd.masks.store import MaskStore
+
+Engine = Literal["diffusion", "noop"]
+
+
+def model_pin(ref: str, revision: str | None) -> str:
+    """Content hash of local weights, or `ref@revision` for a hub id (resolved at load time)."""
+    p = Path(ref)
+    return local_source(p).sha256 if p.exists() else f"{ref}@{revision or 'main'}"
+
+
+def config_fingerprint(cfg: EditConfig, models: ModelsConfig, engine: Engine) -> str:
+    """Hash of everything shared by the items of a run that changes an output."""
+    pin = "noop" if engine == "noop" else model_pin(models.sd, models.sd_revision)
+    payload = {"edit": cfg.model_dump(), "scheduler_class": scheduler_class_name(cfg.scheduler), "model": pin,
+               "dtype": models.dtype, "engine": engine}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def concept_path(concept: str | None, concepts_root: str | Path | None) -> Path | None:
+    """A concept name -> `<concepts_root>/<name>`; a value with a slash is a folder path."""
+    if concept is None:
+        return None
+    if "/" in concept or concepts_root is None:
+        return Path(concept)
+    return Path(concepts_root) / concept
+
+
+def _file_hash(p: str) -> str:
+    try:
+        return sha256_file(p)
+    except (FileNotFoundError, NotADirectoryError):
+        raise InputImageError(f"{p}: file not found", item=p) from None
+
+
+def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
+              masks_store: "str | Path | MaskStore | None" = None, clip_pin: str | None = None,
+              masks_cfg: MasksConfig | None = None, tree_hashes: dict[Path, str] | None = None) -> str:
+    """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file.
+    `tree_hashes` memoises concept-folder hashes across the items of one shard: a concept's
+    weights (and its checkpoints) are read once per shard, not once per item."""
+    if concept_dir is not None and not concept_dir.is_dir():
+        raise LcdError(f"concept {item.concept!r}: weights folder {concept_dir} not found (train it first)",
+                       item=str(concept_dir))
+    concept_sha = None
+    if concept_dir is not None:
+        memo = tree_hashes if tree_hashes is not None else {}
+        if concept_dir not in memo:
+            memo[concept_dir] = sha256_tree(concept_dir)
+        concept_sha = memo[concept_dir]
+    payload = {
+        "image": _file_hash(item.image),
+        "region": _file_hash(item.mask) if item.mask else region_fingerprint(item, masks_store, clip_pin, masks_cfg),
+        "concept": concept_sha,
+        "prompt": item.prompt,
+        "seed": item.seed,
+        "config": config_fp,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

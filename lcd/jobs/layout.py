@@ -1,0 +1,35 @@
+"""Where edit-batch puts things under `out_root`, and whether an output is current.
+
+    <out_root>/edits/<id>.png     the edit; its PNG metadata carries the item's input_hash
+    <out_root>/regions/<id>.png   the region that edit used (8-bit, 255 = edited), as resolved then
+    <out_root>/tables/            per-shard results/failures tables (lcd.jobs.tables)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lcd.io.images import read_png_meta
+
+EDITS_DIR = "edits"
+REGIONS_DIR = "regions"
+
+
+def output_path(out_root: str | Path, item_id: str) -> Path:
+    return Path(out_root) / EDITS_DIR / f"{item_id}.png"
+
+
+def region_path(out_root: str | Path, item_id: str) -> Path:
+    """Where the resolved region of an item is kept: a `sam:text:` pick or a `box:` is visible and
+    auditable later without the masks store or CLIP."""
+    return Path(out_root) / REGIONS_DIR / f"{item_id}.png"
+
+
+def is_current(path: Path, input_hash: str) -> bool:
+    """True when `path` exists and was made from exactly these inputs."""
+    if not path.exists():
+        return False
+    try:
+        return read_png_meta(path).get("input_hash") == input_hash
+    except Exception:  # unreadable / foreign file: redo it
+        return False

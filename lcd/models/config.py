@@ -1,0 +1,26 @@
+"""Which weights to load and where (`params.yaml: models`). The one input of `lcd.models.pipeline.load_sd`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from lcd.config_base import StrictConfig
+
+
+class ModelsConfig(StrictConfig):
+    """Defaults are the tiny models `lcd models tiny` writes.
+
+    For real weights: sd = "stable-diffusion-v1-5/stable-diffusion-v1-5" (hub id, pinned by
+    sd_revision), a diffusers folder, or one .safetensors/.ckpt file (SD1.5 and SD1.5-inpainting
+    component configs ship with lcd, so no hub is needed); sam = path to sam_vit_h_4b8939.pth with
+    sam_type "vit_h".
+    """
+
+    sd: str = "models/tiny/sd"  # a 9-channel inpainting checkpoint is detected and used as such
+    sd_revision: str | None = None
+    sd_single_file_config: str | None = None  # component configs for single files of other bases
+    sam: str = "models/tiny/sam/sam_vit_tiny.pth"
+    sam_type: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_tiny"
+    clip: str = "models/tiny/clip"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
