@@ -26,20 +26,20 @@ def main(argv: list[str] | None = None) -> int:
         out = edit_batch(a.manifest, f"{a.out}/edit", a.params, num_shards=1, fan_out="inline", engine=a.engine,
                          concepts_root=f"{a.out}/concepts", masks_store=f"{a.out}/masks")
     elif a.stage == "regset":
-        from flows.stages import build_regset
+        from flows.regset import build_regset
 
         out = build_regset(f"{a.data}/concepts", f"{a.out}/regset", a.params)
     elif a.stage == "train":
-        from flows.stages import train_concept
+        from flows.train import train_concept
 
         out = train_concept(f"{a.data}/concepts", f"{a.out}/concepts", f"{a.out}/regset", a.params,
                             loss_csv=f"{a.out}/train_loss.csv")
     elif a.stage == "masks":
-        from flows.stages import precompute_masks
+        from flows.masks import precompute_masks
 
         out = precompute_masks(f"{a.data}/scenes", f"{a.out}/masks", a.params)
     elif a.stage == "evaluate":
-        from flows.stages import evaluate
+        from flows.evaluate import evaluate
 
         out = evaluate(f"{a.out}/edit/results.parquet", f"{a.out}/evaluate", "metrics.json", a.params,
                        photos_root=f"{a.data}/concepts")

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from lcd.config import load_params
 from lcd.jobs.hashes import model_pin
 from lcd.jobs.fingerprint import ConceptPlan, plan_concepts, train_stale
-from tasks.stages import train_concept_task
+from tasks.train import train_concept_task
 
 
 @task(cache_policy=NO_CACHE)

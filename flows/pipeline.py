@@ -13,7 +13,10 @@ from prefect import flow, get_run_logger
 
 from lcd.config import EditConfig
 from flows.edit_batch import edit_batch
-from flows.stages import build_regset, evaluate, precompute_masks, train_concept
+from flows.evaluate import evaluate
+from flows.masks import precompute_masks
+from flows.regset import build_regset
+from flows.train import train_concept
 
 
 @flow(name="lcd-pipeline", log_prints=True)

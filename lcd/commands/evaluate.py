@@ -142,10 +142,10 @@ def _ablations(args, params, device) -> int:
     else:
         model, processor, _ = load_clip(m.clip, dtype=m.dtype, device=device)
 
-    def base():
-        return load_sd(m, scheduler=params.edit.scheduler, device=device).lp
+    def load(concepts=()):
+        return load_sd(m, concepts=concepts, scheduler=params.edit.scheduler, device=device)
 
-    tables = run_ablations(base, (model, processor), ev, params.edit, params.train.model_copy(update={"progress": False}),
+    tables = run_ablations(load, (model, processor), ev, params.edit, params.train.model_copy(update={"progress": False}),
                            emb, lp_model, args.out, subject=args.subject)
     out = Path(args.out)
     write_text_atomic(out / "ablations.json", json.dumps(json_safe(tables), indent=1, allow_nan=False))

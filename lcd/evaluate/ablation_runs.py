@@ -25,6 +25,7 @@ from lcd.evaluate.ablations import Scene, region_ablation, sam_region, whole_ima
 from lcd.evaluate.background import LpipsModel
 from lcd.evaluate.config import EvaluateConfig
 from lcd.evaluate.embedders import Embedders
+from lcd.models.pipeline import LoadedSD
 from lcd.evaluate.protocol import folder_concepts, concept_installer, load_scene, read_dreambench, run_protocol
 from lcd.evaluate.ablations import token_ablation_methods
 from lcd.models.loader import LoadedPipeline
@@ -78,11 +79,16 @@ def _bbox(m: np.ndarray) -> list[int]:
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
-def run_ablations(load_base: Callable[[], LoadedPipeline], clip, ev: EvaluateConfig, edit_cfg: EditConfig, train_cfg,
+def run_ablations(load: Callable[..., LoadedSD], clip, ev: EvaluateConfig, edit_cfg: EditConfig, train_cfg,
                   emb: Embedders, lpips_model: LpipsModel | None, out_dir: str | Path,
                   subject: str | None = None) -> dict[str, list[dict]]:
-    """Run Tables 2-4 on the first evaluate subject (or `subject`) -> {table title: rows}."""
+    """Run Tables 2-4 on the first evaluate subject (or `subject`) -> {table title: rows}.
+    `load(concepts=[...])` is lcd.models.pipeline.load_sd bound to the run's models config."""
     out = Path(out_dir)
+
+    def load_base() -> LoadedPipeline:
+        return load().lp
+
     # 1. inputs
     db = read_dreambench(ev.dreambench)
     name = subject or (ev.subjects[0] if ev.subjects else None)
@@ -101,7 +107,7 @@ def run_ablations(load_base: Callable[[], LoadedPipeline], clip, ev: EvaluateCon
     t3 = region_ablation(load_base(), scenes, {"none": whole_image, "text": text_region(clip), "sam": sam_region},
                          edit_cfg, lpips_model)
     # 4. Table 4: the kv concept with and without its token
-    provider = folder_concepts({name: folder}, concept_installer(load_base))
+    provider = folder_concepts({name: folder}, concept_installer(lambda concepts: load(concepts=concepts)))
     ev1 = ev.model_copy(update={"subjects": [name]})
     res = run_protocol(token_ablation_methods(provider), ev1, edit_cfg, emb, lpips_model, out / "token")
     if res.failures:

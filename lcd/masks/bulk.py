@@ -52,6 +52,29 @@ def text_records(image: np.ndarray, records: list[MaskRecord], prompts, clip, cf
     return out
 
 
+@dataclass
+class _PartBuffer:
+    """Rows of the images computed since the last part was written (lcd.masks.store layout)."""
+
+    out: Path
+    cfg: MasksConfig
+    summary: MasksSummary
+    rows: list[dict] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+    attempted: list[str] = field(default_factory=list)
+
+    def flush(self) -> None:
+        """Write the buffered images as one part (atomically) and the failures seen with them."""
+        c = self.cfg
+        if self.images:
+            self.summary.parts.append(str(write_part(self.out, self.rows, self.images, c.model_dump(),
+                                                     c.row_group_rows, c.parquet_codec, c.parquet_level)))
+        if self.attempted:
+            write_failures(self.out, self.failures, self.attempted)
+        self.rows.clear(), self.images.clear(), self.failures.clear(), self.attempted.clear()
+
+
 def compute_masks(
     items: Sequence[ManifestItem],
     sam,
@@ -69,24 +92,10 @@ def compute_masks(
     `after_image(image_id)` is called after each image is buffered (progress, tests).
     """
     # 1. what is already stored: skip by (image_id, sha256)
-    out = Path(out)
-    done = done_images(out)
+    done = done_images(Path(out))
     predictor = MaskPredictor(sam, cfg)
     summary = MasksSummary()
-    rows: list[dict] = []
-    images: list[dict] = []
-    failures: list[dict] = []
-    attempted: list[str] = []
-    config = cfg.model_dump()
-
-    def flush() -> None:
-        if images:
-            summary.parts.append(str(write_part(out, rows, images, config, cfg.row_group_rows,
-                                                cfg.parquet_codec, cfg.parquet_level)))
-        if attempted:
-            write_failures(out, failures, attempted)
-        rows.clear(), images.clear(), failures.clear(), attempted.clear()
-
+    buf = _PartBuffer(Path(out), cfg, summary)
     for item in items:
         name = item.image_id
         try:
@@ -96,32 +105,40 @@ def compute_masks(
             if (name, sha) in done:
                 summary.skipped += 1
                 continue
-            attempted.append(name)
-            # 3. decode and validate prompts against the image size
-            image = decode_image(data, name)
-            h, w = image.shape[:2]
-            prompts = [parse_prompt(p, w, h, f"{name} prompt {i}")
-                       for i, p in enumerate(parse_prompts_json(item.prompts_json, name))]
-            if any(p.text is not None for p in prompts) and clip is None:
-                raise LcdError(f"{name}: has text prompts but no CLIP model was given", item=name)
-            # 4. one encoder pass, all prompts batched, automatic masks on the same embedding
-            records = predictor.predict(image, prompts)
-            records += text_records(image, records, prompts, clip, cfg) if clip is not None else []
+            buf.attempted.append(name)
+            image, records = _image_masks(data, item, predictor, clip, cfg)
         except Exception as e:  # one bad image never sinks the batch; the table says why
-            if name not in attempted:
-                attempted.append(name)
-            failures.append({"image_id": name, "image": item.image, "error_type": type(e).__name__, "error": str(e)})
+            if name not in buf.attempted:
+                buf.attempted.append(name)
+            buf.failures.append({"image_id": name, "image": item.image, "error_type": type(e).__name__, "error": str(e)})
             summary.failed += 1
             continue
-        rows.extend(image_rows(name, item.image, sha, w, h, records, model))
-        images.append({"image_id": name, "image_sha256": sha, "width": w, "height": h, "n_masks": len(records)})
+        h, w = image.shape[:2]
+        buf.rows.extend(image_rows(name, item.image, sha, w, h, records, model))
+        buf.images.append({"image_id": name, "image_sha256": sha, "width": w, "height": h, "n_masks": len(records)})
         summary.done += 1
         summary.masks += len(records)
         if after_image is not None:
             after_image(name)
         # 5. flush a whole part atomically every images_per_part images
-        if len(images) >= cfg.images_per_part:
-            flush()
-    flush()
+        if len(buf.images) >= cfg.images_per_part:
+            buf.flush()
+    buf.flush()
     summary.encoder_passes = predictor.predictor.encoder_passes
     return summary
+
+
+def _image_masks(data: bytes, item: ManifestItem, predictor: MaskPredictor, clip, cfg: MasksConfig):
+    """-> (image (H, W, 3) uint8, mask records) for one image's bytes."""
+    name = item.image_id
+    # 3. decode and validate prompts against the image size
+    image = decode_image(data, name)
+    h, w = image.shape[:2]
+    prompts = [parse_prompt(p, w, h, f"{name} prompt {i}")
+               for i, p in enumerate(parse_prompts_json(item.prompts_json, name))]
+    if any(p.text is not None for p in prompts) and clip is None:
+        raise LcdError(f"{name}: has text prompts but no CLIP model was given", item=name)
+    # 4. one encoder pass, all prompts batched, automatic masks on the same embedding
+    records = predictor.predict(image, prompts)
+    records += text_records(image, records, prompts, clip, cfg) if clip is not None else []
+    return image, records

@@ -89,38 +89,12 @@ def build_regset(
     need_clip = cfg.source == "metadata" or cfg.image_text_min is not None
     if clip is None and need_clip:
         clip = load_open_clip(cfg.clip_model)
-    # 2. candidates with caption-to-prompt similarities
-    cache = EmbeddingCache(cache_dir / "embeddings")
-    if cfg.source == "metadata":
-        cands = metadata_candidates(cfg, clip, cache)
-        source = "metadata"
-    else:
-        cands = query_clip_back(cfg.backend_url, cfg.backend_index, cfg.class_prompt, cfg.backend_num_results)
-        source = "clip_back"
-    report.candidates = len(cands.urls)
-    report.embed_cache_hits, report.embed_cache_misses, report.embedded = cache.hits, cache.misses, cache.embedded
-    # 3. caption filter: threshold, dedupe, top-N
+    # 2. candidates with caption-to-prompt similarities; 3. caption filter: threshold, dedupe, top-N
+    cands, source = _candidates(cfg, clip, cache_dir, report)
     sel = select_captions(cands.similarity, cands.urls, cands.captions, threshold=cfg.threshold, top_n=cfg.top_n)
     report.above_threshold, report.duplicates, report.selected = sel.above, sel.duplicates, len(sel.indices)
-    urls = [cands.urls[i] for i in sel.indices]
-    caps = [cands.captions[i] for i in sel.indices]
     # 4. download (cached per URL) + decode check
-    store = DownloadStore(cache_dir / "downloads")
-    fetched = store.fetch(
-        urls, caps, image_size=cfg.image_size, timeout_s=cfg.timeout_s, retries=cfg.retries,
-        processes=cfg.processes, threads=cfg.threads, min_image_size=cfg.min_image_size,
-        retry_failed=cfg.retry_failed,
-    )
-    report.downloads_attempted, report.download_cache_hits = fetched.attempted, fetched.cached
-    entries = []
-    for i, row in zip(sel.indices, fetched.rows):
-        if row["status"] != "success":
-            report.failures.append({"url": row["url"], "error": row["error"]})
-            continue
-        entries.append(RegsetEntry(
-            file=store.image_path(row), caption=cands.captions[i], similarity=float(cands.similarity[i]),
-            sha256=row["sha256"], source=source, url=row["url"], shard=cands.shard[i],
-        ))
+    entries, fetched_rows = _download(cfg, cands, sel.indices, source, cache_dir, report)
     # 5. optional image-text re-check with the same CLIP
     if cfg.image_text_min is not None and entries:
         entries = recheck_image_text(entries, clip, cfg.image_text_min, report)
@@ -128,18 +102,58 @@ def build_regset(
     # 6. shortfall: generate exactly the missing count
     report.shortfall = cfg.top_n - len(entries)
     if report.shortfall > 0 and cfg.generate_shortfall:
-        spec = GenerationSpec(model=sd_model_pin(sd_ref), prompt=cfg.class_prompt, size=cfg.gen_size,
-                              steps=cfg.gen_steps, guidance=cfg.gen_guidance, seed=cfg.seed)
-        gen = generate_class_images(spec, report.shortfall, cache_dir / "generated", load_pipeline, cfg.gen_batch_size)
-        report.generated, report.generated_cached = gen.generated, gen.cached
-        for f in gen.files:
-            entries.append(RegsetEntry(file=f, caption=cfg.class_prompt, similarity=None,
-                                       sha256=sha256_file(f), source="generated"))
+        entries += _generate_shortfall(cfg, sd_ref, load_pipeline, cache_dir, report)
     # 7. manifest + diffusers layout
     info = {"config": cfg.model_dump(), "report": report.to_dict(),
             "clip_model": clip.source.to_dict() if clip is not None else None}
-    write_regset(out_dir, entries, fetched.rows, info)
+    write_regset(out_dir, entries, fetched_rows, info)
     return report
+
+
+def _candidates(cfg: RegsetConfig, clip, cache_dir: Path, report: RegsetReport):
+    """-> (candidates with caption similarities, source name): LAION-style metadata scored with
+    CLIP (embeddings cached), or a clip back's kNN answer."""
+    cache = EmbeddingCache(cache_dir / "embeddings")
+    if cfg.source == "metadata":
+        cands, source = metadata_candidates(cfg, clip, cache), "metadata"
+    else:
+        cands = query_clip_back(cfg.backend_url, cfg.backend_index, cfg.class_prompt, cfg.backend_num_results)
+        source = "clip_back"
+    report.candidates = len(cands.urls)
+    report.embed_cache_hits, report.embed_cache_misses, report.embedded = cache.hits, cache.misses, cache.embedded
+    return cands, source
+
+
+def _download(cfg: RegsetConfig, cands, indices, source: str, cache_dir: Path, report: RegsetReport):
+    """Fetch the selected URLs with img2dataset (cached per URL) -> (entries that downloaded and
+    decoded, img2dataset's rows). Dead links become report failures naming the URL."""
+    store = DownloadStore(cache_dir / "downloads")
+    fetched = store.fetch(
+        [cands.urls[i] for i in indices], [cands.captions[i] for i in indices], image_size=cfg.image_size,
+        timeout_s=cfg.timeout_s, retries=cfg.retries, processes=cfg.processes, threads=cfg.threads,
+        min_image_size=cfg.min_image_size, retry_failed=cfg.retry_failed,
+    )
+    report.downloads_attempted, report.download_cache_hits = fetched.attempted, fetched.cached
+    entries = []
+    for i, row in zip(indices, fetched.rows):
+        if row["status"] != "success":
+            report.failures.append({"url": row["url"], "error": row["error"]})
+            continue
+        entries.append(RegsetEntry(
+            file=store.image_path(row), caption=cands.captions[i], similarity=float(cands.similarity[i]),
+            sha256=row["sha256"], source=source, url=row["url"], shard=cands.shard[i],
+        ))
+    return entries, fetched.rows
+
+
+def _generate_shortfall(cfg: RegsetConfig, sd_ref, load_pipeline, cache_dir: Path, report: RegsetReport):
+    """Exactly `report.shortfall` class images from the base model (cached by model pin and settings)."""
+    spec = GenerationSpec(model=sd_model_pin(sd_ref), prompt=cfg.class_prompt, size=cfg.gen_size,
+                          steps=cfg.gen_steps, guidance=cfg.gen_guidance, seed=cfg.seed)
+    gen = generate_class_images(spec, report.shortfall, cache_dir / "generated", load_pipeline, cfg.gen_batch_size)
+    report.generated, report.generated_cached = gen.generated, gen.cached
+    return [RegsetEntry(file=f, caption=cfg.class_prompt, similarity=None, sha256=sha256_file(f), source="generated")
+            for f in gen.files]
 
 
 def recheck_image_text(entries, clip, minimum, report):

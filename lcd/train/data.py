@@ -136,31 +136,31 @@ def at_size(examples: Sequence[Example], size: int) -> list[Example]:
 
 def augment(
     img: np.ndarray, caption: str, size: int, rng: np.random.Generator, *,
-    scale_range: tuple[float, float] = (0.4, 1.4), flip_p: float = 0.5, rescale: bool = True,
+    scale_range: tuple[float, float] = (0.4, 1.4), flip_p: float = 0.5, rescale: bool = True, factor: int = 8,
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Custom Diffusion's augmentation, reimplemented from the paper's description.
 
     The photo is rescaled by a random factor: shrunk, it sits at a random place on a blank canvas
     and only its area counts in the loss; enlarged, a random crop is taken. Strong shrinks add
     'a far away'/'very small' to the caption, strong zooms 'zoomed in'/'close up', so the model
-    ties scale to words instead of to the concept. Returns (image (3, S, S) float32 in [-1, 1],
-    mask (1, S/8, S/8) float32, caption).
+    ties scale to words instead of to the concept. `factor` is the VAE's latent factor f (8 for
+    SD). Returns (image (3, S, S) float32 in [-1, 1], mask (1, S/f, S/f) float32, caption).
     """
     base = resize_square(img, size)
     if rng.random() < flip_p:
         base = base[:, ::-1]
-    lat = size // 8
+    lat = size // factor
     mask = np.ones((1, lat, lat), np.float32)
     if rescale:
         scale = float(rng.uniform(*scale_range))
         # sizes in whole latent cells so the mask matches the image exactly
         cells = max(1, int(round(lat * scale)))
-        new = cells * 8
+        new = cells * factor
         resized = np.asarray(Image.fromarray(np.ascontiguousarray(base)).resize((new, new), Image.BICUBIC))
         if new < size:
             canvas = np.zeros((size, size, 3), np.uint8)
             cy, cx = (int(v) for v in rng.integers(0, lat - cells + 1, size=2))
-            canvas[cy * 8 : cy * 8 + new, cx * 8 : cx * 8 + new] = resized
+            canvas[cy * factor : cy * factor + new, cx * factor : cx * factor + new] = resized
             mask[:] = 0.0
             mask[:, cy : cy + cells, cx : cx + cells] = 1.0
             base = canvas
@@ -177,12 +177,13 @@ def augment(
 
 def sample_batch(
     examples: Sequence[Example], n: int, size: int, rng: np.random.Generator, *,
-    augmented: bool, scale_range=(0.4, 1.4), flip_p: float = 0.5,
+    augmented: bool, scale_range=(0.4, 1.4), flip_p: float = 0.5, factor: int = 8,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """n random examples -> (images (n, 3, S, S), masks (n, 1, S/8, S/8), captions)."""
+    """n random examples -> (images (n, 3, S, S), masks (n, 1, S/f, S/f), captions); f = `factor`."""
     idx = rng.integers(0, len(examples), size=n)
     outs = [
-        augment(examples[i].image, examples[i].caption, size, rng, scale_range=scale_range, flip_p=flip_p, rescale=augmented)
+        augment(examples[i].image, examples[i].caption, size, rng, scale_range=scale_range, flip_p=flip_p,
+                rescale=augmented, factor=factor)
         for i in idx
     ]
     return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), [o[2] for o in outs]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import lcd
 from lcd.concepts.io import Concept, add_tokens, check_token
 from lcd.errors import LcdError
-from lcd.models.loader import LoadedPipeline
+from lcd.models.loader import LoadedPipeline, latent_factor
 from lcd.train import checkpoint as ck
 from lcd.train import data
 from lcd.train.config import ConceptSpec, TrainConfig
@@ -69,7 +69,8 @@ def encode_text(tokenizer, text_encoder, captions: Sequence[str], ids: torch.Ten
 
 def diffusion_loss(pipe, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor, gen: torch.Generator,
                    autocast=None) -> torch.Tensor:
-    """Per-example masked epsilon MSE (B,). images (B, 3, S, S) in [-1, 1]; masks (B, 1, S/8, S/8)."""
+    """Per-example masked epsilon MSE (B,). images (B, 3, S, S) in [-1, 1]; masks (B, 1, S/f, S/f),
+    f the VAE's latent factor."""
     unet, vae, sched = pipe.unet, pipe.vae, pipe.scheduler
     dev = unet.device
     with torch.no_grad():
@@ -93,7 +94,7 @@ def check_config(cfg: TrainConfig, device: torch.device) -> None:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise TrainingError("use_8bit_adam needs bitsandbytes, which is not installed", item="use_8bit_adam") from None
+            raise TrainingError("use_8bit_adam needs bitsandbytes, which is not installed: pip install 'lcdiffusion[8bit]'", item="use_8bit_adam") from None
     if cfg.mixed_precision == "fp16" and device.type != "cuda":
         raise TrainingError(f"mixed_precision fp16 needs a CUDA device, got {device}", item="mixed_precision")
 
@@ -108,6 +109,37 @@ def _optimizer(cfg: TrainConfig, unet_params: list, rows: torch.nn.Parameter):
 
         return bnb.optim.AdamW8bit(groups, **kw)
     return torch.optim.AdamW(groups, **kw)
+
+
+@dataclass
+class _Run:
+    """The state of one training run: the model's trainable tensors, optimizer, RNGs, losses."""
+
+    pipe: object
+    cfg: TrainConfig
+    specs: Sequence[ConceptSpec]
+    examples: list  # per concept, list[data.Example] at training size
+    prior: list  # data.Example at training size
+    ids_t: torch.Tensor  # the concept tokens' ids
+    rows: torch.nn.Parameter  # their embedding rows (n, D)
+    emb_name: str
+    names: list[str]  # trainable UNet parameter names
+    params: dict
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    rng: np.random.Generator
+    fp: str  # checkpoint fingerprint of the config, specs and prior size
+    work: Path | None
+    losses: list[dict] = field(default_factory=list)
+    start: int = 0
+
+    @property
+    def ckpt_root(self) -> Path | None:
+        return self.work / "checkpoints" if self.work is not None else None
+
+    @property
+    def unet_params(self) -> list:
+        return [self.params[n] for n in self.names]
 
 
 def train_concepts(
@@ -126,11 +158,28 @@ def train_concepts(
     images; `resume=True` continues from its newest checkpoint exactly (same weights, optimizer,
     RNG states and step as an uninterrupted run). `prior_examples` overrides `cfg.reg_dir`.
     """
-    pipe = lp.pipe
-    dev = pipe.unet.device
     work = Path(work_dir) if work_dir is not None else None
-    # 1. check inputs before touching the model
-    check_config(cfg, dev)
+    # 1. check inputs before touching the model; 2. the prior images
+    examples, prior = _inputs(lp, specs, cfg, work, prior_examples)
+    # 3. tokens and trainable tensors
+    run = _setup(lp.pipe, cfg, specs, examples, prior, work)
+    # 4. resume
+    if resume:
+        _resume(run)
+    # 5. the loop
+    _loop(run, on_step)
+    if work is not None:
+        ck.write_loss_curve(work, run.losses)
+    # 6. the learned concept
+    concept = _concept(lp.pipe, cfg, specs, examples, run.rows, run.names, run.params, lp, run.losses)
+    return TrainResult(concept, run.losses, run.start)
+
+
+def _inputs(lp, specs, cfg, work, prior_examples) -> tuple[list, list]:
+    """Checks, then (per-concept photos, prior images) at training size. The prior is given, a
+    regularization set, or class images generated with the base model (cached in `work`)."""
+    pipe = lp.pipe
+    check_config(cfg, pipe.unet.device)
     if not specs:
         raise LcdError("no concept given to train", item="concepts")
     tokens = [s.token for s in specs]
@@ -138,11 +187,9 @@ def train_concepts(
         raise LcdError(f"concept tokens must be distinct, got {tokens}", item="token")
     for s in specs:
         check_token(s.token, pipe.tokenizer, s.photos)
-    examples = []
-    for s in specs:
-        examples.append(data.load_concept_photos(s.photos, s.token, s.class_word, cfg.template,
-                                                 min_photos=cfg.min_photos, min_px=cfg.min_photo_px))
-    # 2. prior images: given, a regularization set, or generated with the base model (cached)
+    check_resolution(cfg.resolution, latent_factor(pipe.vae))
+    examples = [data.load_concept_photos(s.photos, s.token, s.class_word, cfg.template,
+                                         min_photos=cfg.min_photos, min_px=cfg.min_photo_px) for s in specs]
     prior: list[data.Example] = []
     if cfg.prior and cfg.prior_weight > 0:
         if prior_examples is not None:
@@ -151,110 +198,126 @@ def train_concepts(
             prior = data.load_reg_set(cfg.reg_dir, cfg.class_template.format(class_word=specs[0].class_word))
         else:
             prior = _class_images(lp, specs, cfg, work)
-    examples = [data.at_size(ex, cfg.resolution) for ex in examples]
-    prior = data.at_size(prior, cfg.resolution)
-    # 3. tokens and trainable tensors
+    return [data.at_size(ex, cfg.resolution) for ex in examples], data.at_size(prior, cfg.resolution)
+
+
+def check_resolution(resolution: int, factor: int) -> None:
+    if resolution % factor:
+        raise LcdError(f"train.resolution {resolution} is not a multiple of this model's latent factor {factor}",
+                       item="resolution")
+
+
+def _setup(pipe, cfg, specs, examples, prior, work) -> _Run:
+    """New tokens added (initialised from their init words), the trainable UNet tensors chosen
+    (K/V, cross-attention or LoRA), everything else frozen; optimizer and RNGs seeded."""
     init = torch.stack([_init_rows(pipe.tokenizer, pipe.text_encoder, s) for s in specs])
-    token_ids = add_tokens(pipe.tokenizer, pipe.text_encoder, tokens, init, "concepts")
-    ids_t = torch.tensor(token_ids, device=pipe.text_encoder.device)
+    token_ids = add_tokens(pipe.tokenizer, pipe.text_encoder, [s.token for s in specs], init, "concepts")
     rows = torch.nn.Parameter(init.clone().to(pipe.text_encoder.device))
-    emb_name = _embedding_param_name(pipe.text_encoder)
     for m in (pipe.text_encoder, pipe.vae):
         m.requires_grad_(False)
-    if cfg.method == "lora":
-        names = add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-    else:
-        names = freeze_except(pipe.unet, cfg.method)
+    names = add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.method == "lora" \
+        else freeze_except(pipe.unet, cfg.method)
     params = dict(pipe.unet.named_parameters())
-    unet_params = [params[n] for n in names]
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
         pipe.text_encoder.gradient_checkpointing_enable()
-    opt = _optimizer(cfg, unet_params, rows)
-    gen = torch.Generator("cpu").manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     fp = ck.fingerprint({"cfg": cfg.model_dump(), "specs": [s.model_dump() for s in specs], "n_prior": len(prior)})
-    losses: list[dict] = []
-    start = 0
-    ckpt_root = work / "checkpoints" if work is not None else None
-    # 4. resume
-    if resume and ckpt_root is not None and ck.list_checkpoints(ckpt_root):
-        last = ck.list_checkpoints(ckpt_root)[-1]
-        tensors, opt_state, gen_state, state = ck.load_checkpoint(last, fp)
-        with torch.no_grad():
-            rows.copy_(tensors.pop("token_rows"))
-            for n in names:
-                params[n].copy_(tensors[f"unet.{n}"])
-        opt.load_state_dict(opt_state)
-        gen.set_state(gen_state)
-        rng.bit_generator.state = state["np_rng"]
-        losses, start = state["losses"], state["step"]
-    # 5. the loop
+    return _Run(pipe, cfg, specs, examples, prior, torch.tensor(token_ids, device=pipe.text_encoder.device), rows,
+                _embedding_param_name(pipe.text_encoder), names, params,
+                _optimizer(cfg, [params[n] for n in names], rows), torch.Generator("cpu").manual_seed(cfg.seed),
+                np.random.default_rng(cfg.seed), fp, work)
+
+
+def _resume(run: _Run) -> None:
+    """Continue from the newest checkpoint: weights, optimizer, both RNGs, losses and step."""
+    if run.ckpt_root is None or not ck.list_checkpoints(run.ckpt_root):
+        return
+    tensors, opt_state, gen_state, state = ck.load_checkpoint(ck.list_checkpoints(run.ckpt_root)[-1], run.fp)
+    with torch.no_grad():
+        run.rows.copy_(tensors.pop("token_rows"))
+        for n in run.names:
+            run.params[n].copy_(tensors[f"unet.{n}"])
+    run.opt.load_state_dict(opt_state)
+    run.gen.set_state(gen_state)
+    run.rng.bit_generator.state = state["np_rng"]
+    run.losses, run.start = state["losses"], state["step"]
+
+
+def _loop(run: _Run, on_step: Callable[[int, float], None] | None) -> None:
+    """Steps start..cfg.steps, with checkpoints, validation images and a progress bar."""
+    cfg, pipe = run.cfg, run.pipe
+    dev = pipe.unet.device
     autocast = None
     if cfg.mixed_precision != "no":
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16)
     was_training = pipe.unet.training
     pipe.unet.train()
-    bar = _progress(cfg, start)
-    last_good = ck.list_checkpoints(ckpt_root)[-1] if ckpt_root is not None and ck.list_checkpoints(ckpt_root) else None
+    bar = _progress(cfg, run.start)
+    root = run.ckpt_root
+    last_good = ck.list_checkpoints(root)[-1] if root is not None and ck.list_checkpoints(root) else None
     try:
-        for step in range(start, cfg.steps):
-            inst_sum = prior_sum = 0.0
-            for _ in range(cfg.grad_accum):
-                inst_l, prior_l = _micro_step(pipe, cfg, examples, prior, rng, gen, ids_t, rows, emb_name, autocast)
-                loss = inst_l + cfg.prior_weight * prior_l if prior else inst_l
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"loss is {loss.item()} at step {step + 1}; stopping. Last good checkpoint: "
-                        f"{last_good or 'none'} (lower lr or use mixed_precision 'no')",
-                        item=f"step {step + 1}",
-                    )
-                (loss / cfg.grad_accum).backward()
-                inst_sum += inst_l.item() / cfg.grad_accum
-                prior_sum += (prior_l.item() if prior else 0.0) / cfg.grad_accum
-            torch.nn.utils.clip_grad_norm_(unet_params + [rows], cfg.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            with torch.no_grad():  # keep the pipeline usable (validation, in-memory edits) at every step
-                pipe.text_encoder.get_input_embeddings().weight[ids_t] = rows.to(pipe.text_encoder.dtype)
-            rec = {"step": step + 1, "loss": inst_sum + cfg.prior_weight * prior_sum, "instance_loss": inst_sum,
-                   "prior_loss": prior_sum}
-            losses.append(rec)
+        for step in range(run.start, cfg.steps):
+            rec = _step(run, step, autocast, last_good)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
             if on_step is not None:
                 on_step(step + 1, rec["loss"])
             done = step + 1
-            if ckpt_root is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                tensors = {"token_rows": rows} | {f"unet.{n}": params[n] for n in names}
-                last_good = ck.save_checkpoint(ckpt_root, done, tensors, opt, gen, rng.bit_generator.state, losses,
-                                               fp, cfg.keep_checkpoints)
-                ck.write_loss_curve(work, losses)
-            if work is not None and cfg.validate_every and done % cfg.validate_every == 0:
-                _validate(pipe, cfg, specs, work / "validation" / f"step-{done:06d}.png")
+            if root is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                tensors = {"token_rows": run.rows} | {f"unet.{n}": run.params[n] for n in run.names}
+                last_good = ck.save_checkpoint(root, done, tensors, run.opt, run.gen, run.rng.bit_generator.state,
+                                               run.losses, run.fp, cfg.keep_checkpoints)
+                ck.write_loss_curve(run.work, run.losses)
+            if run.work is not None and cfg.validate_every and done % cfg.validate_every == 0:
+                _validate(pipe, cfg, run.specs, run.work / "validation" / f"step-{done:06d}.png")
     finally:
         if bar is not None:
             bar.close()
         pipe.unet.train(was_training)
-    if work is not None:
-        ck.write_loss_curve(work, losses)
-    # 6. the learned concept
-    concept = _concept(pipe, cfg, specs, examples, rows, names, params, lp, losses)
-    return TrainResult(concept, losses, start)
+
+
+def _step(run: _Run, step: int, autocast, last_good) -> dict:
+    """One optimizer step over cfg.grad_accum micro-batches; a non-finite loss stops training."""
+    cfg, pipe = run.cfg, run.pipe
+    inst_sum = prior_sum = 0.0
+    for _ in range(cfg.grad_accum):
+        inst_l, prior_l = _micro_step(pipe, cfg, run.examples, run.prior, run.rng, run.gen, run.ids_t, run.rows,
+                                      run.emb_name, autocast)
+        loss = inst_l + cfg.prior_weight * prior_l if run.prior else inst_l
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss is {loss.item()} at step {step + 1}; stopping. Last good checkpoint: "
+                f"{last_good or 'none'} (lower lr or use mixed_precision 'no')",
+                item=f"step {step + 1}",
+            )
+        (loss / cfg.grad_accum).backward()
+        inst_sum += inst_l.item() / cfg.grad_accum
+        prior_sum += (prior_l.item() if run.prior else 0.0) / cfg.grad_accum
+    torch.nn.utils.clip_grad_norm_(run.unet_params + [run.rows], cfg.max_grad_norm)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    with torch.no_grad():  # keep the pipeline usable (validation, in-memory edits) at every step
+        pipe.text_encoder.get_input_embeddings().weight[run.ids_t] = run.rows.to(pipe.text_encoder.dtype)
+    rec = {"step": step + 1, "loss": inst_sum + cfg.prior_weight * prior_sum, "instance_loss": inst_sum,
+           "prior_loss": prior_sum}
+    run.losses.append(rec)
+    return rec
 
 
 def _micro_step(pipe, cfg, examples, prior, rng, gen, ids_t, rows, emb_name, autocast):
+    f = latent_factor(pipe.vae)
     per = [cfg.batch_size // len(examples) + (i < cfg.batch_size % len(examples)) for i in range(len(examples))]
     imgs, masks, caps = [], [], []
     for ex, n in zip(examples, per):
         if n:
             i, m, c = data.sample_batch(ex, n, cfg.resolution, rng, augmented=cfg.augment,
-                                        scale_range=cfg.scale_range, flip_p=cfg.flip_p)
+                                        scale_range=cfg.scale_range, flip_p=cfg.flip_p, factor=f)
             imgs.append(i), masks.append(m), caps.extend(c)
     n_inst = len(caps)
     if prior:
-        i, m, c = data.sample_batch(prior, cfg.batch_size, cfg.resolution, rng, augmented=False, flip_p=cfg.flip_p)
+        i, m, c = data.sample_batch(prior, cfg.batch_size, cfg.resolution, rng, augmented=False, flip_p=cfg.flip_p,
+                                    factor=f)
         imgs.append(i), masks.append(m), caps.extend(c)
     images = torch.from_numpy(np.concatenate(imgs))
     mask = torch.from_numpy(np.concatenate(masks))
@@ -333,5 +396,6 @@ def concept_loss(pipe, images: np.ndarray, captions: Sequence[str], seed: int = 
                                             max_length=pipe.tokenizer.model_max_length,
                                             return_tensors="pt").input_ids.to(pipe.text_encoder.device))[0]
     x = torch.from_numpy(images)
-    masks = torch.ones(x.shape[0], 1, x.shape[2] // 8, x.shape[3] // 8)
+    f = latent_factor(pipe.vae)
+    masks = torch.ones(x.shape[0], 1, x.shape[2] // f, x.shape[3] // f)
     return float(torch.stack([diffusion_loss(pipe, x, masks, text, gen).mean() for _ in range(repeats)]).mean())

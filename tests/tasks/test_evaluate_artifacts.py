@@ -21,7 +21,7 @@ def harness():
 def test_publish_evaluation_reads_back(harness, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from tasks.stages import publish_evaluation
+    from tasks.evaluate import publish_evaluation
 
     metrics = {"lcd": {"clip_t": 0.31, "bg_psnr": "inf"}, "sd-inpaint": {"clip_t": 0.25, "bg_psnr": 21.5}}
     if True:
@@ -49,7 +49,7 @@ def test_evaluate_task_fn_publishes_artifacts(harness, tiny_dir, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
     from lcd.jobs import tables
-    from tasks.stages import evaluate_task
+    from tasks.evaluate import evaluate_task
 
     samples = __import__("pathlib").Path(__file__).resolve().parents[2] / "samples"
     scene, mask = str(samples / "scenes/cat_00.jpg"), str(samples / "masks/cat_00.png")

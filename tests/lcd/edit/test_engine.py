@@ -37,7 +37,7 @@ def test_full_mask_without_blending_matches_diffusers_inpaint_pipeline(tiny_sd):
     ours = edit_images(tiny_sd, [EditItem(img, mask, "a photo of a dog", 7)], cfg)[0].image
     ref_pipe = StableDiffusionInpaintPipeline(**tiny_sd.pipe.components)
     ref_pipe.set_progress_bar_config(disable=True)
-    noise = initial_noise([7], (4, 8, 8), "cpu", torch.float32)
+    noise, _ = initial_noise([7], (4, 8, 8), "cpu", torch.float32)
     ref = ref_pipe(
         "a photo of a dog", image=Image.fromarray(img), mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
         height=64, width=64, num_inference_steps=4, guidance_scale=6.0, strength=1.0,

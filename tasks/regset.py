@@ -1,0 +1,17 @@
+"""Regset stage task: the regularization set of one concept (lcd.jobs.regsets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lcd.config import load_params
+from lcd.jobs.regsets import build_concept_regset
+
+
+@task(cache_policy=NO_CACHE)
+def build_regset_task(concept_dir: str, out_dir: str, params_path: str) -> str:
+    params = load_params(params_path)
+    return str(build_concept_regset(Path(concept_dir), Path(out_dir), params.regset, params.models))
