@@ -1,9 +1,11 @@
 """edit-batch: a manifest of edits -> shards -> edited PNGs, results/failures Parquet, artifacts.
 
 One entrypoint, two roles (two deployments in prefect.yaml, parameter variants of this flow):
-- coordinator (`shard_index` unset): validates the manifest, fans the shards out, waits, merges
-  the shard tables, publishes the artifacts, and fails if any item is unaccounted for;
-- shard (`shard_index` set): edits one shard on whichever `gpu` worker picked it up.
+- coordinator (`shard_index` unset): reads the manifest once into a shard plan (lcd.jobs.plan),
+  fans the shards out, waits, merges the shard tables, publishes the artifacts, and fails if any
+  item is unaccounted for;
+- shard (`shard_index` set): edits one shard, read from its own plan file, on whichever `gpu`
+  worker picked it up.
 
 Fan-out is `run_deployment` of the shard deployment (see README "Orchestration and scaling
 out"): every shard is its own flow run in the `gpu` pool, so N workers on N machines share the
@@ -19,20 +21,35 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run as flow_run_ctx
 
 from lcd.config import EditConfig
 from lcd.jobs.editing import Engine
-from tasks.edit import check_manifest, edit_shard, merge_shard_tables, publish_artifacts
+from tasks.edit import edit_shard, merge_shard_tables, plan_manifest, publish_artifacts
 
 
-def _wait_all(run_ids: list, poll_s: float) -> list[str]:
-    """Block until every flow run is final; -> their state names (the coordinator polls, tasks never sleep)."""
+def _wait_all(run_ids: list, poll_s: float, page: int = 200, max_poll_s: float = 10.0) -> list[str]:
+    """Block until every flow run is final; -> their state names, in order. Each poll reads only
+    the runs still pending, `page` per request with an id filter (1,000 shards: 5 requests, not
+    1,000), and the interval backs off from `poll_s` to `max_poll_s` (the coordinator polls;
+    tasks never sleep)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    final: dict = {}
+    pending = list(dict.fromkeys(run_ids))
     with get_client(sync_client=True) as client:
-        while True:
-            states = [client.read_flow_run(r).state for r in run_ids]
-            if all(s is not None and s.is_final() for s in states):
-                return [s.name for s in states]
-            time.sleep(poll_s)
+        while pending:
+            for k in range(0, len(pending), page):
+                chunk = pending[k : k + page]
+                for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                                               limit=len(chunk)):
+                    if r.state is not None and r.state.is_final():
+                        final[r.id] = r.state.name
+            pending = [r for r in pending if r not in final]
+            if pending:
+                time.sleep(poll_s)
+                poll_s = min(poll_s * 1.5, max_poll_s)
+    return [final[r] for r in run_ids]
 
 
 @flow(name="edit-batch", log_prints=True)
@@ -54,8 +71,10 @@ def edit_batch(
     if shard_index is not None:  # shard role
         return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root, masks_store)
     log = get_run_logger()
-    # 1. validate the manifest; its bad entries are failures of this run
-    ids = check_manifest(manifest, out_root)
+    # 1. read the manifest once into one plan file per shard; its bad entries are failures of this run
+    plan = plan_manifest(manifest, out_root, num_shards)
+    log.info(f"plan of {manifest}: {plan['items']} items, {plan['failures']} bad entries, {num_shards} shards"
+             f"{' (manifest unchanged: plan reused)' if plan['reused'] else ''}")
     # 2. fan the shards out
     if fan_out == "inline":
         for i in range(num_shards):
@@ -64,19 +83,21 @@ def edit_batch(
     else:
         common = dict(manifest=manifest, out_root=out_root, params_path=params_path, num_shards=num_shards,
                       engine=engine, concepts_root=concepts_root, masks_store=masks_store, edit=edit.model_dump() if edit else None)
+        # not subflows (a thousand child links weigh on the coordinator's run); the idempotency key
+        # makes a retried coordinator run find its shard runs instead of creating them twice
+        parent = flow_run_ctx.id or "local"
         runs = [run_deployment(shard_deployment, parameters={**common, "shard_index": i}, timeout=0,
+                               as_subflow=False, idempotency_key=f"{parent}-shard-{i}-of-{num_shards}",
                                flow_run_name=f"shard-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
         states = _wait_all([r.id for r in runs], poll_s=1.0)
     # 3. merge the tables of this sharding; 4. artifacts
     counts = merge_shard_tables(out_root, num_shards)
     publish_artifacts(manifest, out_root, counts, states, contact_sheet_rows, masks_store)
-    done = counts.pop("ids")
+    missing, n_missing, duplicated = counts.pop("missing"), counts.pop("n_missing"), counts.pop("duplicated")
     counts.pop("per_shard")
-    missing = sorted(set(ids) - set(done))
-    duplicated = len(done) - len(set(done))
     log.info(f"edit-batch {manifest}: {counts} -> {out_root}")
-    if missing or duplicated or any(s != "Completed" for s in states):
-        raise RuntimeError(f"edit-batch incomplete: shard states {states}, {len(missing)} items unaccounted "
+    if n_missing or duplicated or any(s != "Completed" for s in states):
+        raise RuntimeError(f"edit-batch incomplete: shard states {states}, {n_missing} items unaccounted "
                            f"for (e.g. {missing[:3]}), {duplicated} duplicated; re-run to resume")
     return counts
 

@@ -1,4 +1,4 @@
-"""Edit-batch tasks: edit one shard, merge the shard tables, publish the run's artifacts."""
+"""Edit-batch tasks: plan the manifest, edit one shard, merge the shard tables, publish the run's artifacts."""
 
 from __future__ import annotations
 
@@ -16,31 +16,33 @@ from lcd.io.images import save_png
 from lcd.jobs import tables
 from lcd.jobs.contact import contact_sheet, result_triples
 from lcd.jobs.editing import Engine, run_edit_shard
-from lcd.jobs.manifest import read_manifest, shard_items
+from lcd.jobs.plan import plan_ids, plan_items, read_shard_plan, write_plan
 
 
 @task(cache_policy=NO_CACHE)  # loads a model; results live on disk, Prefect must not cache them
 def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, params_path: str,
                edit: EditConfig | None, engine: Engine, concepts_root: str | None,
                masks_store: str | None = None) -> dict:
-    """Edit shard `shard_index` of `num_shards`; write its results/failures tables; -> counts."""
+    """Edit shard `shard_index` of `num_shards` from its plan file (the coordinator planned
+    `manifest`; the shard never reads it); write its results/failures tables; -> counts."""
     params = load_params(params_path)
-    items, _ = read_manifest(manifest)  # manifest failures are the coordinator's to record
+    items = read_shard_plan(out_root, shard_index, num_shards)
     name = tables.shard_name(shard_index, num_shards)
-    report = run_edit_shard(shard_items(items, num_shards, shard_index), out_root=out_root,
+    report = run_edit_shard(items, out_root=out_root,
                             cfg=edit or params.edit, models=params.models, shard=name,
                             engine=engine, concepts_root=concepts_root,
                             masks_store=masks_store,
                             masks_cfg=params.masks)
-    tdir = Path(out_root) / "tables"
-    tables.write_table(tdir / f"results-{name}.parquet", report.results, tables.RESULTS_SCHEMA)
-    tables.write_table(tdir / f"failures-{name}.parquet", report.failures, tables.FAILURES_SCHEMA)
+    tables.write_table(tables.shard_table_path(out_root, "results", name), report.results, tables.RESULTS_SCHEMA)
+    tables.write_table(tables.shard_table_path(out_root, "failures", name), report.failures, tables.FAILURES_SCHEMA)
     return {"shard": name, **report.counts()}
 
 
 @task(cache_policy=NO_CACHE)
 def merge_shard_tables(out_root: str, num_shards: int) -> dict:
-    """Shard tables (+ the manifest's own failures) -> results.parquet, failures.parquet."""
+    """Shard tables (+ the manifest's own failures) -> results.parquet, failures.parquet; every
+    planned item and manifest failure accounted for: `missing` (ids with no row, first few),
+    `n_missing`, `duplicated` (rows beyond one per id)."""
     out, tdir = Path(out_root), Path(out_root) / "tables"
     res = tables.merge_tables(tables.shard_table_paths(tdir, "results", num_shards),
                               tables.RESULTS_SCHEMA, out / "results.parquet")
@@ -55,21 +57,27 @@ def merge_shard_tables(out_root: str, num_shards: int) -> dict:
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))  # DVC metrics
     secs = [(r["id"], r["seconds"]) for r in res.to_pylist() if r["status"] == "edited"]
     write_text_atomic(out / "edit_seconds.csv", "item,seconds\n" + "".join(f"{i},{s:.4f}\n" for i, s in secs))
+    done = res.column("id").to_pylist() + fail.column("id").to_pylist()
+    expected = set(plan_ids(out_root, num_shards)) | set(tables.read_table(
+        tdir / "failures-manifest.parquet", tables.FAILURES_SCHEMA).column("id").to_pylist())
+    missing = sorted(expected - set(done))
     return {"edited": status.count("edited"), "skipped": status.count("skipped"), "failed": fail.num_rows,
-            "per_shard": per_shard, "ids": res.column("id").to_pylist() + fail.column("id").to_pylist()}
+            "per_shard": per_shard, "missing": missing[:5], "n_missing": len(missing),
+            "duplicated": len(done) - len(set(done))}
 
 
 @task(cache_policy=NO_CACHE)
 def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[str], max_rows: int,
                       masks_store: str | None = None) -> str:
-    """A summary table and a before | mask | after contact sheet (PNG, embedded in a markdown artifact)."""
+    """A summary table and a before | mask | after contact sheet (PNG, embedded in a markdown artifact)
+    of the first `max_rows` results; only those rows' items are read from the plan."""
     create_table_artifact(table=[{"status": k, "items": counts[k]} for k in ("edited", "skipped", "failed")]
                           + [{"status": f"shard {tables.shard_name(i, len(states))} ({st})",
                               "items": counts["per_shard"].get(tables.shard_name(i, len(states)), 0)}
                              for i, st in enumerate(states)],
                           key="edit-batch-summary", description=f"edit-batch {manifest} -> {out_root}")
-    results = tables.read_table(Path(out_root) / "results.parquet", tables.RESULTS_SCHEMA).to_pylist()[:max_rows]
-    items = {it.id: it for it in read_manifest(manifest)[0]}
+    results = tables.read_table(Path(out_root) / "results.parquet", tables.RESULTS_SCHEMA).slice(0, max_rows).to_pylist()
+    items = plan_items(out_root, len(states), [r["id"] for r in results])
     if not results:
         return ""
     triples, problems = result_triples(items, results, out_root, masks_store)
@@ -84,10 +92,9 @@ def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[s
 
 
 @task(cache_policy=NO_CACHE)
-def check_manifest(manifest: str, out_root: str) -> list[str]:
-    """Validate the manifest up front: bad entries -> tables/failures-manifest.parquet; -> ids of good items."""
-    items, failures = read_manifest(manifest)
-    rows = [{"id": f.id, "item": manifest, "stage": "manifest", "error": "ManifestError", "message": f.message,
-             "shard": "manifest"} for f in failures]
-    tables.write_table(Path(out_root) / "tables" / "failures-manifest.parquet", rows, tables.FAILURES_SCHEMA)
-    return [it.id for it in items] + [f.id for f in failures]
+def plan_manifest(manifest: str, out_root: str, num_shards: int) -> dict:
+    """Read the manifest once into one plan file per shard (lcd.jobs.plan); bad entries ->
+    tables/failures-manifest.parquet; -> the plan's counts."""
+    from dataclasses import asdict
+
+    return asdict(write_plan(manifest, out_root, num_shards))

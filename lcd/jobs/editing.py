@@ -24,7 +24,8 @@ from lcd.config import EditConfig, ModelsConfig
 from lcd.errors import LcdError
 from lcd.io.images import load_image, save_png
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
-from lcd.jobs.layout import is_current, output_path, region_path
+from lcd.jobs import tables
+from lcd.jobs.layout import is_current, output_listing, output_path, region_path
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import load_region, needs_text_clip, open_masks_store
 from lcd.masks.config import MasksConfig
@@ -121,8 +122,16 @@ def run_edit_shard(
 
 def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) -> list[Pending]:
     """Phase 1: items whose output is missing or was made from other inputs; current ones are
-    recorded as skipped, unhashable ones (missing file, no stored masks) as failures."""
+    recorded as skipped, unhashable ones (missing file, no stored masks) as failures.
+
+    What is current comes from the shard's previous results table (the ledger: id -> input_hash)
+    and one listing of the output folder, not from opening every output: an item is current when
+    its output file is listed and the ledger has its hash. An output the ledger does not know (its
+    shard was killed before writing the table) is checked by its own PNG metadata; an output that
+    is gone is redone whatever the ledger says."""
     config_fp = config_fingerprint(ctx.cfg, ctx.models, ctx.engine)
+    ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", ctx.shard))
+    listing = output_listing(ctx.out_root)
     clip_pin = model_pin(ctx.models.clip, None) if any(map(needs_text_clip, items)) else None
     tree_hashes: dict[Path, str] = {}
     pending: list[Pending] = []
@@ -134,7 +143,7 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) 
             ctx.fail(it.id, "input", e)
             continue
         out = output_path(ctx.out_root, it.id)
-        if is_current(out, h):
+        if out.name in listing and (ledger[it.id] == h if it.id in ledger else is_current(out, h)):
             ctx.report.results.append(_row(it, out, h, "skipped", ctx.shard, 0.0))
         else:
             pending.append((it, h, cdir))

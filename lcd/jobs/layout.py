@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lcd.io.images import read_png_meta
@@ -33,3 +34,12 @@ def is_current(path: Path, input_hash: str) -> bool:
         return read_png_meta(path).get("input_hash") == input_hash
     except Exception:  # unreadable / foreign file: redo it
         return False
+
+
+def output_listing(out_root: str | Path) -> set[str]:
+    """File names in `<out_root>/edits/`, from one directory listing (no file is opened)."""
+    try:
+        with os.scandir(Path(out_root) / EDITS_DIR) as it:
+            return {e.name for e in it}
+    except FileNotFoundError:
+        return set()

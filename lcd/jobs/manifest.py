@@ -1,6 +1,7 @@
 """Edit manifests: one JSON object per item -> validated `ManifestItem`s, split into shards.
 
-A manifest is JSON Lines (`.jsonl`, one object a line) or a JSON list (`.json`). Each item has
+A manifest is JSON Lines (`.jsonl`, one object a line), a JSON list (`.json`) or Parquet
+(`.parquet`, one column per field). Each item has
 an image, a region (a `mask` file or a `select` rule), an optional `concept`, a `prompt` and a
 `seed`. Relative paths are resolved against the manifest's own folder, so a manifest travels
 with its data (DVC-tracked `data/`). A malformed line does not sink the batch: it comes back as
@@ -13,6 +14,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -55,8 +57,11 @@ def _default_id(raw: dict, index: int) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", f"{index:06d}-{stem}")[:128]
 
 
-def parse_manifest(text: str, fmt: str = "jsonl") -> tuple[list[ManifestItem], list[ManifestFailure]]:
-    """Parse manifest text -> (items in order, failures). Ids default to `<line index>-<image stem>`."""
+Entry = tuple[int, "dict | None", "str | None"]  # (index, parsed object or None, parse error or None)
+
+
+def text_entries(text: str, fmt: str = "jsonl") -> Iterator[Entry]:
+    """Manifest text -> (index, object, error) per entry, in order; blank JSONL lines are skipped."""
     if fmt not in ("jsonl", "json"):
         raise LcdError(f"manifest format must be 'jsonl' or 'json', got {fmt!r}", item="manifest")
     if fmt == "json":
@@ -66,47 +71,102 @@ def parse_manifest(text: str, fmt: str = "jsonl") -> tuple[list[ManifestItem], l
             raise LcdError(f"manifest is not valid JSON: {e}", item="manifest") from None
         if not isinstance(entries, list):
             raise LcdError(f"a .json manifest must be a list of objects, got {type(entries).__name__}", item="manifest")
-        raws = [(i, e, None) for i, e in enumerate(entries)]
-    else:
-        raws = []
-        for i, line in enumerate(l for l in text.splitlines() if l.strip()):
-            try:
-                raws.append((i, json.loads(line), None))
-            except json.JSONDecodeError as e:
-                raws.append((i, None, f"line {i + 1}: not valid JSON ({e.msg})"))
-    items: list[ManifestItem] = []
-    failures: list[ManifestFailure] = []
-    seen: set[str] = set()
-    for i, raw, err in raws:
+        yield from ((i, e, None) for i, e in enumerate(entries))
+        return
+    for i, line in enumerate(l for l in text.splitlines() if l.strip()):
+        yield _json_line(i, line)
+
+
+def _json_line(i: int, line: str | bytes) -> Entry:
+    try:
+        return i, json.loads(line), None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return i, None, f"line {i + 1}: not valid JSON ({getattr(e, 'msg', None) or e})"
+
+
+def validate_entries(entries: Iterable[Entry], seen: set[str] | None = None) -> Iterator[ManifestItem | ManifestFailure]:
+    """Entries -> a ManifestItem or a ManifestFailure each, in order. Ids default to
+    `<entry index>-<image stem>`; an id already in `seen` (updated as it goes) is a failure."""
+    seen = set() if seen is None else seen
+    for i, raw, err in entries:
         if err is None and not isinstance(raw, dict):
             err = f"entry {i}: must be a JSON object, got {type(raw).__name__}"
         fallback = f"{i:06d}-invalid"
         if err is not None:
-            failures.append(ManifestFailure(fallback, err))
+            yield ManifestFailure(fallback, err)
             continue
-        raw = {"id": _default_id(raw, i), **raw}
+        raw = {"id": _default_id(raw, i), **{k: v for k, v in raw.items() if v is not None or k == "id"}}
         try:
             item = ManifestItem.model_validate(raw)
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(x) for x in first["loc"]) or "item"
-            failures.append(ManifestFailure(str(raw.get("id", fallback)), f"entry {i}: {where}: {first['msg']}"))
+            yield ManifestFailure(str(raw.get("id", fallback)), f"entry {i}: {where}: {first['msg']}")
             continue
         if item.id in seen:
-            failures.append(ManifestFailure(item.id, f"entry {i}: duplicate id {item.id!r} (ids name output files)"))
+            yield ManifestFailure(item.id, f"entry {i}: duplicate id {item.id!r} (ids name output files)")
             continue
         seen.add(item.id)
-        items.append(item)
+        yield item
+
+
+def parse_manifest(text: str, fmt: str = "jsonl") -> tuple[list[ManifestItem], list[ManifestFailure]]:
+    """Parse manifest text -> (items in order, failures). Ids default to `<line index>-<image stem>`."""
+    items: list[ManifestItem] = []
+    failures: list[ManifestFailure] = []
+    for x in validate_entries(text_entries(text, fmt)):
+        (items if isinstance(x, ManifestItem) else failures).append(x)
     return items, failures
 
 
-def read_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestFailure]]:
-    """Read a `.jsonl` / `.json` manifest file; relative paths in it are made absolute."""
+def manifest_format(path: str | Path) -> str:
+    """'jsonl', 'json' or 'parquet', from the file's suffix (anything else reads as JSON Lines)."""
+    suffix = Path(path).suffix.lower()
+    return {".json": "json", ".parquet": "parquet"}.get(suffix, "jsonl")
+
+
+def file_entries(path: str | Path, batch_rows: int = 65536) -> Iterator[Entry]:
+    """Stream a manifest file's entries without holding it: JSON Lines line by line (as bytes, so
+    one bad byte is one bad line), Parquet in record batches (columns = item fields; nulls are
+    absent fields), a `.json` list whole."""
     p = Path(path)
     if not p.is_file():
         raise LcdError(f"{p}: manifest not found", item=str(p))
-    items, failures = parse_manifest(p.read_text(), "json" if p.suffix == ".json" else "jsonl")
-    return [resolve_paths(it, p.resolve().parent) for it in items], failures
+    fmt = manifest_format(p)
+    if fmt == "json":
+        yield from text_entries(p.read_text(), "json")
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            pf = pq.ParquetFile(p)
+        except Exception as e:  # noqa: BLE001 - not Parquet at all: one line naming the file
+            raise LcdError(f"{p}: cannot read the Parquet manifest: {e}", item=str(p)) from None
+        i = 0
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            for row in batch.to_pylist():
+                yield i, row, None
+                i += 1
+    else:
+        with open(p, "rb") as f:
+            i = 0
+            for line in f:
+                if line.strip():
+                    yield _json_line(i, line)
+                    i += 1
+
+
+def read_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestFailure]]:
+    """Read a `.jsonl` / `.json` / `.parquet` manifest file; relative paths in it are made absolute."""
+    base = Path(path).resolve().parent
+    items: list[ManifestItem] = []
+    failures: list[ManifestFailure] = []
+    for x in validate_entries(file_entries(path)):
+        if isinstance(x, ManifestItem):
+            items.append(resolve_paths(x, base))
+        else:
+            failures.append(x)
+    return items, failures
 
 
 def resolve_paths(item: ManifestItem, base: Path) -> ManifestItem:

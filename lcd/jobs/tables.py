@@ -54,6 +54,21 @@ def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
     return pq.read_table(path, schema=schema)
 
 
+def shard_table_path(out_root: str | Path, kind: str, shard: str) -> Path:
+    """`<out_root>/tables/<kind>-<shard>.parquet`, kind "results" or "failures"."""
+    return Path(out_root) / "tables" / f"{kind}-{shard}.parquet"
+
+
+def read_ledger(path: str | Path) -> dict[str, str]:
+    """{id: input_hash} of a shard's previous results table; {} when it is absent or unreadable
+    (then every existing output is checked by its own metadata instead)."""
+    try:
+        t = pq.read_table(path, columns=["id", "input_hash"])
+    except Exception:  # noqa: BLE001 - missing, partial or foreign file: no ledger
+        return {}
+    return dict(zip(t.column("id").to_pylist(), t.column("input_hash").to_pylist()))
+
+
 def shard_table_paths(tables_dir: str | Path, kind: str, num_shards: int) -> list[Path]:
     """Paths of the `kind` ("results" / "failures") tables of all shards of one sharding."""
     return [Path(tables_dir) / f"{kind}-{shard_name(i, num_shards)}.parquet" for i in range(num_shards)]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import yaml
 
-from tasks.edit import check_manifest, edit_shard, merge_shard_tables
+from tasks.edit import edit_shard, merge_shard_tables, plan_manifest
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -19,14 +19,16 @@ def test_shards_then_merge_account_for_every_item_once(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"models": {"sd": "/unused/in/noop"}, "edit": {"size": 64}}))
     out = tmp_path / "out"
-    ids = check_manifest.fn(str(manifest), str(out))
-    assert sorted(ids) == ["bad", "i0", "i1", "i2", "i3", "i4"]
+    plan = plan_manifest.fn(str(manifest), str(out), 2)
+    assert (plan["entries"], plan["items"], plan["failures"]) == (6, 5, 1)
+    manifest.chmod(0)  # the shards read only their plan files, never the manifest
+    manifest.rename(tmp_path / "gone.jsonl")
     counts = [edit_shard.fn(str(manifest), str(out), i, 2, str(params), None, "noop", None) for i in range(2)]
     assert counts == [{"shard": "00000-of-00002", "edited": 2, "skipped": 0, "failed": 0},
                       {"shard": "00001-of-00002", "edited": 3, "skipped": 0, "failed": 0}]
     again = edit_shard.fn(str(manifest), str(out), 1, 2, str(params), None, "noop", None)  # a retried shard
     assert again["skipped"] == 3
     merged = merge_shard_tables.fn(str(out), 2)
-    assert sorted(merged["ids"]) == sorted(ids) and merged["failed"] == 1
+    assert (merged["n_missing"], merged["duplicated"], merged["failed"]) == (0, 0, 1)
     assert merged["edited"] == 2 and merged["skipped"] == 3  # the retry replaced its shard's table
     assert pq.read_table(out / "failures.parquet").column("stage").to_pylist() == ["manifest"]

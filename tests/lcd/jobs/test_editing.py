@@ -106,3 +106,31 @@ def test_a_concept_that_cannot_be_loaded_fails_its_items_only(job, tiny_dir):
     assert [r["id"] for r in rep.results] == ["a"]
     (f,) = rep.failures
     assert f["id"] == "concept" and f["stage"] == "concept"
+
+
+def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):
+    """With the shard's results table present, current outputs are not opened (one is even made
+    unreadable and still counts as current); an output that is gone is redone; without a table
+    (a shard killed before writing it), outputs are checked by their own metadata."""
+    import lcd.jobs.editing as editing
+    from lcd.jobs import tables
+
+    items, root = job
+    items = items[:3]
+    out, shard = root / "out", "00000-of-00001"
+    models = ModelsConfig(sd="/unused/in/noop")
+    rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
+    tables.write_table(tables.shard_table_path(out, "results", shard), rep.results, tables.RESULTS_SCHEMA)
+    opened = []
+    real = editing.is_current
+    monkeypatch.setattr(editing, "is_current", lambda p, h: opened.append(p.name) or real(p, h))
+    (out / "edits" / "a.png").write_bytes(b"garbage: never opened when the ledger knows it")
+    (out / "edits" / "b.png").unlink()
+    rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
+    assert {r["id"]: r["status"] for r in rep.results} == {"a": "skipped", "b": "edited", "c": "skipped"}
+    assert opened == []
+    # no ledger: every listed output is read (the unreadable one is redone)
+    tables.shard_table_path(out, "results", shard).unlink()
+    rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
+    assert sorted(opened) == ["a.png", "b.png", "c.png"]
+    assert {r["id"]: r["status"] for r in rep.results} == {"a": "edited", "b": "skipped", "c": "skipped"}

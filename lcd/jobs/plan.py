@@ -1,0 +1,189 @@
+"""Shard plans: the manifest is read once, by the coordinator, into one small Parquet file per shard.
+
+    <out_root>/plan/plan.json                          manifest sha256, num_shards, counts
+    <out_root>/plan/shard-<i>-of-<n>.parquet           exactly shard i's items (PLAN_SCHEMA)
+    <out_root>/tables/failures-manifest.parquet        the manifest's bad entries
+
+Why: with every shard parsing the whole manifest, the cost per item grows with the job (1M items
+x 400 shards is hours of parsing). Planning streams the manifest once (JSON Lines by line,
+Parquet by record batch) and validates each entry; memory holds one batch or one shard's rows and
+the set of ids (duplicates are failures). A shard then reads only its own file. Valid items are spooled to one Parquet file in batches, then cut into shards:
+of N items, shard s holds items [s*N//k, (s+1)*N//k) (contiguous, sizes differ by at most one),
+and the same manifest bytes with the same `num_shards` give the same plan (a re-plan of an
+unchanged manifest is skipped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lcd.errors import LcdError
+from lcd.io.atomic import atomic_path, write_text_atomic
+from lcd.jobs import tables
+from lcd.jobs.manifest import ManifestItem, file_entries, manifest_format, resolve_paths, validate_entries
+
+PLAN_DIR = "plan"
+PLAN_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("image", pa.string()),  # absolute (resolved against the manifest's folder) or a URL
+    ("mask", pa.string()),
+    ("select", pa.string()),
+    ("concept", pa.string()),
+    ("prompt", pa.string()),
+    ("seed", pa.int64()),
+])
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What planning found; `entries` counts every manifest entry, good or bad."""
+
+    manifest_sha256: str
+    num_shards: int
+    entries: int
+    items: int
+    failures: int
+    reused: bool = False
+
+
+def shard_plan_path(out_root: str | Path, index: int, num_shards: int) -> Path:
+    return Path(out_root) / PLAN_DIR / f"shard-{tables.shard_name(index, num_shards)}.parquet"
+
+
+def manifest_digest(path: Path) -> tuple[str, int]:
+    """(sha256 of the file, number of entries), in one pass over its bytes (Parquet: footer rows)."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            h.update(line)
+            n += bool(line.strip())
+    fmt = manifest_format(path)
+    if fmt == "parquet":
+        try:
+            n = pq.ParquetFile(path).metadata.num_rows
+        except Exception as e:  # noqa: BLE001
+            raise LcdError(f"{path}: cannot read the Parquet manifest: {e}", item=str(path)) from None
+    elif fmt == "json":
+        n = sum(1 for _ in file_entries(path))
+    return h.hexdigest(), n
+
+
+def check_num_shards(num_shards: int) -> None:
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
+        raise LcdError(f"num_shards must be an integer >= 1, got {num_shards!r}", item="num_shards")
+
+
+def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batch_rows: int = 65536) -> Plan:
+    """Stream `manifest` once into the shard files and the manifest-failures table (all atomic);
+    -> the Plan. An existing plan of the same manifest bytes and `num_shards` is kept as it is."""
+    # 1. check inputs; reuse a plan of these exact bytes
+    check_num_shards(num_shards)
+    path = Path(manifest)
+    if not path.is_file():
+        raise LcdError(f"{path}: manifest not found", item=str(path))
+    sha, n = manifest_digest(path)
+    old = read_plan(out_root)
+    if old is not None and (old.manifest_sha256, old.num_shards) == (sha, num_shards) and all(
+            shard_plan_path(out_root, i, num_shards).exists() for i in range(num_shards)):
+        return Plan(**(asdict(old) | {"reused": True}))
+    # 2. one pass over the manifest: valid items -> a spool file (in batches), bad entries -> failures
+    spool = Path(out_root) / PLAN_DIR / f".items-{sha[:16]}.parquet"
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    failures: list[dict] = []
+    items = 0
+    base = path.resolve().parent
+    with pq.ParquetWriter(spool, PLAN_SCHEMA) as writer:
+        rows: list[dict] = []
+        for x in validate_entries(file_entries(path, batch_rows)):
+            if isinstance(x, ManifestItem):
+                rows.append(resolve_paths(x, base).model_dump())
+                if len(rows) >= batch_rows:
+                    items += _flush(writer, rows)
+            else:
+                failures.append({"id": x.id, "item": str(manifest), "stage": "manifest", "error": "ManifestError",
+                                 "message": x.message, "shard": "manifest"})
+        items += _flush(writer, rows)
+    # 3. the spool cut into contiguous shards: shard s holds items [s*N//k, (s+1)*N//k)
+    _cut_shards(spool, out_root, num_shards, items, batch_rows)
+    spool.unlink()
+    # 4. the manifest's failures, then plan.json last (it marks the plan complete)
+    tables.write_table(Path(out_root) / "tables" / "failures-manifest.parquet", failures, tables.FAILURES_SCHEMA)
+    plan = Plan(sha, num_shards, n, items, len(failures))
+    write_text_atomic(Path(out_root) / PLAN_DIR / "plan.json", json.dumps(asdict(plan), indent=1))
+    return plan
+
+
+def _flush(writer: pq.ParquetWriter, rows: list[dict]) -> int:
+    n = len(rows)
+    if n:
+        writer.write_table(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA))
+        rows.clear()
+    return n
+
+
+def _cut_shards(spool: Path, out_root, num_shards: int, n_items: int, batch_rows: int) -> None:
+    """Write shard after shard from the spool's batches; memory holds at most one shard's rows."""
+    shard, rows = 0, []
+    stop = n_items // num_shards  # end of shard 0
+    j = 0
+    for batch in pq.ParquetFile(spool).iter_batches(batch_size=batch_rows):
+        for r in batch.to_pylist():
+            while j >= stop and shard < num_shards - 1:
+                _write_shard(out_root, shard, num_shards, rows)
+                shard, rows = shard + 1, []
+                stop = (shard + 1) * n_items // num_shards
+            rows.append(r)
+            j += 1
+    while shard < num_shards:  # the last shard, and empty ones of a short manifest
+        _write_shard(out_root, shard, num_shards, rows)
+        shard, rows = shard + 1, []
+
+
+def _write_shard(out_root, index: int, num_shards: int, rows: list[dict]) -> None:
+    with atomic_path(shard_plan_path(out_root, index, num_shards)) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA), tmp)
+
+
+def read_plan(out_root: str | Path) -> Plan | None:
+    """The plan under `out_root`, or None when there is none (or it is unreadable)."""
+    p = Path(out_root) / PLAN_DIR / "plan.json"
+    try:
+        return Plan(**{k: v for k, v in json.loads(p.read_text()).items() if k != "reused"})
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def read_shard_plan(out_root: str | Path, index: int, num_shards: int) -> list[ManifestItem]:
+    """Shard `index`'s items, from its plan file only (never the manifest)."""
+    check_num_shards(num_shards)
+    if not 0 <= index < num_shards:
+        raise LcdError(f"shard index must be in [0, {num_shards}), got {index}", item="shard_index")
+    p = shard_plan_path(out_root, index, num_shards)
+    if not p.exists():
+        raise LcdError(f"{p}: no shard plan; run the edit-batch coordinator (it plans the manifest) first",
+                       item=str(p))
+    return [ManifestItem.model_validate({k: v for k, v in r.items() if v is not None})
+            for r in pq.read_table(p, schema=PLAN_SCHEMA).to_pylist()]
+
+
+def plan_ids(out_root: str | Path, num_shards: int) -> list[str]:
+    """Every planned item id, in plan order (the id columns only)."""
+    return [i for s in range(num_shards)
+            for i in pq.read_table(shard_plan_path(out_root, s, num_shards), columns=["id"]).column("id").to_pylist()]
+
+
+def plan_items(out_root: str | Path, num_shards: int, ids: list[str]) -> dict[str, ManifestItem]:
+    """The planned items with these ids (for contact sheets: a few rows of a large plan)."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+    files = [str(shard_plan_path(out_root, s, num_shards)) for s in range(num_shards)]
+    t = ds.dataset(files, schema=PLAN_SCHEMA, format="parquet").to_table(filter=pc.field("id").isin(ids))
+    return {r["id"]: ManifestItem.model_validate({k: v for k, v in r.items() if v is not None}) for r in t.to_pylist()}
