@@ -53,6 +53,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_HOME", str(root / "prefect-home"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # 2 busy cores
     manifest, params = make_job(root, a.items)
 
     from flows.edit_batch import edit_batch

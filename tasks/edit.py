@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lcd.config import EditConfig, load_params
-from lcd.io.atomic import write_text_atomic
+from lcd.io.atomic import atomic_path, write_text_atomic
 from lcd.io.images import save_png
 from lcd.jobs import tables
 from lcd.jobs.contact import contact_sheet, result_triples
@@ -43,27 +43,27 @@ def merge_shard_tables(out_root: str, num_shards: int) -> dict:
     """Shard tables (+ the manifest's own failures) -> results.parquet, failures.parquet; every
     planned item and manifest failure accounted for: `missing` (ids with no row, first few),
     `n_missing`, `duplicated` (rows beyond one per id)."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     out, tdir = Path(out_root), Path(out_root) / "tables"
-    res = tables.merge_tables(tables.shard_table_paths(tdir, "results", num_shards),
-                              tables.RESULTS_SCHEMA, out / "results.parquet")
+    tables.merge_tables(tables.shard_table_paths(tdir, "results", num_shards), tables.RESULTS_SCHEMA,
+                        out / "results.parquet")
     fail_paths = [tdir / "failures-manifest.parquet"] + tables.shard_table_paths(tdir, "failures", num_shards)
-    fail = tables.merge_tables(fail_paths, tables.FAILURES_SCHEMA, out / "failures.parquet")
-    status = res.column("status").to_pylist()
-    per_shard: dict[str, int] = {}
-    for s in res.column("shard").to_pylist() + fail.column("shard").to_pylist():
-        per_shard[s] = per_shard.get(s, 0) + 1
-    summary = {"items": res.num_rows + fail.num_rows, "edited": status.count("edited"),
-               "skipped": status.count("skipped"), "failed": fail.num_rows}
+    tables.merge_tables(fail_paths, tables.FAILURES_SCHEMA, out / "failures.parquet")
+    expected = pa.concat_arrays([plan_ids(out_root, num_shards), pq.read_table(
+        tdir / "failures-manifest.parquet", columns=["id"]).column("id").combine_chunks().cast(pa.string())])
+    acc = tables.merged_accounting(out / "results.parquet", out / "failures.parquet", expected)
+    summary = {"items": acc["edited"] + acc["skipped"] + acc["failed"], "edited": acc["edited"],
+               "skipped": acc["skipped"], "failed": acc["failed"]}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))  # DVC metrics
-    secs = [(r["id"], r["seconds"]) for r in res.to_pylist() if r["status"] == "edited"]
-    write_text_atomic(out / "edit_seconds.csv", "item,seconds\n" + "".join(f"{i},{s:.4f}\n" for i, s in secs))
-    done = res.column("id").to_pylist() + fail.column("id").to_pylist()
-    expected = set(plan_ids(out_root, num_shards)) | set(tables.read_table(
-        tdir / "failures-manifest.parquet", tables.FAILURES_SCHEMA).column("id").to_pylist())
-    missing = sorted(expected - set(done))
-    return {"edited": status.count("edited"), "skipped": status.count("skipped"), "failed": fail.num_rows,
-            "per_shard": per_shard, "missing": missing[:5], "n_missing": len(missing),
-            "duplicated": len(done) - len(set(done))}
+    res = pq.read_table(out / "results.parquet", columns=["id", "seconds", "status"])
+    secs = res.filter(pc.equal(res.column("status"), "edited")).select(["id", "seconds"]).rename_columns(["item", "seconds"])
+    with atomic_path(out / "edit_seconds.csv") as tmp:
+        pcsv.write_csv(secs, tmp, pcsv.WriteOptions(quoting_style="none"))
+    return acc
 
 
 @task(cache_policy=NO_CACHE)

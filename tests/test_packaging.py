@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -54,9 +55,15 @@ def third_party_imports(files: dict[str, str]) -> dict[str, set[str]]:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
+    # from a copy of the sources: setuptools' build/ folder keeps files deleted since the last build
+    src = tmp_path_factory.mktemp("src")
+    for name in PACKAGES:
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     # no build isolation: setuptools comes from the lock, nothing is fetched to build
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dist),
-                    str(REPO)], check=True, capture_output=True)
+                    str(src)], check=True, capture_output=True)
     (whl,) = dist.glob("lcdiffusion-*.whl")
     return whl
 
@@ -68,6 +75,9 @@ def test_wheel_holds_every_module_and_the_bundled_configs(wheel):
             if f.is_file() and "__pycache__" not in f.parts:
                 assert f.relative_to(REPO).as_posix() in names, f"{f.relative_to(REPO)} missing from the wheel"
     assert "lcd/models/configs/sd15/unet/config.json" in names
+    py = {n for n in names if n.endswith(".py")}
+    ours = {f.relative_to(REPO).as_posix() for pkg in PACKAGES for f in (REPO / pkg).rglob("*.py")}
+    assert py == ours, f"in the wheel but not the sources: {sorted(py - ours)[:5]}"
     assert not any(n.startswith("tests/") for n in names)
 
 

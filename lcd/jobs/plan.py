@@ -173,10 +173,11 @@ def read_shard_plan(out_root: str | Path, index: int, num_shards: int) -> list[M
             for r in pq.read_table(p, schema=PLAN_SCHEMA).to_pylist()]
 
 
-def plan_ids(out_root: str | Path, num_shards: int) -> list[str]:
-    """Every planned item id, in plan order (the id columns only)."""
-    return [i for s in range(num_shards)
-            for i in pq.read_table(shard_plan_path(out_root, s, num_shards), columns=["id"]).column("id").to_pylist()]
+def plan_ids(out_root: str | Path, num_shards: int) -> pa.Array:
+    """Every planned item id, in plan order (the id columns only, as one Arrow string array)."""
+    parts = [pq.read_table(shard_plan_path(out_root, s, num_shards), columns=["id"]).column("id").combine_chunks()
+             for s in range(num_shards)]
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
 
 def plan_items(out_root: str | Path, num_shards: int, ids: list[str]) -> dict[str, ManifestItem]:

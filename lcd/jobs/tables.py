@@ -74,11 +74,35 @@ def shard_table_paths(tables_dir: str | Path, kind: str, num_shards: int) -> lis
     return [Path(tables_dir) / f"{kind}-{shard_name(i, num_shards)}.parquet" for i in range(num_shards)]
 
 
-def merge_tables(paths: Iterable[str | Path], schema: pa.Schema, dest: str | Path) -> pa.Table:
-    """Concatenate the existing shard tables into `dest` (atomic). Missing shards are absent rows:
-    the caller compares row counts with the manifest to decide whether the run is complete."""
-    parts = [read_table(p, schema) for p in paths if Path(p).exists()]
-    table = pa.concat_tables(parts) if parts else schema.empty_table()
+def merge_tables(paths: Iterable[str | Path], schema: pa.Schema, dest: str | Path) -> int:
+    """Stream the existing shard tables into `dest` (atomic), one shard's table in memory at a
+    time; -> rows written. Missing shards are absent rows: the caller compares the ids with the
+    plan to decide whether the run is complete."""
+    n = 0
     with atomic_path(dest) as tmp:
-        pq.write_table(table, tmp)
-    return table
+        with pq.ParquetWriter(tmp, schema) as w:
+            for p in paths:
+                if Path(p).exists():
+                    t = read_table(p, schema)
+                    w.write_table(t)
+                    n += t.num_rows
+    return n
+
+
+def merged_accounting(results: str | Path, failures: str | Path, expected_ids: pa.Array) -> dict:
+    """Counts of a merged run, computed in Arrow (no Python list per row): {edited, skipped,
+    failed, per_shard, missing (first few ids), n_missing, duplicated}. `expected_ids` are the
+    planned ids plus the manifest's failure ids."""
+    import pyarrow.compute as pc
+
+    res = pq.read_table(results, columns=["id", "status", "shard"])
+    fail = pq.read_table(failures, columns=["id", "shard"])
+    def counts(a: pa.Array) -> dict:
+        return {k.as_py(): v.as_py() for k, v in zip(*pc.value_counts(a).flatten())} if len(a) else {}
+
+    status = counts(res.column("status").combine_chunks())
+    per_shard = counts(pa.concat_arrays([res.column("shard").combine_chunks(), fail.column("shard").combine_chunks()]))
+    done = pa.concat_arrays([res.column("id").combine_chunks(), fail.column("id").combine_chunks()])
+    missing = pc.filter(expected_ids, pc.invert(pc.is_in(expected_ids, value_set=done)))
+    return {"edited": status.get("edited", 0), "skipped": status.get("skipped", 0), "failed": fail.num_rows, "per_shard": per_shard, "missing": missing.slice(0, 5).to_pylist(),
+            "n_missing": len(missing), "duplicated": len(done) - pc.count_distinct(done).as_py()}

@@ -52,7 +52,7 @@ def test_jsonl_and_parquet_manifests_give_the_same_plan(tmp_path):
         assert [x | {"image": Path(x["image"]).name} for x in a] == [x | {"image": Path(x["image"]).name} for x in b]
         assert all(Path(x["image"]).is_absolute() for x in a)
     sizes = [len(read_shard_plan(tmp_path / "out-j", i, 4)) for i in range(4)]
-    assert sizes == [5, 6, 6, 6] and plan_ids(tmp_path / "out-j", 4) == [e["id"] for e in entries]
+    assert sizes == [5, 6, 6, 6] and plan_ids(tmp_path / "out-j", 4).to_pylist() == [e["id"] for e in entries]
 
 
 def test_plan_equals_the_whole_manifest_read_and_keeps_bad_entries_as_failures(tmp_path):

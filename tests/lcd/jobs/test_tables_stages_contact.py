@@ -17,9 +17,11 @@ def test_merge_reads_only_this_sharding_and_keeps_types(tmp_path):
     for i in range(2):
         tables.write_table(tmp_path / f"results-{tables.shard_name(i, 2)}.parquet", [_row(i, "s")], tables.RESULTS_SCHEMA)
     tables.write_table(tmp_path / f"results-{tables.shard_name(0, 3)}.parquet", [_row(9, "old")], tables.RESULTS_SCHEMA)
-    t = tables.merge_tables(tables.shard_table_paths(tmp_path, "results", 2), tables.RESULTS_SCHEMA, tmp_path / "r.parquet")
-    assert t.column("id").to_pylist() == ["i0", "i1"] and t.schema.field("seed").type == pa.int64()
-    empty = tables.merge_tables([tmp_path / "none.parquet"], tables.FAILURES_SCHEMA, tmp_path / "f.parquet")
+    n = tables.merge_tables(tables.shard_table_paths(tmp_path, "results", 2), tables.RESULTS_SCHEMA, tmp_path / "r.parquet")
+    t = tables.read_table(tmp_path / "r.parquet", tables.RESULTS_SCHEMA)
+    assert n == 2 and t.column("id").to_pylist() == ["i0", "i1"] and t.schema.field("seed").type == pa.int64()
+    assert tables.merge_tables([tmp_path / "none.parquet"], tables.FAILURES_SCHEMA, tmp_path / "f.parquet") == 0
+    empty = tables.read_table(tmp_path / "f.parquet", tables.FAILURES_SCHEMA)
     assert empty.num_rows == 0 and empty.schema == tables.FAILURES_SCHEMA
     with pytest.raises((KeyError, pa.ArrowInvalid, pa.ArrowTypeError)):
         tables.write_table(tmp_path / "bad.parquet", [{"id": 1}], tables.RESULTS_SCHEMA)
