@@ -70,13 +70,13 @@ def merge_shard_tables(out_root: str, num_shards: int) -> dict:
 def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[str], max_rows: int,
                       masks_store: str | None = None) -> str:
     """A summary table and a before | mask | after contact sheet (PNG, embedded in a markdown artifact)
-    of the first `max_rows` results; only those rows' items are read from the plan."""
+    of `max_rows` results spread evenly over the run; only those rows' items are read from the plan."""
     create_table_artifact(table=[{"status": k, "items": counts[k]} for k in ("edited", "skipped", "failed")]
                           + [{"status": f"shard {tables.shard_name(i, len(states))} ({st})",
                               "items": counts["per_shard"].get(tables.shard_name(i, len(states)), 0)}
                              for i, st in enumerate(states)],
                           key="edit-batch-summary", description=f"edit-batch {manifest} -> {out_root}")
-    results = tables.read_table(Path(out_root) / "results.parquet", tables.RESULTS_SCHEMA).slice(0, max_rows).to_pylist()
+    results = tables.sample_rows(Path(out_root) / "results.parquet", max_rows, ["id", "output"])
     items = plan_items(out_root, len(states), [r["id"] for r in results])
     if not results:
         return ""
@@ -84,7 +84,7 @@ def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[s
     for p in problems:
         get_run_logger().warning(p)
     sheet_path = save_png(Path(out_root) / "contact_sheet.png", contact_sheet(triples))
-    md = (f"# edit-batch contact sheet\n\nbefore | mask | after, first {len(results)} items; "
+    md = (f"# edit-batch contact sheet\n\nbefore | mask | after, {len(results)} items sampled evenly; "
           f"full size at `{sheet_path.resolve()}`\n\n![contact sheet](data:image/png;base64,"
           f"{base64.b64encode(sheet_path.read_bytes()).decode()})\n")
     create_markdown_artifact(md, key="edit-batch-contact-sheet")

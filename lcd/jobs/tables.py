@@ -89,6 +89,15 @@ def merge_tables(paths: Iterable[str | Path], schema: pa.Schema, dest: str | Pat
     return n
 
 
+def sample_rows(path: str | Path, n: int, columns: list[str]) -> list[dict]:
+    """`n` rows spread evenly over a table (first and last included), reading only `columns`."""
+    t = pq.read_table(path, columns=columns)
+    if t.num_rows <= n:
+        return t.to_pylist()
+    step = (t.num_rows - 1) / max(n - 1, 1)
+    return t.take(pa.array(sorted({round(k * step) for k in range(n)}), pa.int64())).to_pylist()
+
+
 def merged_accounting(results: str | Path, failures: str | Path, expected_ids: pa.Array) -> dict:
     """Counts of a merged run, computed in Arrow (no Python list per row): {edited, skipped,
     failed, per_shard, missing (first few ids), n_missing, duplicated}. `expected_ids` are the

@@ -48,3 +48,11 @@ def test_materialise_data_copies_bytes_once(tmp_path):
     assert len(written) >= 12 and materialise_data(samples, tmp_path / "data") == []
     with pytest.raises(LcdError, match="samples folder lacks concepts"):
         materialise_data(tmp_path, tmp_path / "d2")
+
+
+def test_sample_rows_spreads_over_the_table(tmp_path):
+    rows = [_row(i, "s") for i in range(100)]
+    tables.write_table(tmp_path / "r.parquet", rows, tables.RESULTS_SCHEMA)
+    got = tables.sample_rows(tmp_path / "r.parquet", 5, ["id"])
+    assert [r["id"] for r in got] == ["i0", "i25", "i50", "i74", "i99"]
+    assert set(got[0]) == {"id"} and len(tables.sample_rows(tmp_path / "r.parquet", 500, ["id"])) == 100
