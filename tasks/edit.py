@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lcd.config import EditConfig, load_params
+from lcd.io import storage
 from lcd.io.atomic import atomic_path, write_text_atomic
 from lcd.io.images import save_png
 from lcd.jobs import tables
@@ -46,22 +47,24 @@ def merge_shard_tables(out_root: str, num_shards: int) -> dict:
     import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    out, tdir = Path(out_root), Path(out_root) / "tables"
+    def at(*parts: str):  # under out_root, a folder or a remote URL
+        return storage.join(out_root, *parts)
+
+    tdir = at("tables")
     tables.merge_tables(tables.shard_table_paths(tdir, "results", num_shards), tables.RESULTS_SCHEMA,
-                        out / "results.parquet")
-    fail_paths = [tdir / "failures-manifest.parquet"] + tables.shard_table_paths(tdir, "failures", num_shards)
-    tables.merge_tables(fail_paths, tables.FAILURES_SCHEMA, out / "failures.parquet")
-    expected = pa.concat_arrays([plan_ids(out_root, num_shards), pq.read_table(
-        tdir / "failures-manifest.parquet", columns=["id"]).column("id").combine_chunks().cast(pa.string())])
-    acc = tables.merged_accounting(out / "results.parquet", out / "failures.parquet", expected)
+                        at("results.parquet"))
+    fail_paths = [at("tables", "failures-manifest.parquet")] + tables.shard_table_paths(tdir, "failures", num_shards)
+    tables.merge_tables(fail_paths, tables.FAILURES_SCHEMA, at("failures.parquet"))
+    expected = pa.concat_arrays([plan_ids(out_root, num_shards), tables.read_table(
+        at("tables", "failures-manifest.parquet"), columns=["id"]).column("id").combine_chunks().cast(pa.string())])
+    acc = tables.merged_accounting(at("results.parquet"), at("failures.parquet"), expected)
     summary = {"items": acc["edited"] + acc["skipped"] + acc["failed"], "edited": acc["edited"],
                "skipped": acc["skipped"], "failed": acc["failed"]}
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, sort_keys=True))  # DVC metrics
-    res = pq.read_table(out / "results.parquet", columns=["id", "seconds", "status"])
+    write_text_atomic(at("summary.json"), json.dumps(summary, indent=1, sort_keys=True))  # DVC metrics
+    res = tables.read_table(at("results.parquet"), columns=["id", "seconds", "status"])
     secs = res.filter(pc.equal(res.column("status"), "edited")).select(["id", "seconds"]).rename_columns(["item", "seconds"])
-    with atomic_path(out / "edit_seconds.csv") as tmp:
+    with atomic_path(at("edit_seconds.csv")) as tmp:
         pcsv.write_csv(secs, tmp, pcsv.WriteOptions(quoting_style="none"))
     return acc
 
@@ -76,17 +79,17 @@ def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[s
                               "items": counts["per_shard"].get(tables.shard_name(i, len(states)), 0)}
                              for i, st in enumerate(states)],
                           key="edit-batch-summary", description=f"edit-batch {manifest} -> {out_root}")
-    results = tables.sample_rows(Path(out_root) / "results.parquet", max_rows, ["id", "output"])
+    results = tables.sample_rows(storage.join(out_root, "results.parquet"), max_rows, ["id", "output"])
     items = plan_items(out_root, len(states), [r["id"] for r in results])
     if not results:
         return ""
     triples, problems = result_triples(items, results, out_root, masks_store)
     for p in problems:
         get_run_logger().warning(p)
-    sheet_path = save_png(Path(out_root) / "contact_sheet.png", contact_sheet(triples))
+    sheet_path = save_png(storage.join(out_root, "contact_sheet.png"), contact_sheet(triples))
     md = (f"# edit-batch contact sheet\n\nbefore | mask | after, {len(results)} items sampled evenly; "
-          f"full size at `{sheet_path.resolve()}`\n\n![contact sheet](data:image/png;base64,"
-          f"{base64.b64encode(sheet_path.read_bytes()).decode()})\n")
+          f"full size at `{sheet_path if storage.is_remote(sheet_path) else sheet_path.resolve()}`\n\n"
+          f"![contact sheet](data:image/png;base64,{base64.b64encode(storage.read_bytes(sheet_path)).decode()})\n")
     create_markdown_artifact(md, key="edit-batch-contact-sheet")
     return str(sheet_path)
 

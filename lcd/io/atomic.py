@@ -1,4 +1,7 @@
-"""Atomic writes: a reader never sees a half-written output, a killed run leaves no partial file."""
+"""Atomic writes: a reader never sees a half-written output, a killed run leaves no partial file.
+
+`dest` may be a remote URL (lcd.io.storage): the file is written locally, then uploaded in one
+PUT, which object stores make visible whole or not at all."""
 
 from __future__ import annotations
 
@@ -11,8 +14,17 @@ from typing import Callable, Iterator
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside `dest`; on success rename it over `dest` (same filesystem)."""
-    dest = Path(dest)
+    """Yield a temp path beside `dest`; on success rename it over `dest` (same filesystem), or
+    upload it to `dest` when that is a remote URL."""
+    from lcd.io import storage
+
+    if storage.is_remote(dest):
+        with tempfile.TemporaryDirectory(prefix="lcd-put-") as d:
+            tmp_path = Path(d) / storage.basename(dest)
+            yield tmp_path
+            storage.upload(tmp_path, str(dest))
+        return
+    dest = Path(storage.normalize(dest))
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
@@ -27,9 +39,11 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
 
 def write_atomic(dest: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call writer(tmp_path), then rename the result onto dest. Returns dest."""
+    from lcd.io.storage import normalize
+
     with atomic_path(dest) as tmp:
         writer(tmp)
-    return Path(dest)
+    return normalize(dest)
 
 
 def write_bytes_atomic(dest: str | Path, data: bytes) -> Path:

@@ -6,6 +6,7 @@ means "edit here". Every error names the file it is about (see `lcd.errors`).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from lcd.errors import InputImageError
 from lcd.io.atomic import atomic_path
+from lcd.io.storage import is_remote, normalize, open_read, read_bytes
 
 Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # refuse decompression bombs beyond 400 MP
 # The one list of photo/image suffixes: training photos, nightly fingerprints, scenes, evaluation.
@@ -32,18 +34,28 @@ def image_files(folder: str | Path) -> list[Path]:
 
 
 def _open(path: str | Path) -> Image.Image:
+    if is_remote(path):  # an output on object storage (contact sheets, checks)
+        try:
+            data = read_bytes(path)
+        except FileNotFoundError:
+            raise InputImageError(f"{path}: file not found", item=str(path)) from None
+        return _decode(io.BytesIO(data), str(path))
     p = Path(path)
     if not p.exists():
         raise InputImageError(f"{p}: file not found", item=str(p))
     if p.is_dir():
         raise InputImageError(f"{p}: is a directory, not an image file", item=str(p))
+    return _decode(p, str(p))
+
+
+def _decode(src, p: str) -> Image.Image:
     try:
-        im = Image.open(p)
+        im = Image.open(src)
         im.load()
     except UnidentifiedImageError:
-        raise InputImageError(f"{p}: not an image file (unrecognised format)", item=str(p)) from None
+        raise InputImageError(f"{p}: not an image file (unrecognised format)", item=p) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputImageError(f"{p}: corrupt or truncated image ({e})", item=str(p)) from None
+        raise InputImageError(f"{p}: corrupt or truncated image ({e})", item=p) from None
     try:
         return ImageOps.exif_transpose(im)  # cameras store rotation in EXIF; users see it upright
     except Exception:  # a broken EXIF block should not make a readable image unusable
@@ -128,11 +140,11 @@ def save_png(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None = 
         info.add_text("lcd", json.dumps(meta, sort_keys=True, default=str))
     with atomic_path(path) as tmp:
         Image.fromarray(np.ascontiguousarray(image)).save(tmp, format="PNG", pnginfo=info)
-    return Path(path)
+    return normalize(path)
 
 
 def read_png_meta(path: str | Path) -> dict[str, Any]:
-    """The 'lcd' JSON chunk written by `save_png` ({} when absent)."""
-    with Image.open(path) as im:
+    """The 'lcd' JSON chunk written by `save_png` ({} when absent); `path` may be a remote URL."""
+    with open_read(path) as f, Image.open(f) as im:
         raw = im.info.get("lcd")
     return json.loads(raw) if raw else {}

@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from lcd.errors import LcdError
+from lcd.io import storage
 from lcd.io.images import load_image, load_mask
 from lcd.jobs.layout import region_path
 from lcd.jobs.manifest import ManifestItem
@@ -40,7 +41,7 @@ def load_triple(item: ManifestItem, output: str | Path, region_file: str | Path 
     """Read one item's before, region and after from disk. The region is the one the edit saved
     (`region_file`) when present, else resolved again from the item (mask file, box, masks store)."""
     before = load_image(item.image)
-    if region_file is not None and Path(region_file).exists():
+    if region_file is not None and storage.exists(region_file):
         region = load_mask(region_file)
     else:
         region = load_region(item, before, masks_store)

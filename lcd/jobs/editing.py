@@ -22,6 +22,7 @@ import numpy as np
 
 from lcd.config import EditConfig, ModelsConfig
 from lcd.errors import LcdError
+from lcd.io import storage
 from lcd.io.images import load_image, save_png
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
 from lcd.jobs import tables
@@ -54,7 +55,7 @@ class ShardReport:
 class ShardContext:
     """What every phase of one shard needs."""
 
-    out_root: Path
+    out_root: str | Path  # a folder or a remote URL (lcd.io.storage)
     cfg: EditConfig
     models: ModelsConfig
     shard: str
@@ -96,7 +97,7 @@ def run_edit_shard(
     masks_cfg: MasksConfig | None = None,
 ) -> ShardReport:
     """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception."""
-    ctx = ShardContext(Path(out_root), cfg, models, shard, engine, open_masks_store(masks_store, items), masks_cfg)
+    ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, open_masks_store(masks_store, items), masks_cfg)
     # 1. hash every item against the run's config; keep the ones whose output is missing or stale
     pending = _pending_items(ctx, items, concepts_root)
     # 2. CLIP only when a pending item selects its SAM region by text
@@ -143,7 +144,7 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) 
             ctx.fail(it.id, "input", e)
             continue
         out = output_path(ctx.out_root, it.id)
-        if out.name in listing and (ledger[it.id] == h if it.id in ledger else is_current(out, h)):
+        if f"{it.id}.png" in listing and (ledger[it.id] == h if it.id in ledger else is_current(out, h)):
             ctx.report.results.append(_row(it, out, h, "skipped", ctx.shard, 0.0))
         else:
             pending.append((it, h, cdir))

@@ -1,4 +1,5 @@
-"""Where edit-batch puts things under `out_root`, and whether an output is current.
+"""Where edit-batch puts things under `out_root` (a folder or a remote URL, lcd.io.storage), and
+whether an output is current.
 
     <out_root>/edits/<id>.png     the edit; its PNG metadata carries the item's input_hash
     <out_root>/regions/<id>.png   the region that edit used (8-bit, 255 = edited), as resolved then
@@ -7,8 +8,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from lcd.io import storage
 
 from lcd.io.images import read_png_meta
 
@@ -16,19 +18,19 @@ EDITS_DIR = "edits"
 REGIONS_DIR = "regions"
 
 
-def output_path(out_root: str | Path, item_id: str) -> Path:
-    return Path(out_root) / EDITS_DIR / f"{item_id}.png"
+def output_path(out_root: str | Path, item_id: str) -> str | Path:
+    return storage.join(out_root, EDITS_DIR, f"{item_id}.png")
 
 
-def region_path(out_root: str | Path, item_id: str) -> Path:
+def region_path(out_root: str | Path, item_id: str) -> str | Path:
     """Where the resolved region of an item is kept: a `sam:text:` pick or a `box:` is visible and
     auditable later without the masks store or CLIP."""
-    return Path(out_root) / REGIONS_DIR / f"{item_id}.png"
+    return storage.join(out_root, REGIONS_DIR, f"{item_id}.png")
 
 
-def is_current(path: Path, input_hash: str) -> bool:
+def is_current(path: str | Path, input_hash: str) -> bool:
     """True when `path` exists and was made from exactly these inputs."""
-    if not path.exists():
+    if not storage.exists(path):
         return False
     try:
         return read_png_meta(path).get("input_hash") == input_hash
@@ -38,8 +40,4 @@ def is_current(path: Path, input_hash: str) -> bool:
 
 def output_listing(out_root: str | Path) -> set[str]:
     """File names in `<out_root>/edits/`, from one directory listing (no file is opened)."""
-    try:
-        with os.scandir(Path(out_root) / EDITS_DIR) as it:
-            return {e.name for e in it}
-    except FileNotFoundError:
-        return set()
+    return storage.list_names(storage.join(out_root, EDITS_DIR))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lcd.errors import LcdError
+from lcd.io import storage
 from lcd.io.atomic import atomic_path, write_text_atomic
 from lcd.jobs import tables
 from lcd.jobs.manifest import ManifestItem, file_entries, manifest_format, resolve_paths, validate_entries
@@ -53,7 +55,7 @@ class Plan:
 
 
 def shard_plan_path(out_root: str | Path, index: int, num_shards: int) -> Path:
-    return Path(out_root) / PLAN_DIR / f"shard-{tables.shard_name(index, num_shards)}.parquet"
+    return storage.join(out_root, PLAN_DIR, f"shard-{tables.shard_name(index, num_shards)}.parquet")
 
 
 def manifest_digest(path: Path) -> tuple[str, int]:
@@ -91,11 +93,11 @@ def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batc
     sha, n = manifest_digest(path)
     old = read_plan(out_root)
     if old is not None and (old.manifest_sha256, old.num_shards) == (sha, num_shards) and all(
-            shard_plan_path(out_root, i, num_shards).exists() for i in range(num_shards)):
+            storage.exists(shard_plan_path(out_root, i, num_shards)) for i in range(num_shards)):
         return Plan(**(asdict(old) | {"reused": True}))
     # 2. one pass over the manifest: valid items -> a spool file (in batches), bad entries -> failures
-    spool = Path(out_root) / PLAN_DIR / f".items-{sha[:16]}.parquet"
-    spool.parent.mkdir(parents=True, exist_ok=True)
+    spool_dir = tempfile.TemporaryDirectory(prefix="lcd-plan-")  # local, whatever out_root is
+    spool = Path(spool_dir.name) / "items.parquet"
     failures: list[dict] = []
     items = 0
     base = path.resolve().parent
@@ -112,11 +114,11 @@ def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batc
         items += _flush(writer, rows)
     # 3. the spool cut into contiguous shards: shard s holds items [s*N//k, (s+1)*N//k)
     _cut_shards(spool, out_root, num_shards, items, batch_rows)
-    spool.unlink()
+    spool_dir.cleanup()
     # 4. the manifest's failures, then plan.json last (it marks the plan complete)
-    tables.write_table(Path(out_root) / "tables" / "failures-manifest.parquet", failures, tables.FAILURES_SCHEMA)
+    tables.write_table(storage.join(out_root, "tables", "failures-manifest.parquet"), failures, tables.FAILURES_SCHEMA)
     plan = Plan(sha, num_shards, n, items, len(failures))
-    write_text_atomic(Path(out_root) / PLAN_DIR / "plan.json", json.dumps(asdict(plan), indent=1))
+    write_text_atomic(storage.join(out_root, PLAN_DIR, "plan.json"), json.dumps(asdict(plan), indent=1))
     return plan
 
 
@@ -153,9 +155,9 @@ def _write_shard(out_root, index: int, num_shards: int, rows: list[dict]) -> Non
 
 def read_plan(out_root: str | Path) -> Plan | None:
     """The plan under `out_root`, or None when there is none (or it is unreadable)."""
-    p = Path(out_root) / PLAN_DIR / "plan.json"
+    p = storage.join(out_root, PLAN_DIR, "plan.json")
     try:
-        return Plan(**{k: v for k, v in json.loads(p.read_text()).items() if k != "reused"})
+        return Plan(**{k: v for k, v in json.loads(storage.read_bytes(p)).items() if k != "reused"})
     except (OSError, ValueError, TypeError):
         return None
 
@@ -166,16 +168,16 @@ def read_shard_plan(out_root: str | Path, index: int, num_shards: int) -> list[M
     if not 0 <= index < num_shards:
         raise LcdError(f"shard index must be in [0, {num_shards}), got {index}", item="shard_index")
     p = shard_plan_path(out_root, index, num_shards)
-    if not p.exists():
+    if not storage.exists(p):
         raise LcdError(f"{p}: no shard plan; run the edit-batch coordinator (it plans the manifest) first",
                        item=str(p))
     return [ManifestItem.model_validate({k: v for k, v in r.items() if v is not None})
-            for r in pq.read_table(p, schema=PLAN_SCHEMA).to_pylist()]
+            for r in tables.read_table(p, schema=PLAN_SCHEMA).to_pylist()]
 
 
 def plan_ids(out_root: str | Path, num_shards: int) -> pa.Array:
     """Every planned item id, in plan order (the id columns only, as one Arrow string array)."""
-    parts = [pq.read_table(shard_plan_path(out_root, s, num_shards), columns=["id"]).column("id").combine_chunks()
+    parts = [tables.read_table(shard_plan_path(out_root, s, num_shards), columns=["id"]).column("id").combine_chunks()
              for s in range(num_shards)]
     return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
 
@@ -183,8 +185,10 @@ def plan_ids(out_root: str | Path, num_shards: int) -> pa.Array:
 def plan_items(out_root: str | Path, num_shards: int, ids: list[str]) -> dict[str, ManifestItem]:
     """The planned items with these ids (for contact sheets: a few rows of a large plan)."""
     import pyarrow.compute as pc
-    import pyarrow.dataset as ds
 
-    files = [str(shard_plan_path(out_root, s, num_shards)) for s in range(num_shards)]
-    t = ds.dataset(files, schema=PLAN_SCHEMA, format="parquet").to_table(filter=pc.field("id").isin(ids))
-    return {r["id"]: ManifestItem.model_validate({k: v for k, v in r.items() if v is not None}) for r in t.to_pylist()}
+    want = pa.array(ids, pa.string())
+    rows = []
+    for s in range(num_shards):  # a handful of ids: filter each shard file's rows in Arrow
+        t = tables.read_table(shard_plan_path(out_root, s, num_shards), schema=PLAN_SCHEMA)
+        rows += t.filter(pc.is_in(t.column("id"), value_set=want)).to_pylist()
+    return {r["id"]: ManifestItem.model_validate({k: v for k, v in r.items() if v is not None}) for r in rows}

@@ -13,6 +13,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lcd.io import storage
 from lcd.io.atomic import atomic_path
 
 RESULTS_SCHEMA = pa.schema([
@@ -47,23 +48,25 @@ def write_table(path: str | Path, rows: Iterable[dict], schema: pa.Schema) -> Pa
     table = pa.Table.from_pylist(list(rows), schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-    return Path(path)
+    return storage.normalize(path)
 
 
-def read_table(path: str | Path, schema: pa.Schema) -> pa.Table:
-    return pq.read_table(path, schema=schema)
+def read_table(path: str | Path, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+    """A Parquet table from a local path or a remote URL (lcd.io.storage)."""
+    with storage.open_read(path) as f:
+        return pq.read_table(f, schema=schema, columns=columns)
 
 
 def shard_table_path(out_root: str | Path, kind: str, shard: str) -> Path:
     """`<out_root>/tables/<kind>-<shard>.parquet`, kind "results" or "failures"."""
-    return Path(out_root) / "tables" / f"{kind}-{shard}.parquet"
+    return storage.join(out_root, "tables", f"{kind}-{shard}.parquet")
 
 
 def read_ledger(path: str | Path) -> dict[str, str]:
     """{id: input_hash} of a shard's previous results table; {} when it is absent or unreadable
     (then every existing output is checked by its own metadata instead)."""
     try:
-        t = pq.read_table(path, columns=["id", "input_hash"])
+        t = read_table(path, columns=["id", "input_hash"])
     except Exception:  # noqa: BLE001 - missing, partial or foreign file: no ledger
         return {}
     return dict(zip(t.column("id").to_pylist(), t.column("input_hash").to_pylist()))
@@ -71,7 +74,7 @@ def read_ledger(path: str | Path) -> dict[str, str]:
 
 def shard_table_paths(tables_dir: str | Path, kind: str, num_shards: int) -> list[Path]:
     """Paths of the `kind` ("results" / "failures") tables of all shards of one sharding."""
-    return [Path(tables_dir) / f"{kind}-{shard_name(i, num_shards)}.parquet" for i in range(num_shards)]
+    return [storage.join(tables_dir, f"{kind}-{shard_name(i, num_shards)}.parquet") for i in range(num_shards)]
 
 
 def merge_tables(paths: Iterable[str | Path], schema: pa.Schema, dest: str | Path) -> int:
@@ -82,7 +85,7 @@ def merge_tables(paths: Iterable[str | Path], schema: pa.Schema, dest: str | Pat
     with atomic_path(dest) as tmp:
         with pq.ParquetWriter(tmp, schema) as w:
             for p in paths:
-                if Path(p).exists():
+                if storage.exists(p):
                     t = read_table(p, schema)
                     w.write_table(t)
                     n += t.num_rows
@@ -91,7 +94,7 @@ def merge_tables(paths: Iterable[str | Path], schema: pa.Schema, dest: str | Pat
 
 def sample_rows(path: str | Path, n: int, columns: list[str]) -> list[dict]:
     """`n` rows spread evenly over a table (first and last included), reading only `columns`."""
-    t = pq.read_table(path, columns=columns)
+    t = read_table(path, columns=columns)
     if t.num_rows <= n:
         return t.to_pylist()
     step = (t.num_rows - 1) / max(n - 1, 1)
@@ -104,8 +107,8 @@ def merged_accounting(results: str | Path, failures: str | Path, expected_ids: p
     planned ids plus the manifest's failure ids."""
     import pyarrow.compute as pc
 
-    res = pq.read_table(results, columns=["id", "status", "shard"])
-    fail = pq.read_table(failures, columns=["id", "shard"])
+    res = read_table(results, columns=["id", "status", "shard"])
+    fail = read_table(failures, columns=["id", "shard"])
     def counts(a: pa.Array) -> dict:
         return {k.as_py(): v.as_py() for k, v in zip(*pc.value_counts(a).flatten())} if len(a) else {}
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # starts a temporary Prefect server (once for the
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # 2 busy CI cores
         yield
 
 

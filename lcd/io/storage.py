@@ -1,0 +1,108 @@
+"""Output roots that are local folders or fsspec URLs (`s3://bucket/run`, `gs://...`, `file://...`).
+
+Why: workers on several machines share one output root only through object storage (or a shared
+filesystem). Paths here are `Path` for local roots (and `file://` URLs, which are local) and `str`
+for remote URLs, so `Path("s3://b/x")` never collapses the scheme.
+
+Atomicity: locally, `lcd.io.atomic.atomic_path` writes a temp file and renames it. On object
+storage one PUT is atomic by itself (the object appears whole or not at all), so a write is a
+local temp file uploaded in one `put_file`; the output object, written last, stays the done
+marker. Credentials and endpoints come from the filesystem's usual chain (AWS_* variables,
+profiles, FSSPEC_S3_* configuration); nothing here reads, stores or logs them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import IO
+
+Location = "str | Path"
+
+
+def is_remote(p: str | Path) -> bool:
+    """True for a URL other than file:// (s3://, gs://, memory://, ...)."""
+    s = str(p)
+    return "://" in s and not s.startswith("file://")
+
+
+def normalize(p: str | Path) -> str | Path:
+    """A remote URL as a string, anything else (incl. file://) as a local Path."""
+    if is_remote(p):
+        return str(p).rstrip("/")
+    s = str(p)
+    return Path(s[len("file://"):] if s.startswith("file://") else s)
+
+
+def join(root: str | Path, *parts: str) -> str | Path:
+    """`root/part/...`, keeping a remote URL a string."""
+    r = normalize(root)
+    if isinstance(r, Path):
+        return r.joinpath(*parts)
+    return "/".join([r, *(x.strip("/") for x in parts)])
+
+
+def basename(p: str | Path) -> str:
+    return str(p).rstrip("/").rsplit("/", 1)[-1]
+
+
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for a remote URL."""
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def exists(p: str | Path) -> bool:
+    p = normalize(p)
+    if isinstance(p, Path):
+        return p.exists()
+    fs, path = filesystem(p)
+    return fs.exists(path)
+
+
+def open_read(p: str | Path) -> IO[bytes]:
+    """A binary file object to read (close it, or use it in `with`)."""
+    p = normalize(p)
+    if isinstance(p, Path):
+        return open(p, "rb")
+    fs, path = filesystem(p)
+    return fs.open(path, "rb")
+
+
+def read_bytes(p: str | Path) -> bytes:
+    with open_read(p) as f:
+        return f.read()
+
+
+def list_names(folder: str | Path) -> set[str]:
+    """Names of the entries directly in `folder` (one listing); empty when it does not exist."""
+    folder = normalize(folder)
+    if isinstance(folder, Path):
+        try:
+            with os.scandir(folder) as it:
+                return {e.name for e in it}
+        except FileNotFoundError:
+            return set()
+    fs, path = filesystem(folder)
+    try:
+        return {basename(x) for x in fs.ls(path, detail=False, refresh=True)}
+    except FileNotFoundError:
+        return set()
+
+
+def upload(local: Path, dest: str) -> None:
+    """One PUT of a finished local file to a remote URL (the object appears whole or not at all)."""
+    fs, path = filesystem(dest)
+    fs.put_file(str(local), path)
+    fs.invalidate_cache(path.rsplit("/", 1)[0])
+
+
+def unlink(p: str | Path) -> None:
+    p = normalize(p)
+    if isinstance(p, Path):
+        p.unlink(missing_ok=True)
+        return
+    fs, path = filesystem(p)
+    if fs.exists(path):
+        fs.rm_file(path)
