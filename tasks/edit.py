@@ -56,13 +56,14 @@ def merge_shard_tables(out_root: str, num_shards: int) -> dict:
                         at("results.parquet"))
     fail_paths = [at("tables", "failures-manifest.parquet")] + tables.shard_table_paths(tdir, "failures", num_shards)
     tables.merge_tables(fail_paths, tables.FAILURES_SCHEMA, at("failures.parquet"))
-    expected = pa.concat_arrays([plan_ids(out_root, num_shards), tables.read_table(
-        at("tables", "failures-manifest.parquet"), columns=["id"]).column("id").combine_chunks().cast(pa.string())])
-    acc = tables.merged_accounting(at("results.parquet"), at("failures.parquet"), expected)
+    manifest_fail = tables.read_table(at("tables", "failures-manifest.parquet"), columns=["id"])
+    expected = pa.concat_arrays([plan_ids(out_root, num_shards),
+                                 manifest_fail.column("id").combine_chunks().cast(pa.string())])
+    res = tables.read_table(at("results.parquet"), columns=["id", "status", "shard", "seconds"])
+    acc = tables.merged_accounting(res, tables.read_table(at("failures.parquet"), columns=["id", "shard"]), expected)
     summary = {"items": acc["edited"] + acc["skipped"] + acc["failed"], "edited": acc["edited"],
                "skipped": acc["skipped"], "failed": acc["failed"]}
     write_text_atomic(at("summary.json"), json.dumps(summary, indent=1, sort_keys=True))  # DVC metrics
-    res = tables.read_table(at("results.parquet"), columns=["id", "seconds", "status"])
     secs = res.filter(pc.equal(res.column("status"), "edited")).select(["id", "seconds"]).rename_columns(["item", "seconds"])
     with atomic_path(at("edit_seconds.csv")) as tmp:
         pcsv.write_csv(secs, tmp, pcsv.WriteOptions(quoting_style="none"))

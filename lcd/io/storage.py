@@ -17,9 +17,6 @@ import os
 from pathlib import Path
 from typing import IO
 
-Location = "str | Path"
-
-
 def is_remote(p: str | Path) -> bool:
     """True for a URL other than file:// (s3://, gs://, memory://, ...)."""
     s = str(p)
@@ -96,13 +93,3 @@ def upload(local: Path, dest: str) -> None:
     fs, path = filesystem(dest)
     fs.put_file(str(local), path)
     fs.invalidate_cache(path.rsplit("/", 1)[0])
-
-
-def unlink(p: str | Path) -> None:
-    p = normalize(p)
-    if isinstance(p, Path):
-        p.unlink(missing_ok=True)
-        return
-    fs, path = filesystem(p)
-    if fs.exists(path):
-        fs.rm_file(path)

@@ -28,7 +28,7 @@ from lcd.errors import LcdError
 from lcd.io import storage
 from lcd.io.atomic import atomic_path, write_text_atomic
 from lcd.jobs import tables
-from lcd.jobs.manifest import ManifestItem, file_entries, manifest_format, resolve_paths, validate_entries
+from lcd.jobs.manifest import ManifestItem, file_entries, resolve_paths, validate_entries
 
 PLAN_DIR = "plan"
 PLAN_SCHEMA = pa.schema([
@@ -58,23 +58,13 @@ def shard_plan_path(out_root: str | Path, index: int, num_shards: int) -> Path:
     return storage.join(out_root, PLAN_DIR, f"shard-{tables.shard_name(index, num_shards)}.parquet")
 
 
-def manifest_digest(path: Path) -> tuple[str, int]:
-    """(sha256 of the file, number of entries), in one pass over its bytes (Parquet: footer rows)."""
+def manifest_sha256(path: Path) -> str:
+    """SHA-256 of the manifest file's bytes (the plan's reuse key)."""
     h = hashlib.sha256()
-    n = 0
     with open(path, "rb") as f:
-        for line in f:
-            h.update(line)
-            n += bool(line.strip())
-    fmt = manifest_format(path)
-    if fmt == "parquet":
-        try:
-            n = pq.ParquetFile(path).metadata.num_rows
-        except Exception as e:  # noqa: BLE001
-            raise LcdError(f"{path}: cannot read the Parquet manifest: {e}", item=str(path)) from None
-    elif fmt == "json":
-        n = sum(1 for _ in file_entries(path))
-    return h.hexdigest(), n
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
 
 
 def check_num_shards(num_shards: int) -> None:
@@ -90,7 +80,7 @@ def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batc
     path = Path(manifest)
     if not path.is_file():
         raise LcdError(f"{path}: manifest not found", item=str(path))
-    sha, n = manifest_digest(path)
+    sha = manifest_sha256(path)
     old = read_plan(out_root)
     if old is not None and (old.manifest_sha256, old.num_shards) == (sha, num_shards) and all(
             storage.exists(shard_plan_path(out_root, i, num_shards)) for i in range(num_shards)):
@@ -117,7 +107,7 @@ def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batc
     spool_dir.cleanup()
     # 4. the manifest's failures, then plan.json last (it marks the plan complete)
     tables.write_table(storage.join(out_root, "tables", "failures-manifest.parquet"), failures, tables.FAILURES_SCHEMA)
-    plan = Plan(sha, num_shards, n, items, len(failures))
+    plan = Plan(sha, num_shards, items + len(failures), items, len(failures))  # one result per entry
     write_text_atomic(storage.join(out_root, PLAN_DIR, "plan.json"), json.dumps(asdict(plan), indent=1))
     return plan
 

@@ -101,14 +101,13 @@ def sample_rows(path: str | Path, n: int, columns: list[str]) -> list[dict]:
     return t.take(pa.array(sorted({round(k * step) for k in range(n)}), pa.int64())).to_pylist()
 
 
-def merged_accounting(results: str | Path, failures: str | Path, expected_ids: pa.Array) -> dict:
+def merged_accounting(res: pa.Table, fail: pa.Table, expected_ids: pa.Array) -> dict:
     """Counts of a merged run, computed in Arrow (no Python list per row): {edited, skipped,
-    failed, per_shard, missing (first few ids), n_missing, duplicated}. `expected_ids` are the
-    planned ids plus the manifest's failure ids."""
+    failed, per_shard, missing (first few ids), n_missing, duplicated}. `res` has columns id,
+    status, shard; `fail` id, shard; `expected_ids` are the planned ids plus the manifest's
+    failure ids."""
     import pyarrow.compute as pc
 
-    res = read_table(results, columns=["id", "status", "shard"])
-    fail = read_table(failures, columns=["id", "shard"])
     def counts(a: pa.Array) -> dict:
         return {k.as_py(): v.as_py() for k, v in zip(*pc.value_counts(a).flatten())} if len(a) else {}
 

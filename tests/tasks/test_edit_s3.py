@@ -8,17 +8,14 @@ binary for the same API surface here). Credentials and endpoint come from the en
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lcd.io import storage
 from lcd.jobs import tables
 from tasks.edit import edit_shard, merge_shard_tables, plan_manifest
-
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+from tests.tasks.test_edit_tasks import noop_job
 
 
 @pytest.fixture
@@ -42,12 +39,7 @@ def s3(monkeypatch):
 
 
 def test_outputs_and_tables_round_trip_on_s3(s3, tmp_path):
-    lines = [{"id": f"i{k}", "image": str(SAMPLES / "scenes/cat_00.jpg"), "mask": str(SAMPLES / "masks/cat_00.png"),
-              "prompt": "a dog", "seed": k} for k in range(5)] + [{"id": "bad", "image": "x.jpg"}]
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text("\n".join(json.dumps(x) for x in lines))
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"models": {"sd": "/unused/in/noop"}, "edit": {"size": 64}}))
+    manifest, params = noop_job(tmp_path)
     out = "s3://lcd-test/runs/night-1"
     assert plan_manifest.fn(str(manifest), out, 2)["items"] == 5
     counts = [edit_shard.fn(str(manifest), out, i, 2, str(params), None, "noop", None) for i in range(2)]

@@ -11,13 +11,19 @@ from tasks.edit import edit_shard, merge_shard_tables, plan_manifest
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
-def test_shards_then_merge_account_for_every_item_once(tmp_path):
+def noop_job(tmp_path: Path) -> tuple[Path, Path]:
+    """A manifest of 5 good items (i0..i4) and one bad entry, and params for the noop engine."""
     lines = [{"id": f"i{k}", "image": str(SAMPLES / "scenes/cat_00.jpg"), "mask": str(SAMPLES / "masks/cat_00.png"),
               "prompt": "a dog", "seed": k} for k in range(5)] + [{"id": "bad", "image": "x.jpg"}]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(x) for x in lines))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"models": {"sd": "/unused/in/noop"}, "edit": {"size": 64}}))
+    return manifest, params
+
+
+def test_shards_then_merge_account_for_every_item_once(tmp_path):
+    manifest, params = noop_job(tmp_path)
     out = tmp_path / "out"
     plan = plan_manifest.fn(str(manifest), str(out), 2)
     assert (plan["entries"], plan["items"], plan["failures"]) == (6, 5, 1)
