@@ -16,6 +16,7 @@ work, each shard loads the model once, and a shard whose machine died is re-run 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Literal
 
 from prefect import flow, get_run_logger
@@ -23,33 +24,70 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as flow_run_ctx
 
+from flows.automations import ensure_zombie_automation
 from lcd.config import EditConfig
 from lcd.jobs.editing import Engine
 from tasks.edit import edit_shard, merge_shard_tables, plan_manifest, publish_artifacts
 
 
-def _wait_all(run_ids: list, poll_s: float, page: int = 200, max_poll_s: float = 10.0) -> list[str]:
-    """Block until every flow run is final; -> their state names, in order. Each poll reads only
+class _Shards:
+    """The coordinator's shard runs: create them, wait for all to end, and start a shard again
+    when its run crashed (its worker or machine died: the worker reports Crashed, or the zombie
+    automation does when heartbeats stop), up to `attempts` runs per shard. Each poll reads only
     the runs still pending, `page` per request with an id filter (1,000 shards: 5 requests, not
-    1,000), and the interval backs off from `poll_s` to `max_poll_s` (the coordinator polls;
-    tasks never sleep)."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    1,000); the interval backs off from `poll_s` to `max_poll_s`."""
 
-    final: dict = {}
-    pending = list(dict.fromkeys(run_ids))
-    with get_client(sync_client=True) as client:
-        while pending:
-            for k in range(0, len(pending), page):
-                chunk = pending[k : k + page]
-                for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
-                                               limit=len(chunk)):
-                    if r.state is not None and r.state.is_final():
-                        final[r.id] = r.state.name
-            pending = [r for r in pending if r not in final]
-            if pending:
-                time.sleep(poll_s)
-                poll_s = min(poll_s * 1.5, max_poll_s)
-    return [final[r] for r in run_ids]
+    def __init__(self, deployment: str, common: dict, num_shards: int, key: str, heartbeat_s: int,
+                 attempts: int):
+        self.deployment, self.common, self.n, self.key = deployment, common, num_shards, key
+        self.heartbeat_s, self.attempts = heartbeat_s, attempts
+        self.tries = [0] * num_shards
+        self.run_of: list = [None] * num_shards  # shard -> its current flow-run id
+
+    def submit(self, i: int) -> None:
+        from flows.automations import SHARD_TAG
+
+        self.tries[i] += 1
+        try_ = self.tries[i]
+        # not subflows (a thousand child links weigh on the coordinator's run); the idempotency key
+        # makes a retried coordinator run find its shard runs instead of creating them twice
+        run = run_deployment(self.deployment, parameters={**self.common, "shard_index": i}, timeout=0,
+                             as_subflow=False, idempotency_key=f"{self.key}-shard-{i}-of-{self.n}-try-{try_}",
+                             flow_run_name=f"shard-{i:05d}-of-{self.n:05d}" + (f"-try-{try_}" if try_ > 1 else ""),
+                             tags=[SHARD_TAG],
+                             job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(self.heartbeat_s)}})
+        self.run_of[i] = run.id
+
+    def run_all(self, poll_s: float = 1.0, page: int = 200, max_poll_s: float = 10.0) -> list[str]:
+        """-> each shard's final state name (of its last run), in shard order."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        log = get_run_logger()
+        for i in range(self.n):
+            self.submit(i)
+        final: dict[int, str] = {}
+        with get_client(sync_client=True) as client:
+            while len(final) < self.n:
+                shard_of = {self.run_of[i]: i for i in range(self.n) if i not in final}
+                ids = list(shard_of)
+                for k in range(0, len(ids), page):
+                    chunk = ids[k : k + page]
+                    for r in client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=chunk)),
+                                                   limit=len(chunk)):
+                        if r.state is None or not r.state.is_final():
+                            continue
+                        i = shard_of[r.id]
+                        if r.state.name == "Crashed" and self.tries[i] < self.attempts:
+                            log.warning(f"shard {i} run {r.name} crashed ({r.state.message}); starting it again "
+                                        f"(try {self.tries[i] + 1} of {self.attempts})")
+                            self.submit(i)
+                            poll_s = 1.0
+                        else:
+                            final[i] = r.state.name
+                if len(final) < self.n:
+                    time.sleep(poll_s)
+                    poll_s = min(poll_s * 1.5, max_poll_s)
+        return [final[i] for i in range(self.n)]
 
 
 @flow(name="edit-batch", log_prints=True)
@@ -66,6 +104,9 @@ def edit_batch(
     masks_store: str | None = "outputs/masks",  # the masks stage's store, for `sam:<selection>` regions
     edit: EditConfig | None = None,
     contact_sheet_rows: int = 8,
+    shard_attempts: int = 3,
+    shard_heartbeat_s: int = 60,
+    shard_silent_after_s: int = 300,
 ) -> dict:
     """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}."""
     if shard_index is not None:  # shard role
@@ -83,13 +124,10 @@ def edit_batch(
     else:
         common = dict(manifest=manifest, out_root=out_root, params_path=params_path, num_shards=num_shards,
                       engine=engine, concepts_root=concepts_root, masks_store=masks_store, edit=edit.model_dump() if edit else None)
-        # not subflows (a thousand child links weigh on the coordinator's run); the idempotency key
-        # makes a retried coordinator run find its shard runs instead of creating them twice
-        parent = flow_run_ctx.id or "local"
-        runs = [run_deployment(shard_deployment, parameters={**common, "shard_index": i}, timeout=0,
-                               as_subflow=False, idempotency_key=f"{parent}-shard-{i}-of-{num_shards}",
-                               flow_run_name=f"shard-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
-        states = _wait_all([r.id for r in runs], poll_s=1.0)
+        ensure_zombie_automation(shard_silent_after_s)  # silent shard runs -> Crashed -> started again
+        shards = _Shards(shard_deployment, common, num_shards, str(flow_run_ctx.id or uuid.uuid4()),
+                         shard_heartbeat_s, shard_attempts)
+        states = shards.run_all()
     # 3. merge the tables of this sharding; 4. artifacts
     counts = merge_shard_tables(out_root, num_shards)
     publish_artifacts(manifest, out_root, counts, states, contact_sheet_rows, masks_store)
