@@ -3,7 +3,9 @@
 A concept folder holds
     concept.safetensors  'text.embeddings' (n_tokens, D) float32 and 'unet.<param name>' tensors:
                          full replacement weights for 'kv'/'crossattn', or '<module>.lora_A'
-                         (r, in) / '<module>.lora_B' (out, r) for 'lora'; metadata: tokens, method
+                         (r, in) / '<module>.lora_B' (out, r) for 'lora' and for compressed
+                         ('lowrank' layout) K/V concepts, W = W0 + lora_scale * B @ A;
+                         metadata: tokens, method, layout
     card.json            base model source and hash, tokens, class words, resolved config, steps,
                          hashes of the training photos
     README.md            the card for people
@@ -43,6 +45,22 @@ class Concept:
     lora_scale: float = 1.0  # alpha / rank
     card: dict[str, Any] = field(default_factory=dict)
     name: str = "concept"
+    layout: str = "full"  # 'full' (replacement tensors) | 'lowrank' (lora_A/lora_B deltas; always for 'lora')
+
+    def __post_init__(self):
+        if self.method == "lora":
+            self.layout = "lowrank"
+
+    @property
+    def lowrank(self) -> bool:
+        """True when `unet` holds '<module>.lora_A' (r, in) / '.lora_B' (out, r) deltas:
+        W = W0 + lora_scale * lora_B @ lora_A (a trained LoRA, or a compressed K/V concept)."""
+        return self.layout == "lowrank"
+
+    @property
+    def modules(self) -> list[str]:
+        """UNet module paths the concept changes ('...attn2.to_k'), sorted."""
+        return sorted({k.rsplit(".", 1)[0] for k in self.unet})
 
 
 def check_token(token: str, tokenizer, item: str = "token") -> None:
@@ -77,11 +95,12 @@ def add_tokens(tokenizer, text_encoder, tokens: Sequence[str], rows: torch.Tenso
     return ids
 
 
-def _check_unet_shapes(concept: Concept, unet) -> dict[str, torch.nn.Parameter]:
+def check_unet_shapes(concept: Concept, unet) -> dict[str, torch.nn.Parameter]:
+    """Every tensor of `concept` fits a parameter of `unet` (ModelLoadError naming the concept
+    otherwise) -> `unet`'s named parameters."""
     params = dict(unet.named_parameters())
-    if concept.method == "lora":
-        mods = {k.rsplit(".", 1)[0] for k in concept.unet}
-        for m in sorted(mods):
+    if concept.lowrank:
+        for m in concept.modules:
             a, b = concept.unet[f"{m}.lora_A"], concept.unet[f"{m}.lora_B"]
             w = params.get(f"{m}.weight")
             if w is None:
@@ -110,20 +129,21 @@ def _check_unet_shapes(concept: Concept, unet) -> dict[str, torch.nn.Parameter]:
 def apply_concepts(pipe, concepts: Sequence[Concept]):
     """Apply concepts to a diffusers SD pipeline in place and return it.
 
-    Shapes are all checked before anything changes. At most one concept may carry full K/V
-    weights ('kv'/'crossattn'), since a second would overwrite the first; LoRA updates add up.
+    Shapes are all checked before anything changes. At most one concept may carry K/V weights
+    ('kv'/'crossattn', full or compressed), since a second would overwrite (or blindly add to) the
+    first; LoRA updates add up.
     """
     # 1. check everything first, so a bad concept leaves the pipeline untouched
     full = [c.name for c in concepts if c.method != "lora" and c.unet]
     if len(full) > 1:
         raise ModelLoadError(
             f"concepts {full[0]} and {full[1]} both replace the cross-attention K/V weights; "
-            "train them jointly (one run with several concepts) instead",
+            "merge them first (lcd concept merge) or train them jointly (one run with several concepts)",
             item=full[1],
         )
     seen: set[str] = set()
     for c in concepts:
-        _check_unet_shapes(c, pipe.unet)
+        check_unet_shapes(c, pipe.unet)
         d = pipe.text_encoder.get_input_embeddings().weight.shape[1]
         if c.embeddings.shape[-1] != d:
             raise ModelLoadError(
@@ -141,8 +161,8 @@ def apply_concepts(pipe, concepts: Sequence[Concept]):
         add_tokens(pipe.tokenizer, pipe.text_encoder, c.tokens, c.embeddings, c.name)
         params = dict(pipe.unet.named_parameters())
         with torch.no_grad():
-            if c.method == "lora":
-                for m in sorted({k.rsplit(".", 1)[0] for k in c.unet}):
+            if c.lowrank:
+                for m in c.modules:
                     w = params[f"{m}.weight"]
                     delta = c.lora_scale * (c.unet[f"{m}.lora_B"].float() @ c.unet[f"{m}.lora_A"].float())
                     w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
@@ -174,10 +194,11 @@ def save_concept(concept: Concept, out_dir: str | Path) -> Path:
     tensors = {"text.embeddings": concept.embeddings.detach().float().cpu().contiguous()}
     tensors.update({f"unet.{k}": v.detach().cpu().contiguous() for k, v in concept.unet.items()})
     meta = {"tokens": json.dumps(concept.tokens), "method": concept.method, "lora_scale": repr(concept.lora_scale),
-            "config": json.dumps(concept.card.get("config", {}), sort_keys=True)}
+            "layout": concept.layout, "config": json.dumps(concept.card.get("config", {}), sort_keys=True)}
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
-    card = dict(concept.card, tokens=concept.tokens, method=concept.method, lora_scale=concept.lora_scale)
+    card = dict(concept.card, tokens=concept.tokens, method=concept.method, lora_scale=concept.lora_scale,
+                layout=concept.layout)
     write_text_atomic(out / CARD_NAME, json.dumps(card, indent=2, sort_keys=True, default=str))
     write_text_atomic(out / "README.md", _readme(card))
     return out
@@ -192,6 +213,14 @@ def _readme(card: dict) -> str:
         f"- method: {card['method']}, steps: {card.get('steps', '?')}",
         f"- base model: {base.get('ref', '?')} (sha256 {base.get('sha256') or base.get('revision') or '?'})",
         f"- photos: {len(card.get('photos', []))}",
+    ]
+    comp = card.get("compression")
+    if comp:
+        lines.append(f"- compressed: rank {comp['min_rank']}-{comp['max_rank']}, "
+                     f"energy kept {comp['energy_kept']:.4f} (asked: {comp.get('rank') or comp.get('energy')})")
+    if card.get("merged_from"):
+        lines.append(f"- merged from: {', '.join(m['name'] for m in card['merged_from'])}")
+    lines += [
         "",
         f"Use: `lcd edit --concept <this folder> --prompt \"a photo of {card['tokens'][0]} ...\"`.",
     ]
@@ -213,11 +242,12 @@ def load_concept(folder: str | Path) -> Concept:
         tokens = json.loads(meta["tokens"])
         method = meta["method"]
         scale = float(meta.get("lora_scale", "1.0"))
+        layout = meta.get("layout", "full")
     except Exception as e:
         raise ModelLoadError(f"{f}: cannot read concept weights: {type(e).__name__}: {e}", item=str(p)) from None
     card = json.loads((p / CARD_NAME).read_text()) if (p / CARD_NAME).exists() else {}
     unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
-    return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p))
+    return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p), layout)
 
 
 # --- diffusers' Custom Diffusion layout ------------------------------------------------------
@@ -238,17 +268,18 @@ def export_diffusers(concept: Concept, unet, out_dir: str | Path) -> Path:
         pipe.load_textual_inversion(dir, weight_name=token_file_name(tok), token=tok)  # per token
     Every attention processor gets an entry (zero-length tensors for untouched ones) so diffusers
     builds a complete processor map. Pass `_pipeline`: without it diffusers 0.39 builds the
-    processors and silently never installs them (diffusers #9320). LoRA is merged into K/V.
+    processors and silently never installs them (diffusers #9320). LoRA and compressed deltas
+    are merged into K/V.
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    _check_unet_shapes(concept, unet)
+    check_unet_shapes(concept, unet)
     base = dict(unet.named_parameters())
     weights = dict(concept.unet)
-    if concept.method == "lora":
+    if concept.lowrank:
         weights = {}
-        for m in sorted({k.rsplit(".", 1)[0] for k in concept.unet}):
+        for m in concept.modules:
             d = concept.lora_scale * (concept.unet[f"{m}.lora_B"].float() @ concept.unet[f"{m}.lora_A"].float())
             weights[f"{m}.weight"] = base[f"{m}.weight"].detach().float().cpu() + d
     state: dict[str, torch.Tensor] = {}

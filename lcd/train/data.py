@@ -72,7 +72,12 @@ def load_concept_photos(
 
 
 def load_reg_set(folder: str | Path, default_caption: str) -> list[Example]:
-    """A regularization set in one of four layouts:
+    """The images and captions of a regularization set (layouts: `reg_set_pairs`)."""
+    return [Example(load_image(p), c, str(p)) for p, c in reg_set_pairs(folder, default_caption)]
+
+
+def reg_set_pairs(folder: str | Path, default_caption: str) -> list[tuple[Path, str]]:
+    """(image path, caption) of a regularization set, no image read, in one of four layouts:
     - `lcd regset` output: `manifest.parquet` (columns path relative to the folder, caption),
       written last, so its presence means the set is complete;
     - diffusers' `--real_prior` layout: `images.txt` (one path per line) + `caption.txt` (one per line);
@@ -110,7 +115,7 @@ def load_reg_set(folder: str | Path, default_caption: str) -> list[Example]:
             pairs.append((f, side.read_text().strip() if side.exists() else default_caption))
     if not pairs:
         raise InputImageError(f"{root}: regularization set has no images", item=str(root))
-    return [Example(load_image(p), c, str(p)) for p, c in pairs]
+    return pairs
 
 
 def _under(root: Path, p: str) -> Path:
