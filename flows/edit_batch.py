@@ -107,10 +107,12 @@ def edit_batch(
     shard_attempts: int = 3,
     shard_heartbeat_s: int = 60,
     shard_silent_after_s: int = 300,
+    standin_batch_s: float = 0.0,
 ) -> dict:
     """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}."""
     if shard_index is not None:  # shard role
-        return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root, masks_store)
+        return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root,
+                          masks_store, standin_batch_s)
     log = get_run_logger()
     # 1. read the manifest once into one plan file per shard; its bad entries are failures of this run
     plan = plan_manifest(manifest, out_root, num_shards)
@@ -119,11 +121,13 @@ def edit_batch(
     # 2. fan the shards out
     if fan_out == "inline":
         for i in range(num_shards):
-            edit_shard(manifest, out_root, i, num_shards, params_path, edit, engine, concepts_root, masks_store)
+            edit_shard(manifest, out_root, i, num_shards, params_path, edit, engine, concepts_root, masks_store,
+                       standin_batch_s)
         states = ["Completed"] * num_shards
     else:
         common = dict(manifest=manifest, out_root=out_root, params_path=params_path, num_shards=num_shards,
-                      engine=engine, concepts_root=concepts_root, masks_store=masks_store, edit=edit.model_dump() if edit else None)
+                      engine=engine, concepts_root=concepts_root, masks_store=masks_store, edit=edit.model_dump() if edit else None,
+                      standin_batch_s=standin_batch_s)
         ensure_zombie_automation(shard_silent_after_s)  # silent shard runs -> Crashed -> started again
         shards = _Shards(shard_deployment, common, num_shards, str(flow_run_ctx.id or uuid.uuid4()),
                          shard_heartbeat_s, shard_attempts)

@@ -23,9 +23,10 @@ from lcd.jobs.plan import plan_ids, plan_items, read_shard_plan, write_plan
 @task(cache_policy=NO_CACHE)  # loads a model; results live on disk, Prefect must not cache them
 def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, params_path: str,
                edit: EditConfig | None, engine: Engine, concepts_root: str | None,
-               masks_store: str | None = None) -> dict:
+               masks_store: str | None = None, standin_batch_s: float = 0.0) -> dict:
     """Edit shard `shard_index` of `num_shards` from its plan file (the coordinator planned
-    `manifest`; the shard never reads it); write its results/failures tables; -> counts."""
+    `manifest`; the shard never reads it); write its results/failures tables; -> counts.
+    `standin_batch_s`: the noop engine's sleep per batch (bench/scale.py's stand-in GPU)."""
     params = load_params(params_path)
     items = read_shard_plan(out_root, shard_index, num_shards)
     name = tables.shard_name(shard_index, num_shards)
@@ -33,7 +34,7 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
                             cfg=edit or params.edit, models=params.models, shard=name,
                             engine=engine, concepts_root=concepts_root,
                             masks_store=masks_store,
-                            masks_cfg=params.masks)
+                            masks_cfg=params.masks, standin_batch_s=standin_batch_s)
     tables.write_table(tables.shard_table_path(out_root, "results", name), report.results, tables.RESULTS_SCHEMA)
     tables.write_table(tables.shard_table_path(out_root, "failures", name), report.failures, tables.FAILURES_SCHEMA)
     return {"shard": name, **report.counts()}

@@ -88,6 +88,28 @@ def list_names(folder: str | Path) -> set[str]:
         return set()
 
 
+def info(url: str) -> dict:
+    """A remote object's listing entry (size, ETag/mtime): FileNotFoundError when it is absent."""
+    fs, path = filesystem(url)
+    return fs.info(path)
+
+
+def is_file(p: str | Path) -> bool:
+    p = normalize(p)
+    if isinstance(p, Path):
+        return p.is_file()
+    try:
+        return info(p).get("type") == "file"
+    except FileNotFoundError:
+        return False
+
+
+def parent(p: str | Path) -> str | Path:
+    """The folder holding `p`: a URL's prefix, or a resolved local folder."""
+    p = normalize(p)
+    return p.resolve().parent if isinstance(p, Path) else p.rsplit("/", 1)[0]
+
+
 def upload(local: Path, dest: str) -> None:
     """One PUT of a finished local file to a remote URL (the object appears whole or not at all)."""
     fs, path = filesystem(dest)

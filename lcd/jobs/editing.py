@@ -62,6 +62,7 @@ class ShardContext:
     engine: Engine
     masks_store: "str | Path | MaskStore | None"
     masks_cfg: MasksConfig | None
+    standin_batch_s: float = 0.0  # noop engine: seconds slept per batch, standing in for a GPU (benchmarks)
     report: ShardReport = field(default_factory=ShardReport)
 
     def fail(self, item_id: str, stage: str, err: Exception) -> None:
@@ -95,9 +96,13 @@ def run_edit_shard(
     loader: PipelineLoader | None = None,
     masks_store: "str | Path | MaskStore | None" = None,
     masks_cfg: MasksConfig | None = None,
+    standin_batch_s: float = 0.0,
 ) -> ShardReport:
-    """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception."""
-    ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, open_masks_store(masks_store, items), masks_cfg)
+    """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception.
+    `standin_batch_s`: with the noop engine, sleep that long per batch (a stand-in GPU for
+    orchestration benchmarks, bench/scale.py)."""
+    ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, open_masks_store(masks_store, items),
+                       masks_cfg, standin_batch_s)
     # 1. hash every item against the run's config; keep the ones whose output is missing or stale
     pending = _pending_items(ctx, items, concepts_root)
     # 2. CLIP only when a pending item selects its SAM region by text
@@ -191,6 +196,7 @@ def _edit_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
         return
     try:
         if lp is None:
+            time.sleep(ctx.standin_batch_s)
             results = [EditResult(ei.image, ei.mask.astype(np.float32), {"engine": "noop"}) for _, _, ei in ready]
         else:
             results = edit_images(lp, [ei for _, _, ei in ready], ctx.cfg)

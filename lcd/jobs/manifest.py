@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 from pydantic import Field, ValidationError, model_validator
 
 from lcd.config_base import StrictConfig
+from lcd.io import storage
 from lcd.errors import LcdError
 
 ITEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole (fullmatch): no trailing newline
@@ -128,27 +129,28 @@ def manifest_format(path: str | Path) -> str:
 def file_entries(path: str | Path, batch_rows: int = 65536) -> Iterator[Entry]:
     """Stream a manifest file's entries without holding it: JSON Lines line by line (as bytes, so
     one bad byte is one bad line), Parquet in record batches (columns = item fields; nulls are
-    absent fields), a `.json` list whole."""
-    p = Path(path)
-    if not p.is_file():
+    absent fields), a `.json` list whole. `path` may be a local file or a URL (lcd.io.storage)."""
+    p = storage.normalize(path)
+    if not storage.is_file(p):
         raise LcdError(f"{p}: manifest not found", item=str(p))
-    fmt = manifest_format(p)
+    fmt = manifest_format(str(p))
     if fmt == "json":
-        yield from text_entries(p.read_text(), "json")
+        yield from text_entries(storage.read_bytes(p).decode("utf-8", errors="replace"), "json")
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
-        try:
-            pf = pq.ParquetFile(p)
-        except Exception as e:  # noqa: BLE001 - not Parquet at all: one line naming the file
-            raise LcdError(f"{p}: cannot read the Parquet manifest: {e}", item=str(p)) from None
-        i = 0
-        for batch in pf.iter_batches(batch_size=batch_rows):
-            for row in batch.to_pylist():
-                yield i, row, None
-                i += 1
+        with storage.open_read(p) as f:
+            try:
+                pf = pq.ParquetFile(f)
+            except Exception as e:  # noqa: BLE001 - not Parquet at all: one line naming the file
+                raise LcdError(f"{p}: cannot read the Parquet manifest: {e}", item=str(p)) from None
+            i = 0
+            for batch in pf.iter_batches(batch_size=batch_rows):
+                for row in batch.to_pylist():
+                    yield i, row, None
+                    i += 1
     else:
-        with open(p, "rb") as f:
+        with storage.open_read(p) as f:
             i = 0
             for line in f:
                 if line.strip():
@@ -158,7 +160,7 @@ def file_entries(path: str | Path, batch_rows: int = 65536) -> Iterator[Entry]:
 
 def read_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestFailure]]:
     """Read a `.jsonl` / `.json` / `.parquet` manifest file; relative paths in it are made absolute."""
-    base = Path(path).resolve().parent
+    base = storage.parent(path)
     items: list[ManifestItem] = []
     failures: list[ManifestFailure] = []
     for x in validate_entries(file_entries(path)):
@@ -169,10 +171,13 @@ def read_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestFa
     return items, failures
 
 
-def resolve_paths(item: ManifestItem, base: Path) -> ManifestItem:
-    """Image / mask paths relative to `base` -> absolute. Concept names are left as given."""
+def resolve_paths(item: ManifestItem, base: str | Path) -> ManifestItem:
+    """Image / mask paths relative to `base` (a folder or a URL prefix: the manifest's own) ->
+    absolute; absolute paths and URLs are kept. Concept names are left as given."""
     def fix(s: str | None) -> str | None:
-        return None if s is None else str(base / s) if not Path(s).is_absolute() else s
+        if s is None or storage.is_remote(s) or Path(s).is_absolute():
+            return s
+        return str(storage.join(base, s))
 
     return item.model_copy(update={"image": fix(item.image), "mask": fix(item.mask)})
 

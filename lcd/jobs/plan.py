@@ -58,10 +58,10 @@ def shard_plan_path(out_root: str | Path, index: int, num_shards: int) -> Path:
     return storage.join(out_root, PLAN_DIR, f"shard-{tables.shard_name(index, num_shards)}.parquet")
 
 
-def manifest_sha256(path: Path) -> str:
-    """SHA-256 of the manifest file's bytes (the plan's reuse key)."""
+def manifest_sha256(path: str | Path) -> str:
+    """SHA-256 of the manifest file's bytes (the plan's reuse key); a local file or a URL."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_read(path) as f:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
@@ -77,8 +77,8 @@ def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batc
     -> the Plan. An existing plan of the same manifest bytes and `num_shards` is kept as it is."""
     # 1. check inputs; reuse a plan of these exact bytes
     check_num_shards(num_shards)
-    path = Path(manifest)
-    if not path.is_file():
+    path = storage.normalize(manifest)  # a local file or a URL
+    if not storage.is_file(path):
         raise LcdError(f"{path}: manifest not found", item=str(path))
     sha = manifest_sha256(path)
     old = read_plan(out_root)
@@ -90,7 +90,7 @@ def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batc
     spool = Path(spool_dir.name) / "items.parquet"
     failures: list[dict] = []
     items = 0
-    base = path.resolve().parent
+    base = storage.parent(path)
     with pq.ParquetWriter(spool, PLAN_SCHEMA) as writer:
         rows: list[dict] = []
         for x in validate_entries(file_entries(path, batch_rows)):

@@ -32,7 +32,7 @@ def s3(monkeypatch):
 
     fsspec.filesystem("s3").clear_instance_cache()  # a fresh client for this server's endpoint
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("lcd-test")
+    fs.makedirs("lcd-test", exist_ok=True)  # moto keeps its buckets per process, across servers
     yield fs
     fsspec.filesystem("s3").clear_instance_cache()
     srv.stop()
@@ -64,3 +64,31 @@ def test_outputs_and_tables_round_trip_on_s3(s3, tmp_path):
     from lcd.io.images import read_png_meta
 
     assert read_png_meta(storage.join(out, "edits", "i3.png"))["id"] == "i3"
+
+
+def test_manifest_images_and_masks_on_s3_plan_edit_and_resume(s3, tmp_path):
+    """Inputs on object storage too: a Parquet manifest in the bucket whose relative image/mask
+    paths resolve against the manifest's own prefix, edited into an S3 out_root; the item hashes
+    come from the objects' bytes, so a re-run skips everything and a changed mask redoes its item."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.tasks.test_edit_tasks import SAMPLES
+
+    for name in ("scenes/cat_00.jpg", "masks/cat_00.png", "masks/teapot_00.png"):
+        s3.put_file(str(SAMPLES / name), f"lcd-test/in/{name}")
+    rows = [{"id": f"r{k}", "image": "scenes/cat_00.jpg", "mask": "masks/cat_00.png", "prompt": "a dog", "seed": k}
+            for k in range(3)] + [{"id": "gone", "image": "scenes/nope.jpg", "mask": "masks/cat_00.png", "prompt": "a dog"}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    s3.put_file(str(tmp_path / "m.parquet"), "lcd-test/in/m.parquet")
+    _, params = noop_job(tmp_path)
+    manifest, out = "s3://lcd-test/in/m.parquet", "s3://lcd-test/runs/remote-in"
+    assert plan_manifest.fn(manifest, out, 1)["items"] == 4
+    first = edit_shard.fn(manifest, out, 0, 1, str(params), None, "noop", None)
+    assert (first["edited"], first["failed"]) == (3, 1)
+    fails = tables.read_table(storage.join(out, "tables", "failures-00000-of-00001.parquet")).to_pylist()
+    assert fails[0]["id"] == "gone" and "s3://lcd-test/in/scenes/nope.jpg: file not found" in fails[0]["message"]
+    assert edit_shard.fn(manifest, out, 0, 1, str(params), None, "noop", None)["skipped"] == 3
+    s3.put_file(str(SAMPLES / "masks/teapot_00.png"), "lcd-test/in/masks/cat_00.png")  # new bytes, same name
+    again = edit_shard.fn(manifest, out, 0, 1, str(params), None, "noop", None)
+    assert (again["edited"], again["skipped"]) == (3, 0)
