@@ -69,11 +69,11 @@ def _stock_with_embeddings(fresh_sd, out, tokens):
 
 
 @pytest.mark.parametrize("key,prompt", [("L", "a photo of [L] dog"), ("A", "a photo of [P] dog")])
-def test_kohya_export_loads_in_diffusers_to_the_same_image(trained, fresh_sd, generate, tmp_path, key, prompt):
+def test_kohya_export_loads_in_diffusers_to_the_same_image(concept_set, fresh_sd, generate, tmp_path, key, prompt):
     """L: a trained LoRA of rank 2 with alpha 1 (scale 0.5); A: full K/V written at full rank."""
     from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_lora_to_diffusers
 
-    c = trained[key]
+    c = concept_set[key]
     res = export_concept(c, fresh_sd().pipe.unet, tmp_path, "kohya", name="mine")
     f = tmp_path / LORA_DIR / "mine.safetensors"
     sd = load_file(str(f))
@@ -89,10 +89,10 @@ def test_kohya_export_loads_in_diffusers_to_the_same_image(trained, fresh_sd, ge
     assert res["trigger_words"] == {c.tokens[0]: c.tokens[0].strip("[]")}
 
 
-def test_lycoris_full_keys_match_a1111_and_comfyui_and_diffs_reproduce_our_image(trained, fresh_sd, generate, tmp_path):
+def test_lycoris_full_keys_match_a1111_and_comfyui_and_diffs_reproduce_our_image(concept_set, fresh_sd, generate, tmp_path):
     from lcd.models.ldm_format import to_ldm_state_dict
 
-    c, prompt = trained["A"], "a photo of [P] dog"
+    c, prompt = concept_set["A"], "a photo of [P] dog"
     base = fresh_sd().pipe
     export_concept(c, base.unet, tmp_path, "lycoris-full", name="mine")
     sd = load_file(str(tmp_path / LORA_DIR / "mine.safetensors"))
@@ -115,8 +115,8 @@ def test_lycoris_full_keys_match_a1111_and_comfyui_and_diffs_reproduce_our_image
     np.testing.assert_allclose(generate(stock, prompt), _ours(c, fresh_sd, generate, prompt), atol=1e-5)
 
 
-def test_a1111_embedding_layout(trained, fresh_sd, tmp_path):
-    c = trained["A"]
+def test_a1111_embedding_layout(concept_set, fresh_sd, tmp_path):
+    c = concept_set["A"]
     res = export_concept(c, fresh_sd().pipe.unet, tmp_path, "a1111")
     f = tmp_path / EMBEDDINGS_DIR / "P.safetensors"
     assert res["files"] == [str(f)] and not (tmp_path / LORA_DIR).exists()
@@ -127,20 +127,20 @@ def test_a1111_embedding_layout(trained, fresh_sd, tmp_path):
     assert torch.equal(emb[0], c.embeddings[0]) and f.stem == "P"  # trigger word = file stem
 
 
-def test_export_errors(trained, fresh_sd, tmp_path):
+def test_export_errors(concept_set, fresh_sd, tmp_path):
     from dataclasses import replace
 
     unet = fresh_sd().pipe.unet
     with pytest.raises(LcdError, match=r"format 'ckpt' is not one of diffusers, kohya, lycoris-full, a1111"):
-        export_concept(trained["A"], unet, tmp_path, "ckpt")
+        export_concept(concept_set["A"], unet, tmp_path, "ckpt")
     with pytest.raises(LcdError, match="method 'crossattn' changes more than the K/V projections"):
-        export_concept(replace(trained["A"], method="crossattn"), unet, tmp_path, "kohya")
+        export_concept(replace(concept_set["A"], method="crossattn"), unet, tmp_path, "kohya")
 
 
-def test_kohya_alpha_is_what_diffusers_scales_by(trained, fresh_sd, generate, tmp_path):
+def test_kohya_alpha_is_what_diffusers_scales_by(concept_set, fresh_sd, generate, tmp_path):
     """The same factors with alpha = rank (diffusers' convert_state_dict_to_kohya default) give
     another image: writing the real alpha matters."""
-    c, prompt = trained["L"], "a photo of [L] dog"
+    c, prompt = concept_set["L"], "a photo of [L] dog"
     export_concept(c, fresh_sd().pipe.unet, tmp_path, "kohya", name="mine")
     sd = load_file(str(tmp_path / LORA_DIR / "mine.safetensors"))
     wrong = {k: (torch.tensor(2.0) if k.endswith(".alpha") else v) for k, v in sd.items()}

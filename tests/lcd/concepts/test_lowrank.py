@@ -46,9 +46,9 @@ def test_bad_targets_are_one_line_errors():
         factorize(d, energy=1.5)
 
 
-def test_full_rank_compression_gives_the_same_image(trained, fresh_sd, generate, tmp_path):
+def test_full_rank_compression_gives_the_same_image(concept_set, fresh_sd, generate, tmp_path):
     """Tolerance 1e-5: W0 + up @ down differs from the stored W by float32 rounding (~1e-7)."""
-    a = trained["A"]
+    a = concept_set["A"]
     base = fresh_sd().pipe
     small = compress_concept(a, base.unet, rank=32)  # every tiny attn2 K/V is (32|64, 32): rank 32 is full
     assert small.layout == "lowrank" and small.lora_scale == 1.0 and small.method == "kv"
@@ -64,8 +64,8 @@ def test_full_rank_compression_gives_the_same_image(trained, fresh_sd, generate,
     assert np.abs(x - generate(fresh_sd().pipe, "a photo of dog dog")).max() > 1e-2  # the concept matters
 
 
-def test_compressed_concept_is_applied_exactly_as_stored(trained, fresh_sd):
-    a = trained["A"]
+def test_compressed_concept_is_applied_exactly_as_stored(concept_set, fresh_sd):
+    a = concept_set["A"]
     base = fresh_sd().pipe
     small = compress_concept(a, base.unet, energy=0.6)
     comp = small.card["compression"]
@@ -87,16 +87,16 @@ def test_compressed_concept_is_applied_exactly_as_stored(trained, fresh_sd):
     assert float(err.pow(2).sum() / d[m0].pow(2).sum()) == pytest.approx(1 - comp["energy_per_layer"][m0], abs=1e-5)
 
 
-def test_rank_above_a_layer_names_the_layer(trained, fresh_sd):
+def test_rank_above_a_layer_names_the_layer(concept_set, fresh_sd):
     with pytest.raises(LcdError, match=r"attn2.to_k: rank 33 is above this layer's rank 32"):
-        compress_concept(trained["A"], fresh_sd().pipe.unet, rank=33)
+        compress_concept(concept_set["A"], fresh_sd().pipe.unet, rank=33)
 
 
-def test_two_compressed_kv_concepts_are_refused_together(trained, fresh_sd):
+def test_two_compressed_kv_concepts_are_refused_together(concept_set, fresh_sd):
     """Compressed K/V deltas of separate runs must be merged, not silently summed."""
     from lcd.errors import ModelLoadError
 
     base = fresh_sd().pipe
-    a, b = (compress_concept(trained[k], base.unet, rank=2) for k in ("A", "B"))
+    a, b = (compress_concept(concept_set[k], base.unet, rank=2) for k in ("A", "B"))
     with pytest.raises(ModelLoadError, match="merge them first"):
         apply_concepts(fresh_sd().pipe, [a, b])

@@ -25,12 +25,12 @@ REG = CAPTIONS[:60]
 
 
 @pytest.fixture(scope="module")
-def merged(trained, tiny_dir):
+def merged(concept_set, tiny_dir):
     """(merged concept, the pipeline it was merged on: base UNet, both tokens in the text encoder)."""
     from lcd.models.loader import load_sd_pipeline
 
     lp = load_sd_pipeline(tiny_dir / "sd")
-    return merge_concepts(lp.pipe, [trained["A"], trained["B"]], REG, templates=TEMPLATES), lp.pipe
+    return merge_concepts(lp.pipe, [concept_set["A"], concept_set["B"]], REG, templates=TEMPLATES), lp.pipe
 
 
 def test_operator_satisfies_constraints_and_minimises_the_regularizer():
@@ -47,7 +47,7 @@ def test_operator_satisfies_constraints_and_minimises_the_regularizer():
     assert (delta @ c_reg.T).norm() < (other @ c_reg.T).norm()
 
 
-def test_merged_outputs_equal_each_concept_on_its_prompts_and_stay_closer_to_base(trained, merged, tiny_dir):
+def test_merged_outputs_equal_each_concept_on_its_prompts_and_stay_closer_to_base(concept_set, merged, tiny_dir):
     """Tolerance 1e-4 relative: the constraints are solved exactly in float64, so the only error is
     float32 storage of W and float32 matmuls (~1e-7 relative measured); a wrong formula misses by
     O(1). On the regularization captions the merged change is several times smaller than either
@@ -62,8 +62,8 @@ def test_merged_outputs_equal_each_concept_on_its_prompts_and_stay_closer_to_bas
     reg = reg.reshape(-1, reg.shape[-1])
     own_err, reg_norm = [], {"merged": 0.0, "A": 0.0, "B": 0.0}
     for key in ("A", "B"):
-        c = constraint_features(pipe, trained[key], TEMPLATES)
-        d = kv_deltas(trained[key], base.unet)
+        c = constraint_features(pipe, concept_set[key], TEMPLATES)
+        d = kv_deltas(concept_set[key], base.unet)
         assert len(c) >= 6 and set(d) == set(dm) and len(dm) == 12  # 6 attn2 layers x (to_k, to_v)
         for mod in dm:
             w0 = params[f"{mod}.weight"].detach()
@@ -75,15 +75,15 @@ def test_merged_outputs_equal_each_concept_on_its_prompts_and_stay_closer_to_bas
     assert reg_norm["merged"] < 0.5 * min(reg_norm["A"], reg_norm["B"]), reg_norm
 
 
-def test_merged_concept_keeps_token_embeddings_and_edits_with_both_tokens(trained, merged, fresh_sd, tmp_path):
+def test_merged_concept_keeps_token_embeddings_and_edits_with_both_tokens(concept_set, merged, fresh_sd, tmp_path):
     from lcd.concepts.io import load_concept, save_concept
     from lcd.config import EditConfig
     from lcd.edit.engine import EditItem, edit_images
 
     m, _ = merged
     assert m.tokens == ["[P]", "[Q]"] and m.method == "kv"
-    assert torch.equal(m.embeddings, torch.cat([trained["A"].embeddings, trained["B"].embeddings]))
-    assert [f["name"] for f in m.card["merged_from"]] == [str(trained["A_dir"]), str(trained["B_dir"])]
+    assert torch.equal(m.embeddings, torch.cat([concept_set["A"].embeddings, concept_set["B"].embeddings]))
+    assert [f["name"] for f in m.card["merged_from"]] == [str(concept_set["A_dir"]), str(concept_set["B_dir"])]
     lp = fresh_sd()
     apply_concepts(lp.pipe, [load_concept(save_concept(m, tmp_path / "m"))])
     img = np.random.RandomState(0).randint(0, 256, (64, 64, 3), dtype=np.uint8)
@@ -95,8 +95,8 @@ def test_merged_concept_keeps_token_embeddings_and_edits_with_both_tokens(traine
     assert np.array_equal(res.image[~mask], img[~mask])
 
 
-def test_merge_refuses_bad_input(trained, fresh_sd):
-    a, b = trained["A"], trained["B"]
+def test_merge_refuses_bad_input(concept_set, fresh_sd):
+    a, b = concept_set["A"], concept_set["B"]
     pipe = fresh_sd().pipe
     other = replace(b, card=dict(b.card, base={"ref": "other/sd", "sha256": "e" * 64}))
     with pytest.raises(ModelLoadError, match=rf"{a.name} was trained on .* but {b.name} on other/sd \(eeeeeeeeeeee\)"):
@@ -115,13 +115,13 @@ def test_merge_refuses_bad_input(trained, fresh_sd):
     assert "[P]" not in pipe.tokenizer.get_vocab()
 
 
-def test_merge_refuses_too_many_constraints(trained, fresh_sd):
+def test_merge_refuses_too_many_constraints(concept_set, fresh_sd):
     templates = tuple(f"{w} {{token}} {{class_word}} with a long tail of words" for w in ("a", "one", "the", "my", "our"))
     with pytest.raises(LcdError, match="constraint features for a 32-wide text space"):
-        merge_concepts(fresh_sd().pipe, [trained["A"], trained["B"]], REG, templates=templates)
+        merge_concepts(fresh_sd().pipe, [concept_set["A"], concept_set["B"]], REG, templates=templates)
 
 
-def test_lora_concepts_merge_too(trained, fresh_sd):
+def test_lora_concepts_merge_too(concept_set, fresh_sd):
     """A LoRA concept's delta (scale * B @ A) is merged like a K/V one."""
-    m = merge_concepts(fresh_sd().pipe, [trained["A"], trained["L"]], REG, templates=TEMPLATES[:1])
+    m = merge_concepts(fresh_sd().pipe, [concept_set["A"], concept_set["L"]], REG, templates=TEMPLATES[:1])
     assert m.tokens == ["[P]", "[L]"] and len(m.unet) == 12
