@@ -109,7 +109,12 @@ def edit_batch(
     shard_silent_after_s: int = 300,
     standin_batch_s: float = 0.0,
 ) -> dict:
-    """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}."""
+    """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}.
+
+    Fan-out settings: `shard_attempts` runs at most per shard (a Crashed run is started again),
+    `shard_heartbeat_s` between a shard run's heartbeats (>= 30), `shard_silent_after_s` of
+    silence before the zombie automation marks a shard run Crashed. `standin_batch_s`: the noop
+    engine sleeps that long per batch (a stand-in GPU for bench/scale.py)."""
     if shard_index is not None:  # shard role
         return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root,
                           masks_store, standin_batch_s)
