@@ -8,6 +8,10 @@ from pydantic import Field, field_validator
 
 from lcd.config_base import StrictConfig, multiple_of_8
 
+# settings of how a shard runs that cannot change a pixel: left out of item hashes and of the
+# `edit_config` recorded in outputs, so changing them redoes nothing and outputs stay identical
+EXECUTION_ONLY = frozenset({"overlap", "png_compress_level"})
+
 SchedulerName = Literal["ddim", "dpmpp_2m", "euler_a", "euler", "pndm", "unipc"]
 
 
@@ -33,6 +37,9 @@ class EditConfig(StrictConfig):
     crop_margin: float = Field(0.25, ge=0.0, le=4.0)  # context around the mask, fraction of its side
     batch_size: int = Field(8, ge=1, le=256)
     seed: int = 0
+    # how a shard runs, not what it makes (EXECUTION_ONLY)
+    overlap: bool = True  # read the next batch and write the previous one while the model runs
+    png_compress_level: int = Field(6, ge=0, le=9)  # zlib level of output PNGs; lossless at any level
 
     @field_validator("size")
     @classmethod

@@ -19,7 +19,7 @@ from PIL import Image
 import lcd
 from lcd.concepts.tokens import CONCEPT_TOKEN, check_prompt
 from lcd.edit import region
-from lcd.edit.config import EditConfig
+from lcd.edit.config import EXECUTION_ONLY, EditConfig
 from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents, encode_prompts
 from lcd.errors import InputImageError, LcdError
 from lcd.masks.morphology import feather_alpha
@@ -189,7 +189,7 @@ def _meta(lp: LoadedPipeline, it: EditItem, cfg: EditConfig, box, extra: dict | 
         "model": lp.source.ref,
         "model_hash": lp.source.short_hash,
         "model_source": lp.source.to_dict(),
-        "edit_config": cfg.model_dump(),
+        "edit_config": cfg.model_dump(exclude=set(EXECUTION_ONLY)),
         "crop_box": None if box is None else [box.x0, box.y0, box.side],
         "lcd_version": lcd.__version__,
     }

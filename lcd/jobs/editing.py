@@ -5,7 +5,8 @@ The shard loop runs in phases:
   2. load CLIP when a pending item selects its SAM region by text;
   3. per concept group, load the model once (lcd.models.pipeline.load_sd);
   4. per batch: read inputs and resolve regions (lcd.jobs.regions), validate, edit, and save
-     atomically, the region first and the output last (the output marks the item done).
+     atomically, the region first and the output last (the output marks the item done); with
+     `edit.overlap` the next batch is read and the previous one written while the model runs.
 A worker killed mid-shard loses at most the batch in flight, and a re-run finds the rest. One bad
 item becomes a failure row, never an exception.
 """
@@ -65,9 +66,12 @@ class ShardContext:
     standin_batch_s: float = 0.0  # noop engine: seconds slept per batch, standing in for a GPU (benchmarks)
     report: ShardReport = field(default_factory=ShardReport)
 
+    def failure(self, item_id: str, stage: str, err: Exception) -> dict:
+        return {"id": item_id, "item": getattr(err, "item", None) or item_id, "stage": stage,
+                "error": type(err).__name__, "message": str(err), "shard": self.shard}
+
     def fail(self, item_id: str, stage: str, err: Exception) -> None:
-        self.report.failures.append({"id": item_id, "item": getattr(err, "item", None) or item_id, "stage": stage,
-                                     "error": type(err).__name__, "message": str(err), "shard": self.shard})
+        self.report.failures.append(self.failure(item_id, stage, err))
 
 
 Pending = tuple[ManifestItem, str, "Path | None"]  # item, input_hash, concept folder
@@ -120,9 +124,9 @@ def run_edit_shard(
                 for it, _, _ in group:
                     ctx.fail(it.id, "concept", e)
                 continue
-        # 4. batches: read, resolve regions, validate, edit, save atomically
-        for start in range(0, len(group), cfg.batch_size):
-            _edit_batch(ctx, group[start : start + cfg.batch_size], lp, tokens, clip)
+        # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config)
+        _run_batches(ctx, [group[k : k + cfg.batch_size] for k in range(0, len(group), cfg.batch_size)],
+                     lp, tokens, clip)
     return ctx.report
 
 
@@ -174,14 +178,18 @@ def _load_text_clip(ctx: ShardContext, pending: list[Pending]):
     return model, processor
 
 
-def _edit_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], clip) -> None:
-    """Phase 4, one batch: inputs that cannot be read or validated fail alone; an exception in the
-    edit itself (e.g. out of memory) fails the batch's items, not the shard."""
-    from lcd.edit.engine import EditItem, EditResult, check_item, edit_images, known_concept_tokens
+Ready = tuple[ManifestItem, str, "object"]  # item, input_hash, EditItem
+Outcome = tuple[list[dict], list[dict]]  # result rows, failure rows (in item order)
 
-    t0 = time.perf_counter()
+
+def _read_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], clip) -> tuple[list[Ready], list[dict]]:
+    """Read, decode and validate one batch (CPU; runs ahead of the model when overlapping).
+    Items that cannot be read or validated fail alone."""
+    from lcd.edit.engine import EditItem, check_item, known_concept_tokens
+
     known = known_concept_tokens(lp.pipe.tokenizer) if lp is not None else []
-    ready: list[tuple[ManifestItem, str, EditItem]] = []
+    ready: list[Ready] = []
+    fails: list[dict] = []
     for it, h, _ in batch:
         try:
             image = load_image(it.image)
@@ -189,11 +197,18 @@ def _edit_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
             if lp is not None:
                 check_item(ei, known, tokens)
         except LcdError as e:
-            ctx.fail(it.id, "input", e)
+            fails.append(ctx.failure(it.id, "input", e))
             continue
         ready.append((it, h, ei))
-    if not ready:
-        return
+    return ready, fails
+
+
+def _edit_ready(ctx: ShardContext, ready: list[Ready], lp) -> tuple[list | None, list[dict], float]:
+    """The model on one batch (the GPU part) -> (results or None, failures, seconds per item). An
+    exception in the edit itself (e.g. out of memory) fails the batch's items, not the shard."""
+    from lcd.edit.engine import EditResult, edit_images
+
+    t0 = time.perf_counter()
     try:
         if lp is None:
             time.sleep(ctx.standin_batch_s)
@@ -201,27 +216,68 @@ def _edit_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
         else:
             results = edit_images(lp, [ei for _, _, ei in ready], ctx.cfg)
     except Exception as e:  # noqa: BLE001 - recorded per item, with its type and message
-        for it, _, _ in ready:
-            ctx.fail(it.id, "edit", e)
-        return
-    per_item = (time.perf_counter() - t0) / len(ready)
+        return None, [ctx.failure(it.id, "edit", e) for it, _, _ in ready], 0.0
+    return results, [], (time.perf_counter() - t0) / max(len(ready), 1)
+
+
+def _save_batch(ctx: ShardContext, ready: list[Ready], results: list, seconds: float) -> Outcome:
+    """Write one batch's regions and outputs (CPU; runs behind the model when overlapping)."""
+    rows: list[dict] = []
+    fails: list[dict] = []
     for (it, h, ei), res in zip(ready, results):
-        _save(ctx, it, h, ei, res, per_item)
+        row, fail = _save(ctx, it, h, ei, res, seconds)
+        (rows if row else fails).append(row or fail)
+    return rows, fails
 
 
-def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) -> None:
-    """The region first, the output last: the output is what marks the item done."""
+def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: list[str], clip) -> None:
+    """Phase 4 over one concept group. With `cfg.overlap`, batch k+1 is read and batch k-1 written
+    in two worker threads while the model runs batch k (at most three batches in memory); rows
+    are recorded in the same order as without overlap, so tables and outputs are identical."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def record(outcome: Outcome) -> None:
+        ctx.report.results.extend(outcome[0])
+        ctx.report.failures.extend(outcome[1])
+
+    if not ctx.cfg.overlap:
+        for batch in batches:
+            ready, fails = _read_batch(ctx, batch, lp, tokens, clip)
+            ctx.report.failures.extend(fails)
+            results, fails, secs = _edit_ready(ctx, ready, lp) if ready else ([], [], 0.0)
+            ctx.report.failures.extend(fails)
+            record(_save_batch(ctx, ready, results, secs) if results else ([], []))
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="lcd-read") as reader, \
+            ThreadPoolExecutor(1, thread_name_prefix="lcd-write") as writer:
+        nxt = reader.submit(_read_batch, ctx, batches[0], lp, tokens, clip) if batches else None
+        writing = None
+        for k in range(len(batches)):
+            ready, read_fails = nxt.result()
+            nxt = reader.submit(_read_batch, ctx, batches[k + 1], lp, tokens, clip) if k + 1 < len(batches) else None
+            results, edit_fails, secs = _edit_ready(ctx, ready, lp) if ready else ([], [], 0.0)
+            if writing is not None:
+                record(writing.result())  # batch k-1's rows before batch k's failures, as sequentially
+            ctx.report.failures.extend(read_fails + edit_fails)
+            writing = writer.submit(_save_batch, ctx, ready, results, secs) if results else None
+        if writing is not None:
+            record(writing.result())
+
+
+def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) -> tuple[dict | None, dict | None]:
+    """The region first, the output last: the output is what marks the item done. -> (row, None)
+    or (None, failure): a write that fails (disk full, permissions) fails this item only."""
     out = output_path(ctx.out_root, it.id)
     meta = res.meta | {"id": it.id, "image": it.image, "region": it.mask or it.select, "concept": it.concept,
                        "input_hash": h}
+    level = ctx.cfg.png_compress_level
     try:
         save_png(region_path(ctx.out_root, it.id), ei.mask.astype(np.uint8) * 255,
-                 {"id": it.id, "region": it.mask or it.select, "input_hash": h})
-        save_png(out, res.image, meta)
-    except OSError as e:  # disk full, permissions: this item fails, the rest of the shard goes on
-        ctx.fail(it.id, "write", e)
-        return
-    ctx.report.results.append(_row(it, out, h, "edited", ctx.shard, seconds))
+                 {"id": it.id, "region": it.mask or it.select, "input_hash": h}, compress_level=level)
+        save_png(out, res.image, meta, compress_level=level)
+    except OSError as e:
+        return None, ctx.failure(it.id, "write", e)
+    return _row(it, out, h, "edited", ctx.shard, seconds), None
 
 
 def _row(it: ManifestItem, out: Path, h: str, status: str, shard: str, seconds: float) -> dict:

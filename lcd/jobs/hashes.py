@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from lcd.config import EditConfig, ModelsConfig
+from lcd.edit.config import EXECUTION_ONLY
 from lcd.errors import InputImageError, LcdError
 from lcd.io.hashing import sha256_file, sha256_tree
 from lcd.jobs.manifest import ManifestItem
@@ -38,7 +39,7 @@ def model_pin(ref: str, revision: str | None) -> str:
 def config_fingerprint(cfg: EditConfig, models: ModelsConfig, engine: Engine) -> str:
     """Hash of everything shared by the items of a run that changes an output."""
     pin = "noop" if engine == "noop" else model_pin(models.sd, models.sd_revision)
-    payload = {"edit": cfg.model_dump(), "scheduler_class": scheduler_class_name(cfg.scheduler), "model": pin,
+    payload = {"edit": cfg.model_dump(exclude=set(EXECUTION_ONLY)), "scheduler_class": scheduler_class_name(cfg.scheduler), "model": pin,
                "dtype": models.dtype, "engine": engine}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
