@@ -104,12 +104,13 @@ def stop(proc: subprocess.Popen, sig=signal.SIGINT, timeout: float = 30) -> None
 
 
 class Workers:
-    """N process workers on `gpu`, each in its own session (so one signal stops it and its runs)."""
+    """N process workers on `gpu`, one flow run at a time each (`--limit 1`: one GPU per worker),
+    each in its own session (so one signal stops it and its runs)."""
 
     def __init__(self, env: dict, n: int, logs: Path):
         logs.mkdir(parents=True, exist_ok=True)
         self.procs = [subprocess.Popen([*PREFECT, "worker", "start", "--pool", "gpu", "--type", "process",
-                                        "--name", f"bench-{k}"], env=env, cwd=REPO,
+                                        "--name", f"bench-{k}", "--limit", "1"], env=env, cwd=REPO,
                                        stdout=open(logs / f"worker-{k}.log", "a"), stderr=subprocess.STDOUT,
                                        start_new_session=True) for k in range(n)]
         time.sleep(3)  # workers register and start polling before the clock starts
@@ -133,7 +134,8 @@ def run_job(manifest: Path, out_root: str, params: Path, shards: int, batch_s: f
     return time.perf_counter() - t0, counts
 
 
-def measure(label: str, root: Path, items: int, shards: int, workers: int, env: dict, a, out_root: str | None = None) -> dict:
+def measure(label: str, root: Path, items: int, shards: int, workers: int, env: dict, a, batch_s: float,
+            out_root: str | None = None) -> dict:
     """First run and resume of one job with `workers` workers; prints and returns the record."""
     from bench.orchestration import make_job
 
@@ -143,10 +145,10 @@ def measure(label: str, root: Path, items: int, shards: int, workers: int, env: 
     params.write_text(yaml.safe_dump({"edit": {"size": 64, "batch_size": a.batch_size}}))
     out_root = out_root or str(job / "out")
     batches = sum(-(-(((s + 1) * items // shards) - (s * items // shards)) // a.batch_size) for s in range(shards))
-    gpu_s = batches * a.batch_s / min(workers, shards)  # the stand-in GPU time, spread ideally over the workers
+    gpu_s = batches * batch_s / min(workers, shards)  # the stand-in GPU time, spread ideally over the workers
     with Workers(env, workers, root / "logs" / label):
-        first_s, first = run_job(manifest, out_root, params, shards, a.batch_s)
-        resume_s, resume = run_job(manifest, out_root, params, shards, a.batch_s)
+        first_s, first = run_job(manifest, out_root, params, shards, batch_s)
+        resume_s, resume = run_job(manifest, out_root, params, shards, batch_s)
     assert first["edited"] == items and resume["skipped"] == items, (first, resume)
     rec = {"label": label, "items": items, "shards": shards, "workers": workers, "wall_s": round(first_s, 2),
            "simulated_gpu_s": round(gpu_s, 2), "resume_wall_s": round(resume_s, 2),
@@ -187,10 +189,12 @@ def main() -> None:
     ap.add_argument("--scaling-items", type=int, default=8000)
     ap.add_argument("--scaling-shards", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--batch-s", type=float, default=0.5, help="stand-in GPU seconds per batch")
+    ap.add_argument("--batch-s", type=float, default=4.0, help="stand-in GPU seconds per batch, scaling runs")
+    ap.add_argument("--orch-batch-s", type=float, default=0.1, help="stand-in GPU seconds per batch, cost-per-item runs")
     ap.add_argument("--s3", action="store_true", help="also run a job with out_root on S3 (moto, in this process)")
     ap.add_argument("--s3-items", type=int, default=0, help="items of the S3 job (default: the largest --items)")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its server and database
     root = Path(tempfile.mkdtemp(prefix="lcd-bench-scale-"))
     os.chmod(root, 0o755)
     db_url, pg_stop = start_postgres(root / "pg")
@@ -199,8 +203,9 @@ def main() -> None:
                                            "PREFECT_SERVER_ANALYTICS_ENABLED")})
     try:
         sizes = [int(x) for x in a.items.split(",")]
-        orch = [measure(f"orch-{n}", root, n, max(1, n // a.items_per_shard), a.workers_orch, env, a) for n in sizes]
-        scaling = [measure(f"scale-{w}", root, a.scaling_items, a.scaling_shards, w, env, a)
+        orch = [measure(f"orch-{n}", root, n, max(1, n // a.items_per_shard), a.workers_orch, env, a, a.orch_batch_s)
+                for n in sizes]
+        scaling = [measure(f"scale-{w}", root, a.scaling_items, a.scaling_shards, w, env, a, a.batch_s)
                    for w in (int(x) for x in a.workers.split(","))]
         one = scaling[0]["items_per_s"] / scaling[0]["workers"]
         eff = {str(r["workers"]): round(r["items_per_s"] / (r["workers"] * one), 3) for r in scaling}
@@ -208,7 +213,8 @@ def main() -> None:
         if a.s3:
             url, srv = s3_server(env)
             n = a.s3_items or sizes[-1]
-            rec = measure(f"s3-{n}", root, n, max(1, n // a.items_per_shard), a.workers_orch, env, a, out_root=url)
+            rec = measure(f"s3-{n}", root, n, max(1, n // a.items_per_shard), a.workers_orch, env, a, a.orch_batch_s,
+                          out_root=url)
             import fsspec
 
             keys = fsspec.filesystem("s3", skip_instance_cache=True).find("lcd-bench/run/edits")
@@ -223,7 +229,7 @@ def main() -> None:
             "ms_per_item": big["ms_per_item"], "ms_per_item_resume": big["ms_per_item_resume"],
             "ms_per_item_ratio_largest_to_smallest": round(big["ms_per_item"] / small["ms_per_item"], 3),
             "scaling_efficiency": eff, "scaling_items": a.scaling_items, "scaling_shards": a.scaling_shards,
-            "standin_batch_s": a.batch_s, "batch_size": a.batch_size, "storage": storage,
+            "standin_batch_s": a.batch_s, "orch_standin_batch_s": a.orch_batch_s, "batch_size": a.batch_size, "storage": storage,
             "database": "postgresql", "by_size": {str(r["items"]): r["ms_per_item"] for r in orch},
         }), flush=True)
     finally:

@@ -132,6 +132,52 @@ def _run_batch(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: E
     return list((out * 255.0).round().astype(np.uint8))
 
 
+@dataclass
+class Prepared:
+    """One item made ready for the model (CPU work: feathered alpha at full size, crop, resize).
+    `box` is None for an empty mask (nothing to generate; the input comes back unchanged)."""
+
+    item: EditItem
+    alpha: np.ndarray  # (H, W) float32 compositing weight
+    box: Any = None
+    crop: np.ndarray | None = None  # (S, S, 3) uint8 at working size
+    region: np.ndarray | None = None  # (S, S) bool at working size
+
+
+def prepare_item(item: EditItem, cfg: EditConfig) -> Prepared:
+    """Geometry of one (validated) item; an empty mask warns and needs no model."""
+    if not item.mask.any():
+        warnings.warn(f"{item.name}: mask is empty; returning the input unchanged", stacklevel=2)
+        return Prepared(item, np.zeros(item.mask.shape, np.float32))
+    return Prepared(item, *_prepare(item, cfg))
+
+
+def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConfig) -> list[np.ndarray | None]:
+    """The model (GPU) part: denoise the non-empty items in batches of `cfg.batch_size`;
+    -> one (S, S, 3) uint8 crop per item (None for empty masks)."""
+    crops: list[np.ndarray | None] = [None] * len(prepared)
+    todo = [i for i, p in enumerate(prepared) if p.box is not None]
+    for start in range(0, len(todo), cfg.batch_size):
+        idx = todo[start : start + cfg.batch_size]
+        out = _run_batch(lp, [prepared[i].item for i in idx],
+                         [(prepared[i].alpha, prepared[i].box, prepared[i].crop, prepared[i].region) for i in idx], cfg)
+        for i, crop in zip(idx, out):
+            crops[i] = crop
+    return crops
+
+
+def finish_item(lp: LoadedPipeline, p: Prepared, crop: np.ndarray | None, cfg: EditConfig,
+                extra_meta: dict[str, Any] | None = None) -> EditResult:
+    """Paste the generated crop back at full resolution (CPU) -> the result with its metadata."""
+    it = p.item
+    if p.box is None:
+        return EditResult(it.image.copy(), p.alpha, _meta(lp, it, cfg, None, extra_meta),
+                          [f"{it.name}: mask is empty; returning the input unchanged"])
+    if p.box.side != cfg.size:
+        crop = np.asarray(Image.fromarray(crop).resize((p.box.side, p.box.side), Image.LANCZOS))
+    return EditResult(region.paste(it.image, crop, p.alpha, p.box), p.alpha, _meta(lp, it, cfg, p.box, extra_meta))
+
+
 def edit_images(
     lp: LoadedPipeline,
     items: Sequence[EditItem],
@@ -143,36 +189,19 @@ def edit_images(
     """Edit each item inside its mask; every pixel where the returned alpha is 0 is unchanged.
 
     Raises on the first invalid item (callers that need per-item isolation validate with
-    `check_item` first and pass only the good ones). Batches of `cfg.batch_size`.
+    `check_item` first and pass only the good ones). Batches of `cfg.batch_size`. The three
+    stages (prepare_item, run_prepared, finish_item) are public so a shard can run the CPU ones
+    in other threads while the model runs (lcd.jobs.editing).
     """
     # 1. check inputs
     known = known_concept_tokens(lp.pipe.tokenizer)
     for it in items:
         check_item(it, known, required_tokens)
     check_size(cfg.size, lp.latent_factor)
-    # 2. geometry per item; empty masks return their input untouched
-    results: list[EditResult | None] = [None] * len(items)
-    todo: list[int] = []
-    prepared: dict[int, tuple] = {}
-    for i, it in enumerate(items):
-        if not it.mask.any():
-            msg = f"{it.name}: mask is empty; returning the input unchanged"
-            warnings.warn(msg, stacklevel=2)
-            results[i] = EditResult(it.image.copy(), np.zeros(it.mask.shape, np.float32), _meta(lp, it, cfg, None, extra_meta), [msg])
-            continue
-        prepared[i] = _prepare(it, cfg)
-        todo.append(i)
-    # 3. denoise in batches, 4. paste back at full resolution
-    for start in range(0, len(todo), cfg.batch_size):
-        idx = todo[start : start + cfg.batch_size]
-        crops = _run_batch(lp, [items[i] for i in idx], [prepared[i] for i in idx], cfg)
-        for i, crop in zip(idx, crops):
-            alpha, box = prepared[i][0], prepared[i][1]
-            if box.side != cfg.size:
-                crop = np.asarray(Image.fromarray(crop).resize((box.side, box.side), Image.LANCZOS))
-            out = region.paste(items[i].image, crop, alpha, box)
-            results[i] = EditResult(out, alpha, _meta(lp, items[i], cfg, box, extra_meta))
-    return [r for r in results if r is not None]
+    # 2. geometry per item, 3. denoise in batches, 4. paste back at full resolution
+    prepared = [prepare_item(it, cfg) for it in items]
+    crops = run_prepared(lp, prepared, cfg)
+    return [finish_item(lp, p, c, cfg, extra_meta) for p, c in zip(prepared, crops)]
 
 
 def _meta(lp: LoadedPipeline, it: EditItem, cfg: EditConfig, box, extra: dict | None) -> dict[str, Any]:

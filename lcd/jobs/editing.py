@@ -178,14 +178,15 @@ def _load_text_clip(ctx: ShardContext, pending: list[Pending]):
     return model, processor
 
 
-Ready = tuple[ManifestItem, str, "object"]  # item, input_hash, EditItem
+Ready = tuple[ManifestItem, str, "object", "object"]  # item, input_hash, EditItem, Prepared (None: noop)
 Outcome = tuple[list[dict], list[dict]]  # result rows, failure rows (in item order)
 
 
 def _read_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], clip) -> tuple[list[Ready], list[dict]]:
-    """Read, decode and validate one batch (CPU; runs ahead of the model when overlapping).
-    Items that cannot be read or validated fail alone."""
-    from lcd.edit.engine import EditItem, check_item, known_concept_tokens
+    """Read, decode, validate and prepare (feathered alpha, crop, resize) one batch: the CPU work
+    before the model, run ahead of it when overlapping. Items that cannot be read or validated
+    fail alone."""
+    from lcd.edit.engine import EditItem, check_item, known_concept_tokens, prepare_item
 
     known = known_concept_tokens(lp.pipe.tokenizer) if lp is not None else []
     ready: list[Ready] = []
@@ -199,32 +200,42 @@ def _read_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
         except LcdError as e:
             fails.append(ctx.failure(it.id, "input", e))
             continue
-        ready.append((it, h, ei))
+        ready.append((it, h, ei, prepare_item(ei, ctx.cfg) if lp is not None else None))
     return ready, fails
 
 
 def _edit_ready(ctx: ShardContext, ready: list[Ready], lp) -> tuple[list | None, list[dict], float]:
-    """The model on one batch (the GPU part) -> (results or None, failures, seconds per item). An
-    exception in the edit itself (e.g. out of memory) fails the batch's items, not the shard."""
-    from lcd.edit.engine import EditResult, edit_images
+    """The model on one batch (the GPU part) -> (generated crops, or the noop engine's results;
+    failures; seconds per item). An exception in the edit itself (e.g. out of memory) fails the
+    batch's items, not the shard."""
+    from lcd.edit.engine import EditResult, check_size, run_prepared
 
     t0 = time.perf_counter()
     try:
         if lp is None:
             time.sleep(ctx.standin_batch_s)
-            results = [EditResult(ei.image, ei.mask.astype(np.float32), {"engine": "noop"}) for _, _, ei in ready]
+            out = [EditResult(ei.image, ei.mask.astype(np.float32), {"engine": "noop"}) for _, _, ei, _ in ready]
         else:
-            results = edit_images(lp, [ei for _, _, ei in ready], ctx.cfg)
+            check_size(ctx.cfg.size, lp.latent_factor)
+            out = run_prepared(lp, [p for *_, p in ready], ctx.cfg)
     except Exception as e:  # noqa: BLE001 - recorded per item, with its type and message
-        return None, [ctx.failure(it.id, "edit", e) for it, _, _ in ready], 0.0
-    return results, [], (time.perf_counter() - t0) / max(len(ready), 1)
+        return None, [ctx.failure(it.id, "edit", e) for it, *_ in ready], 0.0
+    return out, [], (time.perf_counter() - t0) / max(len(ready), 1)
 
 
-def _save_batch(ctx: ShardContext, ready: list[Ready], results: list, seconds: float) -> Outcome:
-    """Write one batch's regions and outputs (CPU; runs behind the model when overlapping)."""
+def _save_batch(ctx: ShardContext, ready: list[Ready], outs: list, seconds: float, lp) -> Outcome:
+    """Paste each crop back at full size and write regions and outputs: the CPU work after the
+    model, run behind it when overlapping."""
+    from lcd.edit.engine import finish_item
+
     rows: list[dict] = []
     fails: list[dict] = []
-    for (it, h, ei), res in zip(ready, results):
+    for (it, h, ei, prep), out in zip(ready, outs):
+        try:
+            res = finish_item(lp, prep, out, ctx.cfg) if lp is not None else out
+        except Exception as e:  # noqa: BLE001 - this item fails, the batch goes on
+            fails.append(ctx.failure(it.id, "edit", e))
+            continue
         row, fail = _save(ctx, it, h, ei, res, seconds)
         (rows if row else fails).append(row or fail)
     return rows, fails
@@ -246,7 +257,7 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
             ctx.report.failures.extend(fails)
             results, fails, secs = _edit_ready(ctx, ready, lp) if ready else ([], [], 0.0)
             ctx.report.failures.extend(fails)
-            record(_save_batch(ctx, ready, results, secs) if results else ([], []))
+            record(_save_batch(ctx, ready, results, secs, lp) if results else ([], []))
         return
     with ThreadPoolExecutor(1, thread_name_prefix="lcd-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="lcd-write") as writer:
@@ -259,7 +270,7 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
             if writing is not None:
                 record(writing.result())  # batch k-1's rows before batch k's failures, as sequentially
             ctx.report.failures.extend(read_fails + edit_fails)
-            writing = writer.submit(_save_batch, ctx, ready, results, secs) if results else None
+            writing = writer.submit(_save_batch, ctx, ready, results, secs, lp) if results else None
         if writing is not None:
             record(writing.result())
 
