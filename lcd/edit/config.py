@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Union
 
 from pydantic import Field, field_validator
 
@@ -10,7 +10,8 @@ from lcd.config_base import StrictConfig, multiple_of_8
 
 # settings of how a shard runs that cannot change a pixel: left out of item hashes and of the
 # `edit_config` recorded in outputs, so changing them redoes nothing and outputs stay identical
-EXECUTION_ONLY = frozenset({"overlap", "png_compress_level"})
+EXECUTION_ONLY = frozenset({"overlap", "io_threads", "png_compress_level", "batch_size", "vae_slice", "channels_last", "compile",
+                            "compile_backend"})
 
 SchedulerName = Literal["ddim", "dpmpp_2m", "euler_a", "euler", "pndm", "unipc"]
 
@@ -35,11 +36,25 @@ class EditConfig(StrictConfig):
     dilate_px: int = Field(8, ge=0, le=256)  # grow the mask before compositing (full-res pixels)
     feather_px: int = Field(8, ge=0, le=256)  # linear ramp width outside the dilated mask
     crop_margin: float = Field(0.25, ge=0.0, le=4.0)  # context around the mask, fraction of its side
-    batch_size: int = Field(8, ge=1, le=256)
     seed: int = 0
     # how a shard runs, not what it makes (EXECUTION_ONLY)
     overlap: bool = True  # read the next batch and write the previous one while the model runs
+    io_threads: int = Field(0, ge=0, le=64)  # a batch's items are read / written by this many threads (0: min(8, CPUs))
     png_compress_level: int = Field(6, ge=0, le=9)  # zlib level of output PNGs; lossless at any level
+    # items per model call; "auto" sizes it from free accelerator memory (lcd.edit.speed), and any
+    # batch that runs out of memory is split in halves and retried
+    batch_size: Union[int, Literal["auto"]] = 8
+    vae_slice: int = Field(0, ge=0, le=256)  # VAE encode/decode in chunks of this many items (0: whole batch)
+    channels_last: bool = False  # UNet and VAE in channels_last memory format (faster convolutions on GPUs)
+    compile: bool = False  # torch.compile the UNet once per loaded model (first batch pays the compile)
+    compile_backend: str = "inductor"  # torch.compile backend ("inductor"; "eager": graph capture only)
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_range(cls, v):
+        if v != "auto" and not 1 <= v <= 256:
+            raise ValueError(f"edit.batch_size must be 1-256 or 'auto', got {v}")
+        return v
 
     @field_validator("size")
     @classmethod

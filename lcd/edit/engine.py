@@ -20,7 +20,9 @@ import lcd
 from lcd.concepts.tokens import CONCEPT_TOKEN, check_prompt
 from lcd.edit import region
 from lcd.edit.config import EXECUTION_ONLY, EditConfig
-from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents, encode_prompts
+from lcd.edit.prompts import PromptCache
+from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents
+from lcd.edit.speed import apply_speed_settings, resolve_batch_size
 from lcd.errors import InputImageError, LcdError
 from lcd.masks.morphology import feather_alpha
 from lcd.models.loader import LoadedPipeline
@@ -102,34 +104,58 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int], device, dty
 
 
 @torch.no_grad()
-def _run_batch(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: EditConfig) -> list[np.ndarray]:
+def _run_batch(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: EditConfig,
+               prompts: PromptCache) -> list[np.ndarray]:
     """Denoise one batch at working size; return (S, S, 3) uint8 crops."""
     pipe = lp.pipe
     unet, vae = pipe.unet, pipe.vae
     device, dtype = unet.device, unet.dtype
     f = lp.latent_factor
     h = cfg.size // f
-    images = _to_tensor([p[2] for p in prepared], device, dtype)
+    images = _to_tensor([p[2] for p in prepared], device, vae.dtype)
     regions = torch.from_numpy(np.stack([p[3] for p in prepared]))[:, None].to(device=device, dtype=dtype)
-    image_latents = encode_latents(vae, images)
+    # the VAE may run in another dtype than the UNet (models.vae_dtype); latents follow the UNet
+    image_latents = encode_latents(vae, images, cfg.vae_slice).to(dtype)
     # a latent cell is generated if any of its f x f pixels is in the region
     latent_mask = F.max_pool2d(regions, f)
     inpaint_cond = None
     if lp.is_inpaint_model:
-        masked = encode_latents(vae, images * (regions < 0.5))
+        masked = encode_latents(vae, images * (regions < 0.5).to(images.dtype), cfg.vae_slice).to(dtype)
         inpaint_cond = torch.cat([F.interpolate(regions, size=(h, h)), masked], dim=1)
-    cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [it.prompt for it in items])
-    # one negative-prompt encoding serves the whole batch
-    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [cfg.negative_prompt]).expand(len(items), -1, -1)
+    # text encoder once per distinct prompt (and once for the negative prompt) per cache
+    cond = prompts.encode([it.prompt for it in items])
+    uncond = prompts.encode([cfg.negative_prompt]).expand(len(items), -1, -1)
     noise, generators = initial_noise([it.seed for it in items], (unet.config.out_channels, h, h), device, dtype)
+    if cfg.channels_last:
+        noise = noise.contiguous(memory_format=torch.channels_last)
     settings = SamplerSettings(cfg.steps, cfg.guidance, cfg.eta, cfg.blend_start, cfg.blend)
     latents = denoise(
         unet, build_scheduler(cfg.scheduler, pipe.scheduler.config), noise=noise, cond=cond.to(dtype),
         uncond=uncond.to(dtype), settings=settings, image_latents=image_latents, latent_mask=latent_mask,
         inpaint_cond=inpaint_cond, generators=generators,
     )
-    out = decode_latents(vae, latents).float().cpu().permute(0, 2, 3, 1).numpy()
+    out = decode_latents(vae, latents, cfg.vae_slice).float().cpu().permute(0, 2, 3, 1).numpy()
     return list((out * 255.0).round().astype(np.uint8))
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _run_split_on_oom(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: EditConfig,
+                      prompts: PromptCache) -> list[np.ndarray]:
+    """`_run_batch`, and when the accelerator runs out of memory, the two halves in turn (down to
+    one item, which re-raises): a batch size that is too big costs a retry, not the batch."""
+    try:
+        return _run_batch(lp, items, prepared, cfg, prompts)
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if len(items) == 1 or not _is_oom(e):
+            raise
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    k = len(items) // 2
+    return (_run_split_on_oom(lp, items[:k], prepared[:k], cfg, prompts)
+            + _run_split_on_oom(lp, items[k:], prepared[k:], cfg, prompts))
 
 
 @dataclass
@@ -152,15 +178,21 @@ def prepare_item(item: EditItem, cfg: EditConfig) -> Prepared:
     return Prepared(item, *_prepare(item, cfg))
 
 
-def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConfig) -> list[np.ndarray | None]:
-    """The model (GPU) part: denoise the non-empty items in batches of `cfg.batch_size`;
-    -> one (S, S, 3) uint8 crop per item (None for empty masks)."""
+def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConfig,
+                 prompts: PromptCache | None = None) -> list[np.ndarray | None]:
+    """The model (GPU) part: denoise the non-empty items in batches of `cfg.batch_size` (resolved
+    when "auto"); -> one (S, S, 3) uint8 crop per item (None for empty masks). `prompts` caches
+    text embeddings across calls (one per shard and model); None: a cache for this call."""
+    apply_speed_settings(lp, cfg)
+    prompts = prompts or PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder)
+    batch = resolve_batch_size(lp, cfg)
     crops: list[np.ndarray | None] = [None] * len(prepared)
     todo = [i for i, p in enumerate(prepared) if p.box is not None]
-    for start in range(0, len(todo), cfg.batch_size):
-        idx = todo[start : start + cfg.batch_size]
-        out = _run_batch(lp, [prepared[i].item for i in idx],
-                         [(prepared[i].alpha, prepared[i].box, prepared[i].crop, prepared[i].region) for i in idx], cfg)
+    for start in range(0, len(todo), batch):
+        idx = todo[start : start + batch]
+        out = _run_split_on_oom(lp, [prepared[i].item for i in idx],
+                                [(prepared[i].alpha, prepared[i].box, prepared[i].crop, prepared[i].region) for i in idx],
+                                cfg, prompts)
         for i, crop in zip(idx, out):
             crops[i] = crop
     return crops

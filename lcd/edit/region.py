@@ -46,10 +46,10 @@ def crop_box(alpha: np.ndarray, working_size: int, margin: float) -> CropBox:
     context rather than upscaled from a few pixels, and a whole image at working size is one crop.
     """
     h, w = alpha.shape
-    ys, xs = np.nonzero(alpha)
+    ys, xs = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
     if len(xs) == 0:
         return CropBox(0, 0, max(h, w))
-    bx0, bx1, by0, by1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    bx0, bx1, by0, by1 = xs[0], xs[-1] + 1, ys[0], ys[-1] + 1
     side = int(np.ceil(max(bx1 - bx0, by1 - by0) * (1.0 + 2.0 * margin)))
     side = min(max(side, working_size), max(h, w))  # context beyond the image is useless
     cx, cy = (bx0 + bx1) / 2.0, (by0 + by1) / 2.0
@@ -73,12 +73,19 @@ def extract(a: np.ndarray, box: CropBox) -> np.ndarray:
 def paste(image: np.ndarray, patch: np.ndarray, alpha: np.ndarray, box: CropBox) -> np.ndarray:
     """Composite `patch` (box.side^2 x 3 uint8) into a copy of `image` through full-size `alpha`.
 
-    Where alpha == 0 the input bytes are kept exactly (no float round trip).
+    Where alpha == 0 the input bytes are kept exactly (no float round trip); the float blend
+    covers only the rows and columns of the box where alpha is non-zero (the crop's context
+    margin is copied, not blended).
     """
     h, w = image.shape[:2]
     out = image.copy()
     ys, ye = max(box.y0, 0), min(box.y1, h)
     xs, xe = max(box.x0, 0), min(box.x1, w)
+    a_box = alpha[ys:ye, xs:xe]
+    rows, cols = np.flatnonzero(a_box.any(axis=1)), np.flatnonzero(a_box.any(axis=0))
+    if len(rows) == 0:
+        return out
+    ys, ye, xs, xe = ys + rows[0], ys + rows[-1] + 1, xs + cols[0], xs + cols[-1] + 1
     p = patch[ys - box.y0 : ye - box.y0, xs - box.x0 : xe - box.x0].astype(np.float32)
     a = alpha[ys:ye, xs:xe, None]
     base = out[ys:ye, xs:xe].astype(np.float32)

@@ -36,19 +36,26 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
     return text_encoder(tok.input_ids.to(text_encoder.device), attention_mask=mask)[0]
 
 
+def _chunks(x: torch.Tensor, n: int) -> list[torch.Tensor]:
+    return list(x.split(n)) if n > 0 else [x]
+
+
 @torch.no_grad()
-def encode_latents(vae, images: torch.Tensor) -> torch.Tensor:
+def encode_latents(vae, images: torch.Tensor, slice_size: int = 0) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/f, W/f), the posterior mean.
 
     The mean (not a sample) keeps the preserved region's latents noise-free and deterministic.
+    `slice_size` > 0 runs the VAE on that many images at a time (peak memory of large batches).
     """
-    return vae.encode(images.to(vae.dtype)).latent_dist.mode() * vae.config.scaling_factor
+    return torch.cat([vae.encode(x.to(vae.dtype)).latent_dist.mode() for x in _chunks(images, slice_size)]
+                     ) * vae.config.scaling_factor
 
 
 @torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Scaled latents -> (B, 3, H, W) float in [0, 1]."""
-    x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+def decode_latents(vae, latents: torch.Tensor, slice_size: int = 0) -> torch.Tensor:
+    """Scaled latents -> (B, 3, H, W) float in [0, 1]; `slice_size` as in encode_latents."""
+    z = latents.to(vae.dtype) / vae.config.scaling_factor
+    x = torch.cat([vae.decode(c).sample for c in _chunks(z, slice_size)])
     return (x / 2 + 0.5).clamp(0, 1)
 
 

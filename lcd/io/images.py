@@ -134,7 +134,7 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
 
 def save_png(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None = None,
              compress_level: int = 6) -> Path:
-    """Write (H, W, 3) uint8 as PNG atomically, with 'parameters' + full JSON 'lcd' text chunks.
+    """Write (H, W, 3) uint8 (or an (H, W) bool mask, as 1-bit) as PNG atomically, with 'parameters' + full JSON 'lcd' text chunks.
     `compress_level` 0-9 is zlib's (lossless at every level; 1 encodes a 12 MP photo several times
     faster than 6 for a somewhat larger file)."""
     info = PngImagePlugin.PngInfo()

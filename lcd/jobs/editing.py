@@ -13,7 +13,9 @@ item becomes a failure row, never an exception.
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -33,6 +35,7 @@ from lcd.jobs.regions import load_region, needs_text_clip, open_masks_store
 from lcd.masks.config import MasksConfig
 
 if TYPE_CHECKING:
+    from lcd.edit.prompts import PromptCache
     from lcd.masks.store import MaskStore
 
 __all__ = ["Engine", "ShardReport", "run_edit_shard", "default_loader"]
@@ -65,6 +68,12 @@ class ShardContext:
     masks_cfg: MasksConfig | None
     standin_batch_s: float = 0.0  # noop engine: seconds slept per batch, standing in for a GPU (benchmarks)
     report: ShardReport = field(default_factory=ShardReport)
+    prompts: "PromptCache | None" = None  # text embeddings of the concept group being edited
+    io_pool: "ThreadPoolExecutor | None" = None  # per-item reads/writes of a batch (edit.io_threads)
+
+    def io_map(self, fn, seq: list) -> list:
+        """`fn` over `seq` in the I/O pool (results in `seq`'s order, so tables do not depend on it)."""
+        return list(self.io_pool.map(fn, seq)) if self.io_pool is not None and len(seq) > 1 else [fn(x) for x in seq]
 
     def failure(self, item_id: str, stage: str, err: Exception) -> dict:
         return {"id": item_id, "item": getattr(err, "item", None) or item_id, "stage": stage,
@@ -114,6 +123,8 @@ def run_edit_shard(
     # 3. one model load per concept group (a concept changes the text encoder and the UNet)
     loader = loader or default_loader(models, cfg.scheduler)
     pending.sort(key=lambda p: str(p[2] or ""))
+    from lcd.edit.prompts import PromptCache
+
     for cdir, group in groupby(pending, key=lambda p: p[2]):
         group = list(group)
         lp, tokens = None, []
@@ -124,10 +135,21 @@ def run_edit_shard(
                 for it, _, _ in group:
                     ctx.fail(it.id, "concept", e)
                 continue
-        # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config)
-        _run_batches(ctx, [group[k : k + cfg.batch_size] for k in range(0, len(group), cfg.batch_size)],
-                     lp, tokens, clip)
+        # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config);
+        #    the text encoder runs once per distinct prompt of the group (its concepts fixed)
+        ctx.prompts = PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder) if lp is not None else None
+        n = _batch_size(cfg, lp)
+        _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
     return ctx.report
+
+
+def _batch_size(cfg: EditConfig, lp) -> int:
+    """Items per batch: edit.batch_size, "auto" resolved on the loaded model's device (noop: 8)."""
+    if lp is None:
+        return cfg.batch_size if cfg.batch_size != "auto" else 8
+    from lcd.edit.speed import resolve_batch_size
+
+    return resolve_batch_size(lp, cfg)
 
 
 def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) -> list[Pending]:
@@ -189,19 +211,20 @@ def _read_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
     from lcd.edit.engine import EditItem, check_item, known_concept_tokens, prepare_item
 
     known = known_concept_tokens(lp.pipe.tokenizer) if lp is not None else []
-    ready: list[Ready] = []
-    fails: list[dict] = []
-    for it, h, _ in batch:
+
+    def read_one(p: Pending) -> tuple[Ready | None, dict | None]:
+        it, h, _ = p
         try:
             image = load_image(it.image)
             ei = EditItem(image, load_region(it, image, ctx.masks_store, clip, ctx.masks_cfg), it.prompt, it.seed, it.id)
             if lp is not None:
                 check_item(ei, known, tokens)
         except LcdError as e:
-            fails.append(ctx.failure(it.id, "input", e))
-            continue
-        ready.append((it, h, ei, prepare_item(ei, ctx.cfg) if lp is not None else None))
-    return ready, fails
+            return None, ctx.failure(it.id, "input", e)
+        return (it, h, ei, prepare_item(ei, ctx.cfg) if lp is not None else None), None
+
+    done = ctx.io_map(read_one, batch)
+    return [r for r, _ in done if r is not None], [f for _, f in done if f is not None]
 
 
 def _edit_ready(ctx: ShardContext, ready: list[Ready], lp) -> tuple[list | None, list[dict], float]:
@@ -217,7 +240,7 @@ def _edit_ready(ctx: ShardContext, ready: list[Ready], lp) -> tuple[list | None,
             out = [EditResult(ei.image, ei.mask.astype(np.float32), {"engine": "noop"}) for _, _, ei, _ in ready]
         else:
             check_size(ctx.cfg.size, lp.latent_factor)
-            out = run_prepared(lp, [p for *_, p in ready], ctx.cfg)
+            out = run_prepared(lp, [p for *_, p in ready], ctx.cfg, ctx.prompts)
     except Exception as e:  # noqa: BLE001 - recorded per item, with its type and message
         return None, [ctx.failure(it.id, "edit", e) for it, *_ in ready], 0.0
     return out, [], (time.perf_counter() - t0) / max(len(ready), 1)
@@ -228,24 +251,32 @@ def _save_batch(ctx: ShardContext, ready: list[Ready], outs: list, seconds: floa
     model, run behind it when overlapping."""
     from lcd.edit.engine import finish_item
 
-    rows: list[dict] = []
-    fails: list[dict] = []
-    for (it, h, ei, prep), out in zip(ready, outs):
+    def save_one(pair) -> tuple[dict | None, dict | None]:
+        (it, h, ei, prep), out = pair
         try:
             res = finish_item(lp, prep, out, ctx.cfg) if lp is not None else out
         except Exception as e:  # noqa: BLE001 - this item fails, the batch goes on
-            fails.append(ctx.failure(it.id, "edit", e))
-            continue
-        row, fail = _save(ctx, it, h, ei, res, seconds)
-        (rows if row else fails).append(row or fail)
-    return rows, fails
+            return None, ctx.failure(it.id, "edit", e)
+        return _save(ctx, it, h, ei, res, seconds)
+
+    done = ctx.io_map(save_one, list(zip(ready, outs)))
+    return [r for r, _ in done if r is not None], [f for _, f in done if f is not None]
 
 
 def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: list[str], clip) -> None:
     """Phase 4 over one concept group. With `cfg.overlap`, batch k+1 is read and batch k-1 written
     in two worker threads while the model runs batch k (at most three batches in memory); rows
-    are recorded in the same order as without overlap, so tables and outputs are identical."""
-    from concurrent.futures import ThreadPoolExecutor
+    are recorded in the same order as without overlap, so tables and outputs are identical.
+    Within a batch, items are read and written by `cfg.io_threads` threads (decoding and zlib
+    release the GIL, so 12 MP photos use every core)."""
+    n_io = ctx.cfg.io_threads or min(8, os.cpu_count() or 1)
+    if n_io > 1 and ctx.io_pool is None:
+        with ThreadPoolExecutor(n_io, thread_name_prefix="lcd-io") as pool:
+            ctx.io_pool = pool
+            try:
+                return _run_batches(ctx, batches, lp, tokens, clip)
+            finally:
+                ctx.io_pool = None
 
     def record(outcome: Outcome) -> None:
         ctx.report.results.extend(outcome[0])
@@ -283,7 +314,8 @@ def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) 
                        "input_hash": h}
     level = ctx.cfg.png_compress_level
     try:
-        save_png(region_path(ctx.out_root, it.id), ei.mask.astype(np.uint8) * 255,
+        # the region as a 1-bit PNG: an eighth of the bytes to filter and deflate of an 8-bit mask
+        save_png(region_path(ctx.out_root, it.id), np.ascontiguousarray(ei.mask, dtype=bool),
                  {"id": it.id, "region": it.mask or it.select, "input_hash": h}, compress_level=level)
         save_png(out, res.image, meta, compress_level=level)
     except OSError as e:

@@ -41,6 +41,8 @@ def config_fingerprint(cfg: EditConfig, models: ModelsConfig, engine: Engine) ->
     pin = "noop" if engine == "noop" else model_pin(models.sd, models.sd_revision)
     payload = {"edit": cfg.model_dump(exclude=set(EXECUTION_ONLY)), "scheduler_class": scheduler_class_name(cfg.scheduler), "model": pin,
                "dtype": models.dtype, "engine": engine}
+    if models.vae_dtype != "auto":  # auto follows dtype; left out so older hashes stay valid
+        payload["vae_dtype"] = models.vae_dtype
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

@@ -23,4 +23,7 @@ class ModelsConfig(StrictConfig):
     sam_type: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_tiny"
     clip: str = "models/tiny/clip"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # the VAE's dtype; auto: float32 when dtype is float16 and the VAE's config asks to be upcast
+    # (diffusers' `force_upcast`: float16 VAEs can overflow to NaN), else dtype
+    vae_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "cpu"

@@ -83,6 +83,7 @@ def load_sd_pipeline(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device = "cpu",
     single_file_config: str | Path | None = None,
+    vae_dtype: str = "auto",
 ) -> LoadedPipeline:
     """Load Stable Diffusion from a hub id, a diffusers folder, or one .safetensors/.ckpt file.
 
@@ -107,7 +108,33 @@ def load_sd_pipeline(
         dlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
+    vdt = resolve_vae_dtype(vae_dtype, torch_dtype, pipe.vae.config)
+    if vdt != torch_dtype:
+        pipe.vae.to(vdt)
+        _cast_vae_inputs(pipe.vae)
     return LoadedPipeline(pipe=pipe, source=source)
+
+
+def _cast_vae_inputs(vae) -> None:
+    """Cast whatever reaches the VAE's encoder/decoder to the VAE's own dtype, so diffusers'
+    pipelines (which hand it latents in the UNet's dtype) work with an upcast VAE."""
+    def cast(module, args):
+        return tuple(a.to(vae.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+    for name in ("encoder", "quant_conv", "post_quant_conv", "decoder"):
+        m = getattr(vae, name, None)
+        if m is not None:
+            m.register_forward_pre_hook(cast)
+
+
+def resolve_vae_dtype(vae_dtype: str, dtype: torch.dtype, vae_config) -> torch.dtype:
+    """models.vae_dtype -> the VAE's torch dtype. "auto": float32 for a float16 model whose VAE
+    config has `force_upcast` (true by default in diffusers' AutoencoderKL), else the model's."""
+    if vae_dtype != "auto":
+        return to_dtype(vae_dtype)
+    if dtype == torch.float16 and getattr(vae_config, "force_upcast", True):
+        return torch.float32
+    return dtype
 
 
 def _load_folder(path: Path, ref, torch_dtype):

@@ -49,7 +49,8 @@ def load_sd(
     loaded = [c if isinstance(c, Concept) else load_concept(c) for c in concepts]
     # 2. the base model
     lp = load_sd_pipeline(ref or models.sd, revision=models.sd_revision, dtype=models.dtype,
-                          device=device or models.device, single_file_config=models.sd_single_file_config)
+                          device=device or models.device, single_file_config=models.sd_single_file_config,
+                          vae_dtype=models.vae_dtype)
     # 3. the sampler, on the model's own schedule
     if scheduler is not None:
         lp.pipe.scheduler = build_scheduler(scheduler, lp.pipe.scheduler.config)

@@ -81,7 +81,7 @@ def diffusion_loss(pipe, images: torch.Tensor, masks: torch.Tensor, text: torch.
     t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(dev)
     noisy = sched.add_noise(latents, noise, t)
     with autocast or torch.autocast(dev.type, enabled=False):
-        pred = unet(noisy, t, encoder_hidden_states=text.to(unet.dtype), return_dict=False)[0]
+        pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype), return_dict=False)[0]
     target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, t)
     m = masks.to(dev, torch.float32)
     err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(1, keepdim=True) * m
