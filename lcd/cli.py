@@ -15,21 +15,55 @@ import lcd.commands
 from lcd.errors import LcdError
 
 
+PARAMS_HELP = "params file to read settings from (default: ./params.yaml if present, else built-in defaults)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcd", description="LCDiffusion: local customized image editing")
-    parser.add_argument("--params", default="params.yaml", help="params.yaml to read defaults from")
+    parser = argparse.ArgumentParser(prog="lcd", description="LCDiffusion: local customized image editing",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--params", default=None, help=PARAMS_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in sorted(pkgutil.iter_modules(lcd.commands.__path__), key=lambda m: m.name):
         importlib.import_module(f"lcd.commands.{mod.name}").register(sub)
+    _params_everywhere(parser)
     return parser
+
+
+def _params_everywhere(parser: argparse.ArgumentParser) -> None:
+    """`--params` accepted after any (sub)command too: `lcd train --params demo.yaml ...`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for p in action.choices.values():
+                if "--params" not in p._option_string_actions:
+                    p.add_argument("--params", default=argparse.SUPPRESS, help=PARAMS_HELP)
+                _params_everywhere(p)
+
+
+def user_error(e: BaseException) -> str | None:
+    """One line for an error the user caused (a bad value, file or config), None for a bug."""
+    from pydantic import ValidationError
+
+    if isinstance(e, LcdError):
+        return str(e)
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        loc = [str(x) for x in first["loc"]]
+        name = "--" + loc[-1].replace("_px", "").replace("_", "-") if loc else e.title
+        return f"{name}: {first['msg']} (got {first.get('input')!r}; in {e.title}{'.' + '.'.join(loc) if loc else ''})"
+    if isinstance(e, OSError):  # a path that is a folder, under a file, unreadable, a full disk
+        return f"{e.filename or ''}: {e.strerror or e}".lstrip(": ") if e.filename else str(e)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (LcdError, FileNotFoundError) as e:
-        print(f"lcd {args.command}: error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001 - user errors become one line; bugs keep their traceback
+        msg = user_error(e)
+        if msg is None:
+            raise
+        print(f"lcd {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -39,7 +39,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     p = Path(path)
     if not p.exists():
         raise LcdError(f"{p}: params file not found", item=str(p))
-    raw = yaml.safe_load(p.read_text()) or {}
+    if not p.is_file():
+        raise LcdError(f"{p}: params file is not a regular file", item=str(p))
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise LcdError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', None) or e}", item=str(p)) from None
+    if not isinstance(raw, dict):
+        raise LcdError(f"{p}: params must be a mapping of sections, got {type(raw).__name__}", item=str(p))
     try:
         return Params.model_validate(raw)
     except ValidationError as e:

@@ -38,6 +38,7 @@ def run(args) -> int:
 
     params = params_or_default(args.params)
     cfg = _edit_config(args, params)
+    _check_out(args.out)
     if (args.select or args.image_id) and not args.masks:
         raise LcdError("--select/--image-id need --masks (they pick a region from a masks table)", item="select")
     image = load_image(args.image)
@@ -56,6 +57,20 @@ def run(args) -> int:
     save_png(args.out, result.image, result.meta | {"image": args.image} | where)
     print(args.out)
     return 0
+
+
+def _check_out(out: str) -> None:
+    """Refuse an --out that cannot take the PNG before minutes of editing, not after."""
+    from pathlib import Path
+
+    p = Path(out)
+    if p.suffix.lower() != ".png":
+        raise LcdError(f"--out {out}: outputs are lossless PNG (the background must stay byte-identical); "
+                       "name it .png", item="out")
+    if p.is_dir():
+        raise LcdError(f"--out {out}: is a folder; give a file name ending in .png", item="out")
+    if any(q.exists() and not q.is_dir() for q in p.parents):
+        raise LcdError(f"--out {out}: a parent of it is a file, not a folder", item="out")
 
 
 def _edit_config(args, params):

@@ -29,6 +29,22 @@ def to_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """A device string -> torch.device, or a one-line error before any weights load: an unknown
+    name, or cuda/mps on a machine where PyTorch sees none."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N, mps): {e}",
+                             item="device") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {device!r}: PyTorch sees no CUDA GPU on this machine "
+                             "(torch.cuda.is_available() is False); use --device cpu", item="device")
+    if d.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {device!r}: no Apple MPS device here; use --device cpu", item="device")
+    return d
+
+
 def _hub_snapshot(ref: str, revision: str | None, patterns: list[str]) -> tuple[Path, ModelSource]:
     """Resolve a hub id to a local snapshot (download or cache) pinned by its commit."""
     from huggingface_hub import snapshot_download
@@ -95,6 +111,7 @@ def load_sd_pipeline(
     from diffusers.utils import logging as dlogging
 
     torch_dtype = to_dtype(dtype)
+    device = check_device(device)
     path, source = resolve(ref, revision)
     dlogging.disable_progress_bar()  # batch logs, not terminal bars
     try:
@@ -203,6 +220,7 @@ def load_sam(checkpoint: str | Path, model_type: str, *, device: str | torch.dev
 
     Returns (sam, ModelSource). A checkpoint whose shapes do not fit the type is a clear error.
     """
+    device = check_device(device)
     if model_type not in SAM_TYPES:
         raise ModelLoadError(f"sam_type must be one of {SAM_TYPES}, got {model_type!r}", item="sam_type")
     path, source = resolve(checkpoint, patterns=["*.pth", "*.pt", "*.safetensors"])
@@ -237,6 +255,7 @@ def load_clip(ref: str | Path, *, revision: str | None = None, dtype="float32", 
     """transformers CLIPModel + CLIPProcessor from a hub id or local folder -> (model, processor, source)."""
     from transformers import CLIPModel, CLIPProcessor
 
+    device = check_device(device)
     path, source = resolve(ref, revision, patterns=["*.json", "*.txt", "*.safetensors"])
     try:
         model = CLIPModel.from_pretrained(str(path), torch_dtype=to_dtype(dtype), local_files_only=True)
