@@ -19,12 +19,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     A remote URL (s3://...) is hashed from its bytes, memoised on (URL, size, ETag or mtime)."""
     if storage.is_remote(path):
         return _sha256_remote(str(path), chunk)
-    p = Path(path).resolve()
-    st = p.stat()
+    p = os.path.abspath(path)  # the memo key; realpath() cost more than the hash of a small cached file
+    st = os.stat(p)
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (FIFO, device or socket)"
         raise LcdError(f"{path}: {kind}; expected a file", item=str(path))
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    key = (p, st.st_size, st.st_mtime_ns)
     if key not in _HASH_CACHE:
         h = hashlib.sha256()
         with open(p, "rb") as f:
