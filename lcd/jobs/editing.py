@@ -29,7 +29,7 @@ from lcd.io import storage
 from lcd.io.images import load_image, save_png
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
 from lcd.jobs import tables
-from lcd.jobs.layout import is_current, output_listing, output_path, region_path
+from lcd.jobs.layout import EDITS_DIR, REGIONS_DIR, is_current, output_listing, output_path, region_path
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import load_region, needs_text_clip, open_masks_store
 from lcd.masks.config import MasksConfig
@@ -164,6 +164,7 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) 
     config_fp = config_fingerprint(ctx.cfg, ctx.models, ctx.engine)
     ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", ctx.shard))
     listing = output_listing(ctx.out_root)
+    _remove_stale_temps(ctx.out_root, listing, {it.id for it in items})
     clip_pin = model_pin(ctx.models.clip, None) if any(map(needs_text_clip, items)) else None
     tree_hashes: dict[Path, str] = {}
     pending: list[Pending] = []
@@ -180,6 +181,20 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) 
         else:
             pending.append((it, h, cdir))
     return pending
+
+
+def _remove_stale_temps(out_root, listing: set[str], ids: set[str]) -> None:
+    """Delete temp files (`.<id>.png.<random>.tmp`, lcd.io.atomic) that a killed run of this
+    shard left in edits/ and regions/. Only this shard's ids: another shard may be writing its own.
+    Remote out_roots stage temps locally, so there is nothing to clean there."""
+    if not isinstance(out_root, Path):
+        return
+    for folder, names in ((out_root / EDITS_DIR, listing), (out_root / REGIONS_DIR, None)):
+        if names is None:
+            names = storage.list_names(folder)
+        for name in names:
+            if name.startswith(".") and name.endswith(".tmp") and name[1:].split(".png.")[0] in ids:
+                (folder / name).unlink(missing_ok=True)
 
 
 def _load_text_clip(ctx: ShardContext, pending: list[Pending]):

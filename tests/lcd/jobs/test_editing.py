@@ -134,3 +134,20 @@ def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):
     rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
     assert sorted(opened) == ["a.png", "b.png", "c.png"]
     assert {r["id"]: r["status"] for r in rep.results} == {"a": "edited", "b": "skipped", "c": "skipped"}
+
+
+def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_of_that_shard(job):
+    """A SIGKILL between mkstemp and rename leaves `.<id>.png.<random>.tmp`; the shard's next run
+    removes its own, and leaves another shard's (it may be writing right now)."""
+    items, d = job
+    out = d / "out"
+    for folder in ("edits", "regions"):
+        (out / folder).mkdir(parents=True)
+        (out / folder / ".a.png.k3j2.tmp").write_bytes(b"partial")
+        (out / folder / ".zz.png.q9.tmp").write_bytes(b"other shard")
+    rep = run_edit_shard([it for it in items if it.id in ("a", "b")], out_root=out, cfg=CFG,
+                         models=ModelsConfig(), engine="noop")
+    assert rep.counts()["edited"] == 2
+    for folder in ("edits", "regions"):
+        left = sorted(p.name for p in (out / folder).iterdir() if p.name.endswith(".tmp"))
+        assert left == [".zz.png.q9.tmp"], (folder, left)
