@@ -34,7 +34,7 @@ class ManifestItem(StrictConfig):
     select: str | None = None  # "box:x0,y0,x1,y1" (pixels, end-exclusive), or a rule lcd.masks resolves
     concept: str | None = None  # a concept name under the concepts root, or a folder path
     prompt: str = Field(min_length=1)
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1)  # what the int64 results column and torch's generator take
 
     @model_validator(mode="after")
     def _one_region(self) -> "ManifestItem":

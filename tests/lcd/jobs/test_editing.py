@@ -151,3 +151,20 @@ def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_of_that_shard(jo
     for folder in ("edits", "regions"):
         left = sorted(p.name for p in (out / folder).iterdir() if p.name.endswith(".tmp"))
         assert left == [".zz.png.q9.tmp"], (folder, left)
+
+
+def test_seed_outside_int64_is_that_items_failure_and_the_rest_is_edited(tmp_path):
+    """A seed of 2**70 used to be edited and then overflow the int64 table write, sinking the shard."""
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "s.png")
+    lines = [{"id": "ok", "image": "s.png", "select": "box:0,0,8,8", "prompt": "a dog", "seed": 2**63 - 1},
+             {"id": "big", "image": "s.png", "select": "box:0,0,8,8", "prompt": "a dog", "seed": 2**70},
+             {"id": "u64", "image": "s.png", "select": "box:0,0,8,8", "prompt": "a dog", "seed": 2**64 - 1}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    items, failures = read_manifest(tmp_path / "m.jsonl")
+    assert [it.id for it in items] == ["ok"]
+    assert len(failures) == 2 and all("seed" in f.message for f in failures), failures
+    from lcd.jobs import tables
+
+    rep = run_edit_shard(items, out_root=tmp_path / "out", cfg=CFG, models=ModelsConfig(), engine="noop")
+    tables.write_table(tmp_path / "r.parquet", rep.results, tables.RESULTS_SCHEMA)
+    assert tables.read_table(tmp_path / "r.parquet", tables.RESULTS_SCHEMA).column("seed").to_pylist() == [2**63 - 1]
