@@ -245,9 +245,29 @@ def load_concept(folder: str | Path) -> Concept:
         layout = meta.get("layout", "full")
     except Exception as e:
         raise ModelLoadError(f"{f}: cannot read concept weights: {type(e).__name__}: {e}", item=str(p)) from None
-    card = json.loads((p / CARD_NAME).read_text()) if (p / CARD_NAME).exists() else {}
+    card = _read_card(p)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # NaN/inf weights would paint the region black and be recorded "edited"
+        raise ModelLoadError(f"{f}: non-finite values (NaN or inf) in {', '.join(sorted(bad)[:3])}"
+                             f"{' and more' if len(bad) > 3 else ''}; retrain or re-export this concept", item=str(p))
+    if "text.embeddings" not in tensors:
+        raise ModelLoadError(f"{f}: no text.embeddings tensor; not a concept written by lcd", item=str(p))
     unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
     return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p), layout)
+
+
+def _read_card(folder: Path) -> dict:
+    """card.json as a dict ({} when absent); anything else is a one-line error naming the file."""
+    path = folder / CARD_NAME
+    if not path.exists():
+        return {}
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path}: card is not readable JSON: {e}", item=str(folder)) from None
+    if not isinstance(card, dict):
+        raise ModelLoadError(f"{path}: card must be a JSON object, got {type(card).__name__}", item=str(folder))
+    return card
 
 
 # --- diffusers' Custom Diffusion layout ------------------------------------------------------

@@ -168,3 +168,29 @@ def test_seed_outside_int64_is_that_items_failure_and_the_rest_is_edited(tmp_pat
     rep = run_edit_shard(items, out_root=tmp_path / "out", cfg=CFG, models=ModelsConfig(), engine="noop")
     tables.write_table(tmp_path / "r.parquet", rep.results, tables.RESULTS_SCHEMA)
     assert tables.read_table(tmp_path / "r.parquet", tables.RESULTS_SCHEMA).column("seed").to_pylist() == [2**63 - 1]
+
+
+def test_broken_concepts_fail_their_items_and_the_rest_is_edited(tmp_path, tiny_dir):
+    """A concept with NaN weights (it would paint the region black and be recorded "edited") and
+    one whose card.json is not JSON are refused at load, naming the file; other items go on."""
+    import torch
+
+    from lcd.concepts.io import Concept, save_concept
+
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "s.png")
+    nan = Concept(["[P]"], torch.full((1, 32), float("nan")), "kv", {})
+    save_concept(nan, tmp_path / "concepts" / "nan")
+    save_concept(Concept(["[P]"], torch.zeros(1, 32), "kv", {}), tmp_path / "concepts" / "card")
+    (tmp_path / "concepts" / "card" / "card.json").write_text("{not json")
+    lines = [{"id": "plain", "image": "s.png", "select": "box:0,0,16,16", "prompt": "a dog"},
+             {"id": "n", "image": "s.png", "select": "box:0,0,16,16", "prompt": "a [P] dog", "concept": "nan"},
+             {"id": "c", "image": "s.png", "select": "box:0,0,16,16", "prompt": "a [P] dog", "concept": "card"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    items = read_manifest(tmp_path / "m.jsonl")[0]
+    rep = run_edit_shard(items, out_root=tmp_path / "out", cfg=CFG, models=ModelsConfig(sd=str(tiny_dir / "sd")),
+                         concepts_root=tmp_path / "concepts")
+    assert [r["id"] for r in rep.results if r["status"] == "edited"] == ["plain"]
+    fails = {f["id"]: f for f in rep.failures}
+    assert set(fails) == {"n", "c"} and {f["stage"] for f in fails.values()} == {"concept"}
+    assert "non-finite values" in fails["n"]["message"] and "text.embeddings" in fails["n"]["message"]
+    assert "card.json: card is not readable JSON" in fails["c"]["message"]
