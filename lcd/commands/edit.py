@@ -41,7 +41,7 @@ def run(args) -> int:
     _check_out(args.out)
     if (args.select or args.image_id) and not args.masks:
         raise LcdError("--select/--image-id need --masks (they pick a region from a masks table)", item="select")
-    image = load_image(args.image)
+    image = load_image(args.image, int(cfg.max_image_mp * 1e6))
     mask = load_mask(args.mask) if args.mask else _stored_mask(args, params, image)
     check_mask_fits(image, mask, args.image, args.mask or args.masks)
     sd = load_sd(params.models, concepts=args.concept, scheduler=cfg.scheduler, ref=args.model, device=args.device)

@@ -10,7 +10,7 @@ from lcd.config_base import StrictConfig, multiple_of_8
 
 # settings of how a shard runs that cannot change a pixel: left out of item hashes and of the
 # `edit_config` recorded in outputs, so changing them redoes nothing and outputs stay identical
-EXECUTION_ONLY = frozenset({"overlap", "io_threads", "png_compress_level", "batch_size", "vae_slice", "channels_last", "compile",
+EXECUTION_ONLY = frozenset({"overlap", "io_threads", "max_image_mp", "png_compress_level", "batch_size", "vae_slice", "channels_last", "compile",
                             "compile_backend"})
 
 SchedulerName = Literal["ddim", "dpmpp_2m", "euler_a", "euler", "pndm", "unipc"]
@@ -39,6 +39,7 @@ class EditConfig(StrictConfig):
     seed: int = 0
     # how a shard runs, not what it makes (EXECUTION_ONLY)
     overlap: bool = True  # read the next batch and write the previous one while the model runs
+    max_image_mp: float = Field(200.0, gt=0, le=10_000)  # larger inputs fail before decoding (megapixels)
     io_threads: int = Field(0, ge=0, le=64)  # a batch's items are read / written by this many threads (0: min(8, CPUs))
     png_compress_level: int = Field(6, ge=0, le=9)  # zlib level of output PNGs; lossless at any level
     # items per model call; "auto" sizes it from free accelerator memory (lcd.edit.speed), and any

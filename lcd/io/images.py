@@ -18,7 +18,10 @@ from lcd.errors import InputImageError
 from lcd.io.atomic import atomic_path
 from lcd.io.storage import is_remote, normalize, open_read, read_bytes
 
-Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # refuse decompression bombs beyond 400 MP
+Image.MAX_IMAGE_PIXELS = 20_000 * 20_000  # Pillow's own bomb guard (it only warns below 2x this)
+# largest image read (width x height), checked from the header before any pixel is decoded:
+# 200 MP is a 16-bit 200 MP photo in 1.2 GB of RGB; `edit.max_image_mp` sets it per run
+MAX_PIXELS = 200_000_000
 # The one list of photo/image suffixes: training photos, nightly fingerprints, scenes, evaluation.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -33,25 +36,33 @@ def image_files(folder: str | Path) -> list[Path]:
                   and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _open(path: str | Path) -> Image.Image:
+def _open(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     if is_remote(path):  # an output on object storage (contact sheets, checks)
         try:
             data = read_bytes(path)
         except FileNotFoundError:
             raise InputImageError(f"{path}: file not found", item=str(path)) from None
-        return _decode(io.BytesIO(data), str(path))
+        return _decode(io.BytesIO(data), str(path), max_pixels)
     p = Path(path)
     if not p.exists():
         raise InputImageError(f"{p}: file not found", item=str(p))
     if p.is_dir():
         raise InputImageError(f"{p}: is a directory, not an image file", item=str(p))
-    return _decode(p, str(p))
+    if not p.is_file():  # reading a FIFO or a device would never end
+        raise InputImageError(f"{p}: not a regular file (FIFO, device or socket)", item=str(p))
+    return _decode(p, str(p), max_pixels)
 
 
-def _decode(src, p: str) -> Image.Image:
+def _decode(src, p: str, max_pixels: int | None = None) -> Image.Image:
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
         im = Image.open(src)
+        if im.width * im.height > limit:  # from the header: nothing decoded yet
+            raise InputImageError(f"{p}: {im.width}x{im.height} is {im.width * im.height / 1e6:.0f} MP, above the "
+                                  f"limit of {limit / 1e6:.0f} MP (edit.max_image_mp)", item=p)
         im.load()
+    except InputImageError:
+        raise
     except UnidentifiedImageError:
         raise InputImageError(f"{p}: not an image file (unrecognised format)", item=p) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -81,9 +92,10 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file (upright per EXIF) as (H, W, 3) uint8 RGB."""
-    return pil_to_rgb(_open(path)).copy()
+def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read an image file (upright per EXIF) as (H, W, 3) uint8 RGB. Only regular files, and at most
+    `max_pixels` (default MAX_PIXELS), checked before decoding."""
+    return pil_to_rgb(_open(path, max_pixels)).copy()
 
 
 def as_mask(mask: np.ndarray | Image.Image, name: str = "mask") -> np.ndarray:
@@ -96,9 +108,9 @@ def as_mask(mask: np.ndarray | Image.Image, name: str = "mask") -> np.ndarray:
     return a.astype(bool)
 
 
-def load_mask(path: str | Path) -> np.ndarray:
-    """Read a mask image (non-zero = edit) as (H, W) bool."""
-    im = _open(path)
+def load_mask(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask image (non-zero = edit) as (H, W) bool; limits as load_image."""
+    im = _open(path, max_pixels)
     if im.mode == "P":
         im = im.convert("L")
     return as_mask(im, str(path))

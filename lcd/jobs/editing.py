@@ -230,7 +230,7 @@ def _read_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
     def read_one(p: Pending) -> tuple[Ready | None, dict | None]:
         it, h, _ = p
         try:
-            image = load_image(it.image)
+            image = load_image(it.image, int(ctx.cfg.max_image_mp * 1e6))
             ei = EditItem(image, load_region(it, image, ctx.masks_store, clip, ctx.masks_cfg), it.prompt, it.seed, it.id)
             if lp is not None:
                 check_item(ei, known, tokens)

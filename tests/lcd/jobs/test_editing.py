@@ -194,3 +194,24 @@ def test_broken_concepts_fail_their_items_and_the_rest_is_edited(tmp_path, tiny_
     assert set(fails) == {"n", "c"} and {f["stage"] for f in fails.values()} == {"concept"}
     assert "non-finite values" in fails["n"]["message"] and "text.embeddings" in fails["n"]["message"]
     assert "card.json: card is not readable JSON" in fails["c"]["message"]
+
+
+def test_fifo_inputs_and_oversized_images_fail_alone_without_hanging_or_decoding(tmp_path):
+    """A FIFO as image or mask used to block the shard forever in the hash; a 76 KB 1-bit PNG of
+    25000x25000 used to decode to 12 GB. Both fail by name; the good item is edited once."""
+    import os
+
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "s.png")
+    Image.new("1", (25_000, 25_000)).save(tmp_path / "bomb.png")
+    os.mkfifo(tmp_path / "fifo.png")
+    lines = [{"id": "ok", "image": "s.png", "select": "box:0,0,8,8", "prompt": "a dog"},
+             {"id": "fifo", "image": "fifo.png", "select": "box:0,0,8,8", "prompt": "a dog"},
+             {"id": "fifomask", "image": "s.png", "mask": "fifo.png", "prompt": "a dog"},
+             {"id": "bomb", "image": "bomb.png", "select": "box:0,0,8,8", "prompt": "a dog"}]
+    (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    items = read_manifest(tmp_path / "m.jsonl")[0]
+    rep = run_edit_shard(items, out_root=tmp_path / "out", cfg=CFG, models=ModelsConfig(), engine="noop")
+    assert [r["id"] for r in rep.results] == ["ok"]
+    fails = {f["id"]: f["message"] for f in rep.failures}
+    assert "not a regular file" in fails["fifo"] and "not a regular file" in fails["fifomask"]
+    assert "625 MP, above the limit of 200 MP" in fails["bomb"]
