@@ -113,7 +113,12 @@ def merged_accounting(res: pa.Table, fail: pa.Table, expected_ids: pa.Array) -> 
 
     status = counts(res.column("status").combine_chunks())
     per_shard = counts(pa.concat_arrays([res.column("shard").combine_chunks(), fail.column("shard").combine_chunks()]))
-    done = pa.concat_arrays([res.column("id").combine_chunks(), fail.column("id").combine_chunks()])
+    fail_ids, fail_shards = fail.column("id").combine_chunks(), fail.column("shard").combine_chunks()
+    done = pa.concat_arrays([res.column("id").combine_chunks(), fail_ids])
     missing = pc.filter(expected_ids, pc.invert(pc.is_in(expected_ids, value_set=done)))
+    # a duplicate manifest entry is a manifest failure row beside its first entry's row: counted
+    # once, as that failure; only rows the shards wrote twice are "duplicated" (a lost update)
+    by_shards = pa.concat_arrays([res.column("id").combine_chunks(),
+                                  pc.filter(fail_ids, pc.not_equal(fail_shards, "manifest"))])
     return {"edited": status.get("edited", 0), "skipped": status.get("skipped", 0), "failed": fail.num_rows, "per_shard": per_shard, "missing": missing.slice(0, 5).to_pylist(),
-            "n_missing": len(missing), "duplicated": len(done) - pc.count_distinct(done).as_py()}
+            "n_missing": len(missing), "duplicated": len(by_shards) - pc.count_distinct(by_shards).as_py()}

@@ -38,3 +38,19 @@ def test_shards_then_merge_account_for_every_item_once(tmp_path):
     assert (merged["n_missing"], merged["duplicated"], merged["failed"]) == (0, 0, 1)
     assert merged["edited"] == 2 and merged["skipped"] == 3  # the retry replaced its shard's table
     assert pq.read_table(out / "failures.parquet").column("stage").to_pylist() == ["manifest"]
+
+
+def test_a_duplicate_id_is_one_failure_and_the_run_can_complete(tmp_path):
+    """A manifest with an id twice: the first entry is edited, the second is one manifest failure,
+    and the merge accounts for both without calling it "duplicated" (which made every run end
+    "re-run to resume", forever)."""
+    manifest, params = noop_job(tmp_path)
+    lines = manifest.read_text().splitlines()
+    manifest.write_text("\n".join(lines + [lines[0]]) + "\n")
+    out = tmp_path / "out"
+    plan_manifest.fn(str(manifest), str(out), 1)
+    edit_shard.fn(str(manifest), str(out), 0, 1, str(params), None, "noop", None)
+    merged = merge_shard_tables.fn(str(out), 1)
+    assert (merged["n_missing"], merged["duplicated"], merged["edited"], merged["failed"]) == (0, 0, 5, 2)
+    msgs = pq.read_table(out / "failures.parquet").column("message").to_pylist()
+    assert sum("duplicate id" in m for m in msgs) == 1
