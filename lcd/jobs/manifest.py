@@ -10,6 +10,7 @@ a failure row naming the line, and the other items run.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from dataclasses import dataclass
@@ -153,6 +154,9 @@ def file_entries(path: str | Path, batch_rows: int = 65536) -> Iterator[Entry]:
         with storage.open_read(p) as f:
             i = 0
             for line in f:
+                if i == 0 and line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    raise LcdError(f"{p}: manifest is UTF-16 (byte-order mark); JSON Lines must be UTF-8: "
+                                   "save it as UTF-8", item=str(p))
                 if line.strip():
                     yield _json_line(i, line)
                     i += 1

@@ -80,3 +80,17 @@ def test_region_rules_have_one_parser():
 def test_item_id_with_a_trailing_newline_is_refused():
     items, failures = parse_manifest('{"id": "a\\n", "image": "x.png", "select": "box:0,0,1,1", "prompt": "p"}\n')
     assert items == [] and "id must match" in failures[0].message
+
+
+def test_a_bad_utf8_byte_is_one_failed_line_and_utf16_names_the_file(tmp_path):
+    good = '{"id": "%s", "image": "s.png", "select": "box:0,0,2,2", "prompt": "x"}'
+    p = tmp_path / "m.jsonl"
+    p.write_bytes(b"\n".join([(good % "a").encode(), (good % "b").encode().replace(b"s.png", b"s\xff.png"),
+                              (good % "c").encode()]))
+    items, failures = read_manifest(p)
+    assert [it.id for it in items] == ["a", "c"]
+    assert len(failures) == 1 and failures[0].message.startswith("line 2: not valid JSON")
+    u16 = tmp_path / "u16.jsonl"
+    u16.write_text("\n".join(good % k for k in "ab"), encoding="utf-16")
+    with pytest.raises(LcdError, match="u16.jsonl: manifest is UTF-16"):
+        read_manifest(u16)
