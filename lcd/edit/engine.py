@@ -246,7 +246,8 @@ def _meta(lp: LoadedPipeline, it: EditItem, cfg: EditConfig, box, extra: dict | 
         "guidance": cfg.guidance,
         "sampler": sampler_label(cfg.scheduler),
         "scheduler_class": scheduler_class_name(cfg.scheduler),
-        "size": f"{cfg.size}x{cfg.size}",
+        "size": f"{cfg.size}x{cfg.size}",  # the working size the model ran at
+        "output_size": f"{it.image.shape[1]}x{it.image.shape[0]}",
         "model": lp.source.ref,
         "model_hash": lp.source.short_hash,
         "model_source": lp.source.to_dict(),

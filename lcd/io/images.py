@@ -134,7 +134,7 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
         ("Sampler", meta.get("sampler", "DDIM")),
         ("CFG scale", meta.get("guidance")),
         ("Seed", meta.get("seed")),
-        ("Size", meta.get("size")),
+        ("Size", meta.get("output_size") or meta.get("size")),  # the image's own size, as A1111 writes it
         ("Model hash", meta.get("model_hash")),
         ("Model", meta.get("model")),
     ]

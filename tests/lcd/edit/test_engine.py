@@ -20,6 +20,9 @@ def test_outside_band_is_byte_identical_inside_differs(tiny_sd, scene, small_cfg
     changed = (res.image != img).any(axis=2)
     assert changed[mask].mean() > 0.9
     assert res.meta["seed"] == 1 and res.meta["steps"] == 3 and res.meta["model_hash"]
+    from lcd.io.images import a1111_parameters
+
+    assert res.meta["output_size"] == "100x70" and "Size: 100x70" in a1111_parameters(res.meta)
 
 
 def test_full_mask_without_blending_matches_diffusers_inpaint_pipeline(tiny_sd):
