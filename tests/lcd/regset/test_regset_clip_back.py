@@ -31,7 +31,8 @@ def _free_port() -> int:
 
 
 def _lcd(*args, cwd):
-    return [sys.executable, "-m", "lcd", "--params", str(cwd / "absent.yaml"), *args]
+    (cwd / "defaults.yaml").write_text("")  # an empty params file: the built-in defaults
+    return [sys.executable, "-m", "lcd", "--params", str(cwd / "defaults.yaml"), *args]
 
 
 @pytest.mark.slow

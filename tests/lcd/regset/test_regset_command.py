@@ -41,7 +41,8 @@ def test_cli_build_generates_when_nothing_passes(tmp_path, tiny_dir, tiny_open_c
 def test_cli_bad_override_is_one_line_exit_2(tmp_path, capsys):
     from lcd.cli import main
 
-    rc = main(["--params", str(tmp_path / "absent.yaml"), "regset", "build", "--out", str(tmp_path), "--top-n", "0"])
+    (tmp_path / "defaults.yaml").write_text("")  # empty: the built-in defaults
+    rc = main(["--params", str(tmp_path / "defaults.yaml"), "regset", "build", "--out", str(tmp_path), "--top-n", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1
     assert "regset.top_n: Input should be greater than or equal to 1" in err
