@@ -66,9 +66,9 @@ def run(items, lp, cfg, out: Path, model_s: float) -> dict:
     from lcd.config import ModelsConfig
     from lcd.jobs.editing import run_edit_shard
 
-    def standin(lp_, batch_items, prepared, cfg_, prompts):
+    def standin(lp_, prepared, cfg_, prompts):
         time.sleep(model_s)
-        return [p[2] for p in prepared]  # the working-size crops, as a model would return them
+        return [p.crop for p in prepared]  # the working-size crops, as a model would return them
 
     real, engine._run_batch = engine._run_batch, standin
     shutil.rmtree(out, ignore_errors=True)

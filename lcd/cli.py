@@ -51,7 +51,7 @@ def user_error(e: BaseException) -> str | None:
         name = "--" + loc[-1].replace("_px", "").replace("_", "-") if loc else e.title
         return f"{name}: {first['msg']} (got {first.get('input')!r}; in {e.title}{'.' + '.'.join(loc) if loc else ''})"
     if isinstance(e, OSError):  # a path that is a folder, under a file, unreadable, a full disk
-        return f"{e.filename or ''}: {e.strerror or e}".lstrip(": ") if e.filename else str(e)
+        return f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
     return None
 
 

@@ -51,8 +51,8 @@ def resolve_closure(wheel: Path) -> dict[str, str]:
 
     from packaging.requirements import Requirement
 
-    meta = next(zipfile.ZipFile(wheel).read(n).decode() for n in zipfile.ZipFile(wheel).namelist()
-                if n.endswith(".dist-info/METADATA"))
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(z.read(n).decode() for n in z.namelist() if n.endswith(".dist-info/METADATA"))
     todo = [Requirement(ln.split(":", 1)[1].strip()) for ln in meta.splitlines() if ln.startswith("Requires-Dist:")]
     pins, resolved, problems = lock_pins(), {}, []
     while todo:

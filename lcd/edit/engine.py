@@ -104,16 +104,16 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int], device, dty
 
 
 @torch.no_grad()
-def _run_batch(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: EditConfig,
-               prompts: PromptCache) -> list[np.ndarray]:
-    """Denoise one batch at working size; return (S, S, 3) uint8 crops."""
+def _run_batch(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig, prompts: PromptCache) -> list[np.ndarray]:
+    """Denoise one batch of prepared (non-empty) items at working size; return (S, S, 3) uint8 crops."""
     pipe = lp.pipe
     unet, vae = pipe.unet, pipe.vae
     device, dtype = unet.device, unet.dtype
     f = lp.latent_factor
     h = cfg.size // f
-    images = _to_tensor([p[2] for p in prepared], device, vae.dtype)
-    regions = torch.from_numpy(np.stack([p[3] for p in prepared]))[:, None].to(device=device, dtype=dtype)
+    items = [p.item for p in prepared]
+    images = _to_tensor([p.crop for p in prepared], device, vae.dtype)
+    regions = torch.from_numpy(np.stack([p.region for p in prepared]))[:, None].to(device=device, dtype=dtype)
     # the VAE may run in another dtype than the UNet (models.vae_dtype); latents follow the UNet
     image_latents = encode_latents(vae, images, cfg.vae_slice).to(dtype)
     # a latent cell is generated if any of its f x f pixels is in the region
@@ -142,20 +142,19 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _run_split_on_oom(lp: LoadedPipeline, items: list[EditItem], prepared: list, cfg: EditConfig,
+def _run_split_on_oom(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig,
                       prompts: PromptCache) -> list[np.ndarray]:
     """`_run_batch`, and when the accelerator runs out of memory, the two halves in turn (down to
     one item, which re-raises): a batch size that is too big costs a retry, not the batch."""
     try:
-        return _run_batch(lp, items, prepared, cfg, prompts)
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if len(items) == 1 or not _is_oom(e):
+        return _run_batch(lp, prepared, cfg, prompts)
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if len(prepared) == 1 or not _is_oom(e):
             raise
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    k = len(items) // 2
-    return (_run_split_on_oom(lp, items[:k], prepared[:k], cfg, prompts)
-            + _run_split_on_oom(lp, items[k:], prepared[k:], cfg, prompts))
+    k = len(prepared) // 2
+    return _run_split_on_oom(lp, prepared[:k], cfg, prompts) + _run_split_on_oom(lp, prepared[k:], cfg, prompts)
 
 
 @dataclass
@@ -190,9 +189,7 @@ def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConf
     todo = [i for i, p in enumerate(prepared) if p.box is not None]
     for start in range(0, len(todo), batch):
         idx = todo[start : start + batch]
-        out = _run_split_on_oom(lp, [prepared[i].item for i in idx],
-                                [(prepared[i].alpha, prepared[i].box, prepared[i].crop, prepared[i].region) for i in idx],
-                                cfg, prompts)
+        out = _run_split_on_oom(lp, [prepared[i] for i in idx], cfg, prompts)
         for i, crop in zip(idx, out):
             crops[i] = crop
     return crops
