@@ -30,17 +30,34 @@ def _free_port() -> int:
 
 
 def kill_tree(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    """Signal a process and all its descendants (a worker and the flow runs it started)."""
+    """Signal a process and all its descendants (a worker and the flow runs it started), then
+    wait until every one of them is gone. Each process group met is signalled too: Prefect starts
+    flow-run processes in their own session, and a child spawned while the tree is walked would
+    otherwise be missed."""
     try:
-        procs = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+        root = psutil.Process(proc.pid)
+        procs = root.children(recursive=True) + [root]
     except psutil.NoSuchProcess:
         return
+    groups = set()
+    for p in procs:
+        try:
+            groups.add(os.getpgid(p.pid))
+        except ProcessLookupError:
+            pass
     for p in procs:
         try:
             p.send_signal(sig)
         except psutil.NoSuchProcess:
             pass
+    for g in groups - {os.getpgid(0)}:  # never our own group
+        try:
+            os.killpg(g, sig)
+        except ProcessLookupError:
+            pass
     proc.wait(timeout=30)
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive, f"still alive after {sig!r}: {alive}"
 
 
 class PrefectEnv:
