@@ -57,10 +57,10 @@ if ! { [ -f "$PREFECT_HOME/worker.pid" ] && kill -0 "$(cat "$PREFECT_HOME/worker
 fi
 $PREFECT --no-prompt deploy --all >"$PREFECT_HOME/deploy.log" 2>&1 || { tail -30 "$PREFECT_HOME/deploy.log"; exit 1; }
 
-# 5. the pipeline on the bundled samples with samples/params.demo.yaml (tiny models, few steps;
-#    LCD_DEMO_PARAMS=params.yaml for the real settings). regset reads the bundled LAION-style
+# 5. the pipeline on the bundled samples with params.yaml (tiny models, few steps;
+#    LCD_DEMO_PARAMS=params.sd15.yaml for the paper's settings on real weights). regset reads the bundled LAION-style
 #    shard (data/laion-meta, dead links on purpose) and generates its shortfall with the base model.
-PARAMS=${LCD_DEMO_PARAMS:-samples/params.demo.yaml}
+PARAMS=${LCD_DEMO_PARAMS:-params.yaml}
 STAGES=${LCD_DEMO_STAGES:-'["regset", "train", "masks", "edit", "evaluate"]'}
 $PREFECT deployment run lcd-pipeline/default -p "params_path=$PARAMS" -p "stages=$STAGES" \
   --watch --watch-interval 2

@@ -55,7 +55,7 @@ def run(args) -> int:
     tokens = args.token or ["[P]"] + [f"[P{i + 1}]" for i in range(1, n)]
     specs = [ConceptSpec(photos=args.photos[i], token=tokens[i], class_word=args.class_word[i],
                          init_word=args.init_word[i] if args.init_word else None) for i in range(n)]
-    lp = load_sd(params.models, ref=args.model, device=args.device).lp
+    lp = load_sd(params.models.for_training(), ref=args.model, device=args.device).lp
     work = Path(args.work_dir) if args.work_dir else Path(args.out) / "training"
     result = train_concepts(lp, specs, cfg, work_dir=work, resume=args.resume)
     save_concept(result.concept, args.out)

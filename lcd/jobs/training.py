@@ -36,6 +36,6 @@ def train_concept(photos_dir: str | Path, out_dir: str | Path, cfg: TrainConfig,
     spec = concept_spec(photos_dir)
     if regset_dir is not None and Path(regset_dir).is_dir():
         cfg = cfg.model_copy(update={"reg_dir": str(regset_dir)})
-    lp = load_sd(models).lp
+    lp = load_sd(models.for_training()).lp
     result = train_concepts(lp, [spec], cfg, work_dir=Path(out_dir) / "training", resume=True)
     return save_concept(result.concept, out_dir)

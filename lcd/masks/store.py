@@ -134,11 +134,16 @@ def write_part(out: str | Path, rows: list[dict], images: list[dict], config: di
 
 
 def done_images(out: str | Path) -> dict[tuple[str, str], dict]:
-    """(image_id, sha256) -> image entry, for every image a finished part records."""
+    """(image_id, sha256) -> image entry, for every image a finished part records. A part that
+    cannot be read (0 bytes, truncated, not Parquet) records nothing, so its images are redone."""
     done: dict[tuple[str, str], dict] = {}
     for p in part_paths(out):
-        meta = pq.read_schema(p).metadata or {}
-        for im in json.loads(meta.get(IMAGES_META, b"[]")):
+        try:
+            meta = pq.read_schema(p).metadata or {}
+            images = json.loads(meta.get(IMAGES_META, b"[]"))
+        except (pa.ArrowException, OSError, ValueError):
+            continue
+        for im in images:
             done[(im["image_id"], im["image_sha256"])] = im
     return done
 
@@ -173,6 +178,14 @@ def _part_files(path: str | Path) -> list[Path]:
     return files
 
 
+def _schema_problem(schema: pa.Schema) -> str | None:
+    """Why a part cannot serve MASK_SCHEMA reads (a missing column), or None. Column types are
+    not compared here (writers name list children differently); a part whose columns do not cast
+    fails its read, and is then skipped and recorded (MaskStore._read)."""
+    missing = [f.name for f in MASK_SCHEMA if f.name not in schema.names]
+    return f"not a masks part: no column(s) {', '.join(map(repr, missing))}" if missing else None
+
+
 class MaskStore:
     """A masks table opened for many lookups: every part's footer is read once, and image_id ->
     the parts that list it (their `lcd.masks.images` metadata), so a lookup opens only those
@@ -187,26 +200,64 @@ class MaskStore:
         self.files = _part_files(path)
         self.by_image: dict[str, list[Path]] = {}
         self.unindexed: list[Path] = []
+        self.bad: dict[Path, str] = {}  # part -> why it cannot be read; skipped, named in lookups' errors
         for f in self.files:
-            meta = pq.read_schema(f).metadata or {}
+            try:
+                schema = pq.read_schema(f)
+            except (pa.ArrowException, OSError) as e:  # 0 bytes, truncated, not Parquet
+                self.bad[f] = f"{type(e).__name__}: {e}"
+                continue
+            if problem := _schema_problem(schema):
+                self.bad[f] = problem
+                continue
+            meta = schema.metadata or {}
             if IMAGES_META not in meta:
                 self.unindexed.append(f)
                 continue
-            for im in json.loads(meta[IMAGES_META]):
-                self.by_image.setdefault(im["image_id"], []).append(f)
+            try:
+                listed = [im["image_id"] for im in json.loads(meta[IMAGES_META])]
+            except (ValueError, TypeError, KeyError) as e:
+                self.bad[f] = f"unreadable {IMAGES_META.decode()} metadata: {e}"
+                continue
+            for image_id in listed:
+                self.by_image.setdefault(image_id, []).append(f)
 
-    def rows(self, image_id: str, columns: list[str] | None = None) -> pa.Table:
-        """All mask rows of one image, in mask_id order, from its newest SHA-256 (see read_rows)."""
+    def _bad_note(self) -> str:
+        if not self.bad:
+            return ""
+        names = ", ".join(f"{p.name} ({why[:120]})" for p, why in list(self.bad.items())[:3])
+        return f"; {len(self.bad)} unreadable part(s) skipped: {names}"
+
+    def _read(self, files: list[Path], image_id: str, cols: list[str] | None) -> pa.Table | None:
+        """The image's rows from `files`; a part that fails to read is recorded in `bad` and
+        skipped (read one by one only when the combined read fails)."""
         import pyarrow.dataset as ds
 
-        files = sorted(set(self.by_image.get(image_id, []) + self.unindexed))
+        def read(fs: list[Path]) -> pa.Table:
+            dataset = ds.dataset([str(f) for f in fs], schema=MASK_SCHEMA, format="parquet")
+            return dataset.to_table(filter=ds.field("image_id") == image_id, columns=cols)
+
+        try:
+            return read(files)
+        except (pa.ArrowException, OSError):
+            pass
+        tables = []
+        for f in files:
+            try:
+                tables.append(read([f]))
+            except (pa.ArrowException, OSError) as e:
+                self.bad[f] = f"{type(e).__name__}: {e}"
+        return pa.concat_tables(tables) if tables else None
+
+    def rows(self, image_id: str, columns: list[str] | None = None) -> pa.Table:
+        """All mask rows of one image, in mask_id order, from its newest SHA-256 (see read_rows).
+        Unreadable parts are skipped; if the image has no rows, the error names them."""
+        files = sorted(set(self.by_image.get(image_id, []) + self.unindexed) - set(self.bad))
         cols = None if columns is None else list(dict.fromkeys([*columns, "image_sha256", "mask_id"]))
-        table = None
-        if files:
-            dataset = ds.dataset([str(f) for f in files], schema=MASK_SCHEMA, format="parquet")
-            table = dataset.to_table(filter=ds.field("image_id") == image_id, columns=cols)
+        table = self._read(files, image_id, cols) if files else None
         if table is None or table.num_rows == 0:
-            raise LcdError(f"{image_id}: no masks stored for this image_id in {self.path}", item=image_id)
+            raise LcdError(f"{image_id}: no masks stored for this image_id in {self.path}{self._bad_note()}",
+                           item=image_id)
         shas = set(table.column("image_sha256").to_pylist())
         if len(shas) > 1:  # the file changed between runs: the newest rows are the last part's
             last = table.column("image_sha256")[table.num_rows - 1].as_py()

@@ -27,3 +27,9 @@ class ModelsConfig(StrictConfig):
     # (diffusers' `force_upcast`: float16 VAEs can overflow to NaN), else dtype
     vae_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "cpu"
+
+    def for_training(self) -> "ModelsConfig":
+        """These weights loaded in float32, whatever `dtype` says: the trained tensors need float32
+        master weights (AdamW's 1e-5 steps vanish in float16), and compute runs in
+        `train.mixed_precision`, as diffusers' training scripts keep the UNet in float32."""
+        return self.model_copy(update={"dtype": "float32", "vae_dtype": "auto"})

@@ -1,5 +1,5 @@
-"""`dvc repro` of the real dvc.yaml (copied unchanged) in a temporary git repository, stage
-commands running the flows; only params.yaml is pointed at the tiny models."""
+"""`dvc repro` of the real dvc.yaml and params.yaml (copied unchanged) in a temporary git
+repository, as on a fresh clone: stage commands running the flows on the tiny models."""
 
 from __future__ import annotations
 
@@ -36,19 +36,11 @@ def dvc_repo(tmp_path, tiny_dir, prefect_server):
     # regset reads the bundled LAION-style shard (data/laion-meta; its links are dead on purpose),
     # so it runs offline and fills its shortfall with class images from the tiny SD
     assert (root / "dvc.yaml").read_bytes() == (REPO / "dvc.yaml").read_bytes()
-    params = yaml.safe_load((REPO / "params.yaml").read_text())  # the real file, on the tiny models
-    params["models"].update(sd=str(tiny_dir / "sd"), sam=str(tiny_dir / "sam" / "sam_vit_tiny.pth"),
-                            clip=str(tiny_dir / "clip"))
-    params["edit"].update(steps=2, size=64, guidance=6.0)
-    # random SAM weights score low: keep every mask, so the manifest's `sam:` row has some
-    params["masks"]["auto"].update(points_per_side=4, points_per_batch=16, pred_iou_thresh=0.0,
-                                   stability_score_thresh=0.0)
-    params["regset"].update(clip_model=str(tiny_dir / "open_clip"), top_n=2, timeout_s=2, threads=2,
-                            gen_size=64, gen_steps=2)
-    params["evaluate"].update(dino=str(tiny_dir / "dino"))
-    params["train"].update(steps=2, resolution=64, batch_size=1, prior=False, min_photo_px=64, checkpoint_every=0,
-                           progress=False)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # params.yaml as shipped (the tiny models under models/tiny, CPU-sized): what a fresh clone runs
+    # after `lcd models tiny models/tiny`; the session's tiny models are those same files
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    (root / "models").mkdir()
+    (root / "models" / "tiny").symlink_to(tiny_dir, target_is_directory=True)
     env = {**prefect_server.env, "PYTHONPATH": str(root),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
@@ -75,12 +67,12 @@ def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
     # dead links -> exactly top_n generated class images, recorded as such
     (manifest,) = (root / "outputs/regset").glob("*/manifest.parquet")
     regset = pd.read_parquet(manifest)
-    assert len(regset) == 2 and set(regset["source"]) == {"generated"}
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    assert len(regset) == params["regset"]["top_n"] and set(regset["source"]) == {"generated"}
     edits = sorted(p.stem for p in (root / "outputs/edit/edits").glob("*.png"))
     # all five manifest items: the concept item uses the trained concept, the `sam:` item the masks store
     assert edits == sorted(["backpack_00", "cat_00", "teapot_00", "cat_00-dog", "teapot_00-sam"])
     assert _ran(run(*dvc, "repro")) == set()  # nothing changed: nothing runs
-    params = yaml.safe_load((root / "params.yaml").read_text())
     params["edit"]["guidance"] = 3.0
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     downstream = {"edit", "evaluate"}
@@ -93,5 +85,5 @@ def test_dvc_repro_runs_each_stage_once_and_reruns_only_dependents(dvc_repo):
     (plot,) = plots["data"]["outputs/edit/edit_seconds.csv"]
     assert sorted(v["item"] for v in plot["content"]["data"]["values"]) == edits
     (loss,) = plots["data"]["outputs/train_loss.csv"]
-    assert [int(v["step"]) for v in loss["content"]["data"]["values"]] == [1, 2]
+    assert [int(v["step"]) for v in loss["content"]["data"]["values"]] == list(range(1, params["train"]["steps"] + 1))
     assert "metrics.json" in json.dumps(metrics)

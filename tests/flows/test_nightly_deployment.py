@@ -17,7 +17,7 @@ def test_nightly_running_twice_trains_once(prefect_server, worker, tiny_dir, tmp
     pytest.importorskip("lcd.train")
     photos, weights = tmp_path / "concepts", tmp_path / "weights"
     shutil.copytree(SAMPLES / "concepts" / "dog", photos / "dog")
-    params = yaml.safe_load((SAMPLES / "params.demo.yaml").read_text())
+    params = yaml.safe_load((SAMPLES.parent / "params.yaml").read_text())  # the tiny-model defaults
     params["models"] = {"sd": str(tiny_dir / "sd")}
     params["train"].update(steps=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

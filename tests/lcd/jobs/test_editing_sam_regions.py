@@ -75,6 +75,35 @@ def test_edit_shard_uses_stored_masks(store, tmp_path):
     assert (tmp_path / "edits" / "x.png").exists()
 
 
+def test_bad_parts_in_the_store_fail_only_the_items_that_need_them(store, tmp_path):
+    """A 0-byte, a corrupt and a wrong-schema part used to sink the whole shard, `box:` items too.
+    Now they are skipped: items whose masks are in good parts are edited, an image whose masks
+    were only in a bad part is that item's failure naming the parts, and `box:` items go on."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lcd.config import EditConfig
+
+    scene, out = store
+    bad_store = tmp_path / "store"
+    shutil.copytree(out, bad_store)
+    parts = bad_store / "masks"
+    (parts / "part-00090.parquet").write_bytes(b"")
+    (parts / "part-00091.parquet").write_bytes(b"PAR1 garbage, not a footer")
+    pq.write_table(pa.table({"foo": [1, 2]}), parts / "part-00092.parquet")
+    ghost = tmp_path / "ghost.jpg"  # its masks "were" in the corrupt part: none readable now
+    shutil.copy(scene, ghost)
+    items = [_item(scene, "sam:largest"),
+             ManifestItem(id="b", image=str(scene), select="box:0,0,32,32", prompt="a dog", seed=0),
+             ManifestItem(id="g", image=str(ghost), select="sam:largest", prompt="a dog", seed=0)]
+    rep = run_edit_shard(items, out_root=tmp_path / "o", cfg=EditConfig(steps=2, size=64), models=ModelsConfig(sd="unused"),
+                         engine="noop", masks_store=bad_store)
+    assert sorted(r["id"] for r in rep.results if r["status"] == "edited") == ["b", "x"]
+    (fail,) = rep.failures
+    assert fail["id"] == "g" and "ghost: no masks stored" in fail["message"]
+    assert "3 unreadable part(s) skipped" in fail["message"] and "part-00090.parquet" in fail["message"]
+
+
 def test_edit_is_redone_when_the_stored_masks_change_not_when_the_store_moves(store, tmp_path, tiny_dir):
     """The item hash covers the masks a `sam:` rule reads, not just the rule's text."""
     from lcd.config import EditConfig

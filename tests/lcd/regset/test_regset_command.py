@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lcd.config import load_params
 from lcd.regset.manifest import read_manifest
-
-
-def test_params_yaml_regset_section_validates():
-    p = load_params(Path(__file__).resolve().parents[3] / "params.yaml")
-    assert p.regset.threshold == 0.85 and p.regset.top_n == 200 and p.regset.image_size == 512
 
 
 @pytest.mark.slow
