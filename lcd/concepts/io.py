@@ -32,6 +32,11 @@ WEIGHTS_NAME = "concept.safetensors"
 CARD_NAME = "card.json"
 DIFFUSERS_WEIGHTS_NAME = "pytorch_custom_diffusion_weights.safetensors"
 DIFFUSERS_WEIGHTS_NAME_BIN = "pytorch_custom_diffusion_weights.bin"
+# the UNet modules each method changes, as module-name suffixes (LoRA adapts the K/V modules)
+KV_SUFFIXES = ("attn2.to_k", "attn2.to_v")
+CROSSATTN_SUFFIXES = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+METHOD_MODULES = {"kv": KV_SUFFIXES, "lora": KV_SUFFIXES, "crossattn": CROSSATTN_SUFFIXES, "full": ("",)}
+LAYOUT_LEAVES = {"full": ("weight", "bias"), "lowrank": ("lora_A", "lora_B")}
 
 
 @dataclass
@@ -253,7 +258,26 @@ def load_concept(folder: str | Path) -> Concept:
     if "text.embeddings" not in tensors:
         raise ModelLoadError(f"{f}: no text.embeddings tensor; not a concept written by lcd", item=str(p))
     unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
+    if problem := tensor_problem(method, layout, unet):  # applied as-is it would edit the wrong modules
+        raise ModelLoadError(f"{f}: {problem}", item=str(p))
     return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p), layout)
+
+
+def tensor_problem(method: str, layout: str, unet: dict[str, Any]) -> str | None:
+    """Why a concept's UNet tensors cannot be what its `method` and `layout` say, or None: every
+    key must be a weight/bias ('full') or lora_A/lora_B ('lowrank') of a module the method trains."""
+    if method not in METHOD_MODULES:
+        return f"unknown method {method!r} (expected one of {', '.join(METHOD_MODULES)})"
+    if layout not in LAYOUT_LEAVES:
+        return f"unknown layout {layout!r} (expected one of {', '.join(LAYOUT_LEAVES)})"
+    if method == "lora" and layout != "lowrank":
+        return "method 'lora' needs the lowrank layout (lora_A/lora_B tensors)"
+    for key in unet:
+        module, _, leaf = key.rpartition(".")
+        if leaf not in LAYOUT_LEAVES[layout] or not module.endswith(METHOD_MODULES[method]):
+            return (f"method {method!r} ({layout} layout) does not match its tensors: unet.{key} is not "
+                    f"one it changes; the card or the weights are from another concept")
+    return None
 
 
 def _read_card(folder: Path) -> dict:

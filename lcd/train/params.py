@@ -12,10 +12,9 @@ from typing import Any, Iterable
 
 import torch
 
+from lcd.concepts.io import CROSSATTN_SUFFIXES, KV_SUFFIXES
 from lcd.errors import LcdError
 
-KV_SUFFIXES = ("attn2.to_k", "attn2.to_v")
-CROSSATTN_SUFFIXES = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
 METHODS = ("kv", "crossattn", "lora", "full")
 
 
