@@ -133,14 +133,20 @@ def write_part(out: str | Path, rows: list[dict], images: list[dict], config: di
     return dest
 
 
+def _images_listed(schema: pa.Schema) -> list[dict] | None:
+    """A part's `lcd.masks.images` listing (None when it has none, as in another tool's file).
+    Raises ValueError when the listing is not JSON."""
+    meta = schema.metadata or {}
+    return json.loads(meta[IMAGES_META]) if IMAGES_META in meta else None
+
+
 def done_images(out: str | Path) -> dict[tuple[str, str], dict]:
     """(image_id, sha256) -> image entry, for every image a finished part records. A part that
     cannot be read (0 bytes, truncated, not Parquet) records nothing, so its images are redone."""
     done: dict[tuple[str, str], dict] = {}
     for p in part_paths(out):
         try:
-            meta = pq.read_schema(p).metadata or {}
-            images = json.loads(meta.get(IMAGES_META, b"[]"))
+            images = _images_listed(pq.read_schema(p)) or []
         except (pa.ArrowException, OSError, ValueError):
             continue
         for im in images:
@@ -210,16 +216,16 @@ class MaskStore:
             if problem := _schema_problem(schema):
                 self.bad[f] = problem
                 continue
-            meta = schema.metadata or {}
-            if IMAGES_META not in meta:
-                self.unindexed.append(f)
-                continue
             try:
-                listed = [im["image_id"] for im in json.loads(meta[IMAGES_META])]
+                listed = _images_listed(schema)
+                ids = None if listed is None else [im["image_id"] for im in listed]
             except (ValueError, TypeError, KeyError) as e:
                 self.bad[f] = f"unreadable {IMAGES_META.decode()} metadata: {e}"
                 continue
-            for image_id in listed:
+            if ids is None:
+                self.unindexed.append(f)
+                continue
+            for image_id in ids:
                 self.by_image.setdefault(image_id, []).append(f)
 
     def _bad_note(self) -> str:
