@@ -60,6 +60,24 @@ def _file_hash(p: str) -> str:
         return sha256_file(p)
     except (FileNotFoundError, NotADirectoryError):
         raise InputImageError(f"{p}: file not found", item=p) from None
+    except OSError as e:  # unreadable (permissions, I/O error): this item fails, not the shard
+        raise InputImageError(f"{p}: cannot read: {e.strerror or e}", item=p) from None
+
+
+def check_concept_dir(name: str | None, concept_dir: Path) -> None:
+    """Raise LcdError naming the concept unless `concept_dir` is a folder holding the concept's
+    weights file: a path like `/dev` or a photo folder is refused before anything under it is read."""
+    from lcd.concepts.io import WEIGHTS_NAME
+
+    if not concept_dir.exists():
+        raise LcdError(f"concept {name!r}: weights folder {concept_dir} not found (train it first)",
+                       item=str(concept_dir))
+    if not concept_dir.is_dir():
+        raise LcdError(f"concept {name!r}: {concept_dir} is not a folder (a concept is a folder holding "
+                       f"{WEIGHTS_NAME})", item=str(concept_dir))
+    if not (concept_dir / WEIGHTS_NAME).is_file():
+        raise LcdError(f"concept {name!r}: {concept_dir} is not a concept folder (no {WEIGHTS_NAME} in it)",
+                       item=str(concept_dir))
 
 
 def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
@@ -68,14 +86,16 @@ def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
     """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file.
     `tree_hashes` memoises concept-folder hashes across the items of one shard: a concept's
     weights (and its checkpoints) are read once per shard, not once per item."""
-    if concept_dir is not None and not concept_dir.is_dir():
-        raise LcdError(f"concept {item.concept!r}: weights folder {concept_dir} not found (train it first)",
-                       item=str(concept_dir))
     concept_sha = None
     if concept_dir is not None:
         memo = tree_hashes if tree_hashes is not None else {}
         if concept_dir not in memo:
-            memo[concept_dir] = sha256_tree(concept_dir)
+            check_concept_dir(item.concept, concept_dir)
+            try:
+                memo[concept_dir] = sha256_tree(concept_dir)
+            except OSError as e:  # an unreadable file in the folder fails this item, not the shard
+                raise LcdError(f"concept {item.concept!r}: cannot read {e.filename or concept_dir}: "
+                               f"{e.strerror or e}", item=str(concept_dir)) from None
         concept_sha = memo[concept_dir]
     payload = {
         "image": _file_hash(item.image),
