@@ -19,12 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs", help="outputs root")
     p.add_argument("--manifest", default="data/manifests/edits.jsonl")
     p.add_argument("--engine", default="diffusion", choices=["diffusion", "noop"])
+    p.add_argument("--replan", action="store_true",
+                   help="edit: plan --manifest even if <out>/edit holds the job of another manifest file")
     a = p.parse_args(argv)
     if a.stage == "edit":
         from flows.edit_batch import edit_batch
 
         out = edit_batch(a.manifest, f"{a.out}/edit", a.params, num_shards=1, fan_out="inline", engine=a.engine,
-                         concepts_root=f"{a.out}/concepts", masks_store=f"{a.out}/masks")
+                         concepts_root=f"{a.out}/concepts", masks_store=f"{a.out}/masks", replan=a.replan)
     elif a.stage == "regset":
         from flows.regset import build_regset
 

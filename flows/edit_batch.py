@@ -108,19 +108,22 @@ def edit_batch(
     shard_heartbeat_s: int = 60,
     shard_silent_after_s: int = 300,
     standin_batch_s: float = 0.0,
+    replan: bool = False,
 ) -> dict:
     """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}.
 
     Fan-out settings: `shard_attempts` runs at most per shard (a Crashed run is started again),
     `shard_heartbeat_s` between a shard run's heartbeats (>= 30), `shard_silent_after_s` of
     silence before the zombie automation marks a shard run Crashed. `standin_batch_s`: the noop
-    engine sleeps that long per batch (a stand-in GPU for bench/scale.py)."""
+    engine sleeps that long per batch (a stand-in GPU for bench/scale.py). `replan`: plan this
+    manifest even though `out_root` holds the job of another manifest file (refused otherwise:
+    the two jobs would replace each other's tables)."""
     if shard_index is not None:  # shard role
         return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root,
                           masks_store, standin_batch_s)
     log = get_run_logger()
     # 1. read the manifest once into one plan file per shard; its bad entries are failures of this run
-    plan = plan_manifest(manifest, out_root, num_shards)
+    plan = plan_manifest(manifest, out_root, num_shards, replan)
     log.info(f"plan of {manifest}: {plan['items']} items, {plan['failures']} bad entries, {num_shards} shards"
              f"{' (manifest unchanged: plan reused)' if plan['reused'] else ''}")
     # 2. fan the shards out

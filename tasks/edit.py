@@ -97,9 +97,10 @@ def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[s
 
 
 @task(cache_policy=NO_CACHE)
-def plan_manifest(manifest: str, out_root: str, num_shards: int) -> dict:
+def plan_manifest(manifest: str, out_root: str, num_shards: int, replan: bool = False) -> dict:
     """Read the manifest once into one plan file per shard (lcd.jobs.plan); bad entries ->
-    tables/failures-manifest.parquet; -> the plan's counts."""
+    tables/failures-manifest.parquet; -> the plan's counts. An out_root planned for another
+    manifest file is refused unless `replan`."""
     from dataclasses import asdict
 
-    return asdict(write_plan(manifest, out_root, num_shards))
+    return asdict(write_plan(manifest, out_root, num_shards, replan=replan))

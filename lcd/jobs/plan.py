@@ -1,6 +1,6 @@
 """Shard plans: the manifest is read once, by the coordinator, into one small Parquet file per shard.
 
-    <out_root>/plan/plan.json                          manifest sha256, num_shards, counts
+    <out_root>/plan/plan.json                          manifest sha256 and location, num_shards, counts
     <out_root>/plan/shard-<i>-of-<n>.parquet           exactly shard i's items (PLAN_SCHEMA)
     <out_root>/tables/failures-manifest.parquet        the manifest's bad entries
 
@@ -11,6 +11,10 @@ the set of ids (duplicates are failures). A shard then reads only its own file. 
 of N items, shard s holds items [s*N//k, (s+1)*N//k) (contiguous, sizes differ by at most one),
 and the same manifest bytes with the same `num_shards` give the same plan (a re-plan of an
 unchanged manifest is skipped).
+
+One out_root holds one job: a plan of another manifest file (another location and other bytes)
+is refused unless `replan=True`, since re-planning would replace that job's tables; a manifest
+edited in place (same location, new bytes) is re-planned, as DVC's edit stage needs.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class Plan:
     items: int
     failures: int
     reused: bool = False
+    manifest: str = ""  # the manifest's location (absolute path or URL); "" in plans written before it was kept
 
 
 def shard_plan_path(out_root: str | Path, index: int, num_shards: int) -> Path:
@@ -72,18 +77,43 @@ def check_num_shards(num_shards: int) -> None:
         raise LcdError(f"num_shards must be an integer >= 1, got {num_shards!r}", item="num_shards")
 
 
-def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batch_rows: int = 65536) -> Plan:
+def manifest_location(path: str | Path) -> str:
+    """Where a manifest is, spelled one way: an absolute local path, or the URL."""
+    p = storage.normalize(path)
+    return str(p.resolve()) if isinstance(p, Path) else p
+
+
+def check_same_job(old: Plan | None, sha: str, where: str, out_root: str | Path) -> None:
+    """Raise LcdError when `out_root` already holds the plan of another manifest file: planning
+    this one would replace the other job's shard plans and tables (results.parquet kept half of
+    each). The same file with new bytes is the job's manifest edited, and is re-planned."""
+    if old is None or old.manifest_sha256 == sha or not old.manifest or old.manifest == where:
+        return
+    raise LcdError(f"out_root {out_root} holds the edit-batch job of another manifest, {old.manifest} "
+                   f"(sha256 {old.manifest_sha256}); planning {where} there would replace that job's tables. "
+                   f"Give this job its own out_root, or re-plan on purpose (replan=True, --replan)",
+                   item=str(out_root))
+
+
+def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batch_rows: int = 65536,
+               replan: bool = False) -> Plan:
     """Stream `manifest` once into the shard files and the manifest-failures table (all atomic);
-    -> the Plan. An existing plan of the same manifest bytes and `num_shards` is kept as it is."""
-    # 1. check inputs; reuse a plan of these exact bytes
+    -> the Plan. An existing plan of the same manifest bytes and `num_shards` is kept as it is; a
+    plan of another manifest file is refused (check_same_job) unless `replan`."""
+    # 1. check inputs; one job per out_root; reuse a plan of these exact bytes
     check_num_shards(num_shards)
     path = storage.normalize(manifest)  # a local file or a URL
     if not storage.is_file(path):
         raise LcdError(f"{path}: manifest not found", item=str(path))
-    sha = manifest_sha256(path)
+    sha, where = manifest_sha256(path), manifest_location(path)
     old = read_plan(out_root)
+    if not replan:
+        check_same_job(old, sha, where, out_root)
     if old is not None and (old.manifest_sha256, old.num_shards) == (sha, num_shards) and all(
             storage.exists(shard_plan_path(out_root, i, num_shards)) for i in range(num_shards)):
+        if not old.manifest:  # a plan from before locations were kept: record this one
+            old = Plan(**(asdict(old) | {"manifest": where}))
+            write_text_atomic(storage.join(out_root, PLAN_DIR, "plan.json"), json.dumps(asdict(old), indent=1))
         return Plan(**(asdict(old) | {"reused": True}))
     # 2. one pass over the manifest: valid items -> a spool file (in batches), bad entries -> failures
     spool_dir = tempfile.TemporaryDirectory(prefix="lcd-plan-")  # local, whatever out_root is
@@ -107,7 +137,7 @@ def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batc
     spool_dir.cleanup()
     # 4. the manifest's failures, then plan.json last (it marks the plan complete)
     tables.write_table(storage.join(out_root, "tables", "failures-manifest.parquet"), failures, tables.FAILURES_SCHEMA)
-    plan = Plan(sha, num_shards, items + len(failures), items, len(failures))  # one result per entry
+    plan = Plan(sha, num_shards, items + len(failures), items, len(failures), manifest=where)  # one result per entry
     write_text_atomic(storage.join(out_root, PLAN_DIR, "plan.json"), json.dumps(asdict(plan), indent=1))
     return plan
 

@@ -54,3 +54,37 @@ def test_a_duplicate_id_is_one_failure_and_the_run_can_complete(tmp_path):
     assert (merged["n_missing"], merged["duplicated"], merged["edited"], merged["failed"]) == (0, 0, 5, 2)
     msgs = pq.read_table(out / "failures.parquet").column("message").to_pylist()
     assert sum("duplicate id" in m for m in msgs) == 1
+
+
+def test_a_second_job_on_one_out_root_is_refused_and_erases_nothing(tmp_path):
+    """Job A edits 5 items into out; job B (another manifest file) on the same out used to
+    replace A's plan and shard tables (results.parquet kept half of each). B is refused before it
+    writes anything; A re-run resumes (all skipped); B with replan=True takes the out_root over."""
+    import pytest
+
+    from lcd.errors import LcdError
+
+    manifest, params = noop_job(tmp_path)
+    (tmp_path / "b").mkdir()
+    other = tmp_path / "b" / "m.jsonl"
+    other.write_text(manifest.read_text().replace('"id": "i', '"id": "j'))  # ids j0..j4, same inputs
+    out = tmp_path / "out"
+
+    def run(m, **kw):
+        plan_manifest.fn(str(m), str(out), 2, **kw)
+        for i in range(2):
+            edit_shard.fn(str(m), str(out), i, 2, str(params), None, "noop", None)
+        return merge_shard_tables.fn(str(out), 2)
+
+    assert run(manifest)["edited"] == 5
+    tables_before = {p.name: p.read_bytes() for p in (out / "tables").iterdir()}
+    with pytest.raises(LcdError, match=r"holds the edit-batch job of another manifest, .*m\.jsonl \(sha256 [0-9a-f]{64}\)"):
+        plan_manifest.fn(str(other), str(out), 2)
+    assert {p.name: p.read_bytes() for p in (out / "tables").iterdir()} == tables_before
+    again = run(manifest)
+    assert (again["edited"], again["skipped"], again["n_missing"]) == (0, 5, 0)
+    ids = pq.read_table(out / "results.parquet").column("id").to_pylist()
+    assert sorted(ids) == [f"i{k}" for k in range(5)]  # each once
+    taken = run(other, replan=True)
+    assert (taken["edited"], taken["n_missing"]) == (5, 0)
+    assert sorted(pq.read_table(out / "results.parquet").column("id").to_pylist()) == [f"j{k}" for k in range(5)]

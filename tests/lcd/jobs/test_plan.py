@@ -103,3 +103,34 @@ def test_plan_errors_name_the_value(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(LcdError, match="bad.parquet: cannot read the Parquet manifest"):
         write_plan(tmp_path / "bad.parquet", tmp_path / "out2", 2)
+
+
+def test_a_plan_of_another_manifest_file_is_refused_unless_replan(tmp_path):
+    """Two jobs on one out_root used to replace each other's plans and tables; now the second is
+    refused naming the out_root and the first job's manifest and hash. The first job's own
+    manifest, edited in place, is still re-planned (DVC's edit stage), and replan=True overrides."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a, b = _jsonl(tmp_path / "a", _entries(4)), _jsonl(tmp_path / "b", _entries(6))
+    out = tmp_path / "out"
+    first = write_plan(a, out, 2)
+    assert first.manifest == str(a.resolve()) and read_plan(out).manifest == str(a.resolve())
+    before = shard_plan_path(out, 0, 2).read_bytes()
+    with pytest.raises(LcdError, match=rf"out_root {out} holds the edit-batch job of another manifest, "
+                                       rf"{a.resolve()} \(sha256 {first.manifest_sha256}\)") as e:
+        write_plan(b, out, 2)
+    assert e.value.item == str(out) and "replan=True" in str(e.value)
+    assert shard_plan_path(out, 0, 2).read_bytes() == before and read_plan(out) == first  # untouched
+    assert write_plan(a, out, 2).reused  # the same job resumes
+    a.write_text(b.read_text())  # the job's manifest edited in place: re-planned, under any spelling
+    assert write_plan(tmp_path / "a" / ".." / "a" / "m.jsonl", out, 2).items == 6
+    replanned = write_plan(_jsonl(tmp_path / "b", _entries(3)), out, 2, replan=True)
+    assert not replanned.reused and replanned.items == 3 and read_plan(out).manifest == str(b.resolve())
+
+
+def test_a_plan_written_before_locations_were_kept_records_it_when_reused(tmp_path):
+    m, out = _jsonl(tmp_path, _entries(4)), tmp_path / "out"
+    write_plan(m, out, 2)
+    pj = out / "plan" / "plan.json"
+    pj.write_text(json.dumps({k: v for k, v in json.loads(pj.read_text()).items() if k != "manifest"}))
+    assert read_plan(out).manifest == ""
+    assert write_plan(m, out, 2).reused and read_plan(out).manifest == str(m.resolve())
