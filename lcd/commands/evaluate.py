@@ -57,6 +57,8 @@ def run(args) -> int:
     # 1. read inputs (bad files fail before any model is loaded)
     curves = _loss_curves(args.loss_curves)
     entries = _manifest(Path(args.manifest)) if args.evaluate_command == "edits" else None
+    if args.evaluate_command == "dreambench":  # --n-prompts 0 is refused before any model loads
+        params = params.model_copy(update={"evaluate": _dreambench_config(args, params.evaluate)})
     # 2. metric models
     emb, lp_model = load_metric_models(params.evaluate, params.models.clip, params.models.dtype, device)
     # 3. score a manifest, or edit + score the DreamBench protocol
@@ -104,13 +106,17 @@ def _loss_curves(path: str | None) -> dict[str, list[float]] | None:
     return doc
 
 
+def _dreambench_config(args, ev):
+    """evaluate.* with --dreambench / --n-prompts, validated (a bad value names the option)."""
+    upd = {k: v for k, v in (("dreambench", args.dreambench), ("n_prompts", args.n_prompts)) if v is not None}
+    return type(ev).model_validate(ev.model_dump() | upd)
+
+
 def _dreambench(args, params, device, out, emb, lp_model):
     from lcd.evaluate.protocol import Method, concept_folders, concept_installer, folder_concepts, run_protocol
     from lcd.models.pipeline import load_sd
 
     ev = params.evaluate
-    upd = {k: v for k, v in (("dreambench", args.dreambench), ("n_prompts", args.n_prompts)) if v is not None}
-    ev = type(ev).model_validate(ev.model_dump() | upd)
     folders = concept_folders(args.concept)  # bad specs fail before any model is loaded
 
     def load(concepts=()):

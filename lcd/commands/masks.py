@@ -33,7 +33,7 @@ def register(sub) -> None:
 def _masks_cfg(params, args):
     cfg = params.masks
     upd: dict = {}
-    if getattr(args, "points_per_side", None):
+    if getattr(args, "points_per_side", None) is not None:  # 0 is a value to refuse, not "unset"
         upd["auto"] = cfg.auto.model_copy(update={"points_per_side": args.points_per_side}).model_dump()
     if getattr(args, "no_auto", False):
         upd["automatic"] = False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lcd.concepts.io import CARD_NAME, WEIGHTS_NAME
+from lcd.concepts.io import WEIGHTS_NAME, read_card
 from lcd.errors import ModelLoadError
 
 COLUMNS = ("name", "tokens", "class_words", "method", "layout", "rank", "base", "bytes")
@@ -41,7 +41,7 @@ def concept_summary(folder: str | Path) -> dict:
     if not f.exists():
         raise ModelLoadError(f"{p}: not a concept folder (no {WEIGHTS_NAME})", item=str(p))
     meta, shapes = _header(f)
-    card = json.loads((p / CARD_NAME).read_text()) if (p / CARD_NAME).exists() else {}
+    card = read_card(p)
     method = meta.get("method", "?")
     layout = meta.get("layout") or ("lowrank" if method == "lora" else "full")
     ranks = {k[len("unet."):-len(".lora_A")]: s[0] for k, s in shapes.items() if k.endswith(".lora_A")}

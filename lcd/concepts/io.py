@@ -250,7 +250,7 @@ def load_concept(folder: str | Path) -> Concept:
         layout = meta.get("layout", "full")
     except Exception as e:
         raise ModelLoadError(f"{f}: cannot read concept weights: {type(e).__name__}: {e}", item=str(p)) from None
-    card = _read_card(p)
+    card = read_card(p)
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:  # NaN/inf weights would paint the region black and be recorded "edited"
         raise ModelLoadError(f"{f}: non-finite values (NaN or inf) in {', '.join(sorted(bad)[:3])}"
@@ -280,9 +280,9 @@ def tensor_problem(method: str, layout: str, unet: dict[str, Any]) -> str | None
     return None
 
 
-def _read_card(folder: Path) -> dict:
+def read_card(folder: str | Path) -> dict:
     """card.json as a dict ({} when absent); anything else is a one-line error naming the file."""
-    path = folder / CARD_NAME
+    path = Path(folder) / CARD_NAME
     if not path.exists():
         return {}
     try:
@@ -291,6 +291,10 @@ def _read_card(folder: Path) -> dict:
         raise ModelLoadError(f"{path}: card is not readable JSON: {e}", item=str(folder)) from None
     if not isinstance(card, dict):
         raise ModelLoadError(f"{path}: card must be a JSON object, got {type(card).__name__}", item=str(folder))
+    for key, kind in (("base", dict), ("class_words", list), ("photos", list)):  # what readers index into
+        if card.get(key) is not None and not isinstance(card[key], kind):
+            raise ModelLoadError(f"{path}: card field {key!r} must be a JSON {'object' if kind is dict else 'array'}, "
+                                 f"got {type(card[key]).__name__}", item=str(folder))
     return card
 
 
@@ -348,6 +352,11 @@ def export_diffusers(concept: Concept, unet, out_dir: str | Path) -> Path:
     return out
 
 
+def _one_line(e: Exception) -> str:
+    """`Type: first line of the message` (torch.load's refusals run to a dozen lines)."""
+    return f"{type(e).__name__}: {next(iter(str(e).strip().splitlines()), '')}"
+
+
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -371,7 +380,9 @@ def import_diffusers(folder: str | Path, card: dict[str, Any] | None = None,
     try:
         state = _read_tensors(wf)
     except Exception as e:
-        raise ModelLoadError(f"{wf}: cannot read: {type(e).__name__}: {e}", item=str(wf)) from None
+        raise ModelLoadError(f"{wf}: cannot read: {_one_line(e)}", item=str(wf)) from None
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{wf}: holds a {type(state).__name__}, not a dict of tensors", item=str(wf))
     unet: dict[str, torch.Tensor] = {}
     for k, t in state.items():
         if not isinstance(t, torch.Tensor) or t.numel() == 0:
@@ -386,10 +397,17 @@ def import_diffusers(folder: str | Path, card: dict[str, Any] | None = None,
     for f in sorted(p.iterdir()):
         if f == wf or f.suffix not in (".safetensors", ".bin") or f.name.startswith("pytorch_"):
             continue
-        sd = _read_tensors(f)
-        if len(sd) != 1:
-            raise ModelLoadError(f"{f}: a token embedding file must hold one entry, found {len(sd)}", item=str(f))
+        try:
+            sd = _read_tensors(f)
+        except Exception as e:  # corrupt, truncated, or a pickle that is not a tensor dict
+            raise ModelLoadError(f"{f}: cannot read the token embedding file: {_one_line(e)}", item=str(f)) from None
+        if not isinstance(sd, dict) or len(sd) != 1:
+            raise ModelLoadError(f"{f}: a token embedding file must hold one entry, found "
+                                 f"{len(sd) if isinstance(sd, dict) else type(sd).__name__}", item=str(f))
         (tok, row), = sd.items()
+        if not isinstance(row, torch.Tensor) or not row.is_floating_point() or row.numel() == 0:
+            raise ModelLoadError(f"{f}: the entry {tok!r} must be a non-empty float tensor (one token's embedding)",
+                                 item=str(f))
         names.append(tok)
         rows.append(row.float().reshape(-1))
     if not names:

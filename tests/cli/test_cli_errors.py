@@ -21,6 +21,33 @@ def _edit(base, d, *extra, out="o.png"):
     return base + ["--out", str(d / out) if out else str(d), *extra]
 
 
+def _diffusers_export(d, token_bytes: bytes, name: str = "<new1>.bin") -> list[str]:
+    """A diffusers Custom Diffusion folder whose token embedding file holds `token_bytes`."""
+    import torch
+    from safetensors.torch import save_file
+
+    f = d / "cd"
+    f.mkdir(exist_ok=True)
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight"
+    save_file({key: torch.zeros(4, 4)}, str(f / "pytorch_custom_diffusion_weights.safetensors"))
+    (f / name).write_bytes(token_bytes)
+    return ["concept", "import", str(f), "--out", str(d / "imported")]
+
+
+def _concept_with_card(d, card: str) -> list[str]:
+    import torch
+
+    from lcd.concepts.io import Concept, save_concept
+
+    save_concept(Concept(["[P]"], torch.zeros(1, 32), "kv", {}), d / "cc")
+    (d / "cc" / "card.json").write_text(card)
+    return ["concept", "export", str(d / "cc"), "--out", str(d / "exported")]
+
+
+def _masks(d, *extra):
+    return ["masks", "compute", str(d / "scenes.csv"), "--out", str(d / "mo"), *extra]
+
+
 CASES = [
     # (name, argv builder, text the one line must contain)
     ("steps", lambda d, b: _edit(b, d, "--steps", "0"), "--steps: Input should be greater than or equal to 1"),
@@ -43,6 +70,27 @@ CASES = [
                                        "--resolution", "100"], "--resolution:"),
     ("train lr", lambda d, b: ["train", "--photos", str(d), "--class-word", "dog", "--out", str(d / "c"),
                                "--lr", "-1"], "--lr: Input should be greater than 0"),
+    ("points per side 0", lambda d, b: _masks(d, "--points-per-side", "0"),
+     "--points-per-side: Input should be greater than or equal to 1 (got 0"),
+    ("points per side negative", lambda d, b: _masks(d, "--points-per-side", "-4"), "--points-per-side:"),
+    ("n-prompts 0", lambda d, b: ["evaluate", "dreambench", "--out", str(d / "ev"), "--n-prompts", "0"],
+     "--n-prompts: Input should be greater than or equal to 1 (got 0"),
+    ("n-prompts 26", lambda d, b: ["evaluate", "dreambench", "--out", str(d / "ev"), "--n-prompts", "26"],
+     "--n-prompts: Input should be less than or equal to 25"),
+    ("import corrupt token .bin", lambda d, b: _diffusers_export(d, b"\x80\x02garbage"),
+     "<new1>.bin: cannot read the token embedding file: "),
+    ("import corrupt token .safetensors", lambda d, b: _diffusers_export(d, b"\x08\x00\x00\x00\x00\x00\x00\x00{}",
+                                                                        "<new1>.safetensors"),
+     "<new1>.safetensors: cannot read the token embedding file: "),
+    ("export card not json", lambda d, b: _concept_with_card(d, "{not json"), "card.json: card is not readable JSON"),
+    ("export card base not object", lambda d, b: _concept_with_card(d, '{"base": "sd15"}'),
+     "card.json: card field 'base' must be a JSON object, got str"),
+    ("show card not an object", lambda d, b: ["concept", "show", _concept_with_card(d, "[1, 2]")[2]],
+     "card.json: card must be a JSON object, got list"),
+    ("concept /dev", lambda d, b: _edit(b, d, "--concept", "/dev"), "/dev: not a concept folder (no concept.safetensors)"),
+    ("concept a file", lambda d, b: _edit(b, d, "--concept", str(d / "a.png")), "a.png: not a concept folder"),
+    ("mask a directory", lambda d, b: _edit(["edit", "--image", str(d / "a.png"), "--mask", str(d / "sub.png"),
+                                             "--prompt", "a dog"], d), "sub.png: is a directory, not an image file"),
 ]
 
 
