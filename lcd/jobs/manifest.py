@@ -43,6 +43,9 @@ class ManifestItem(StrictConfig):
             raise ValueError("give exactly one of 'mask' (a mask file) or 'select' (a selection rule)")
         if not ITEM_ID.fullmatch(self.id):
             raise ValueError(f"id must match {ITEM_ID.pattern} whole (it names the output file), got {self.id!r}")
+        for name in ("image", "mask", "concept"):  # the OS refuses such a path with a ValueError, not an OSError
+            if "\x00" in (getattr(self, name) or ""):
+                raise ValueError(f"{name} path contains a NUL byte: {getattr(self, name)!r}")
         return self
 
 

@@ -94,3 +94,16 @@ def test_a_bad_utf8_byte_is_one_failed_line_and_utf16_names_the_file(tmp_path):
     u16.write_text("\n".join(good % k for k in "ab"), encoding="utf-16")
     with pytest.raises(LcdError, match="u16.jsonl: manifest is UTF-16"):
         read_manifest(u16)
+
+
+def test_a_nul_byte_in_a_path_is_a_manifest_failure():
+    """os.stat raises ValueError (not OSError) on a NUL byte: it escaped the shard and sank it."""
+    items, failures = parse_manifest(_jsonl(
+        {"id": "ok", "image": "a.png", "select": "box:0,0,1,1", "prompt": "p"},
+        {"id": "img", "image": "a\u0000.png", "select": "box:0,0,1,1", "prompt": "p"},
+        {"id": "msk", "image": "a.png", "mask": "m\u0000.png", "prompt": "p"},
+        {"id": "cpt", "image": "a.png", "select": "box:0,0,1,1", "prompt": "p", "concept": "/x\u0000"}))
+    assert [it.id for it in items] == ["ok"]
+    msgs = {f.id: f.message for f in failures}
+    assert "image path contains a NUL byte" in msgs["img"] and "mask path contains a NUL byte" in msgs["msk"]
+    assert "concept path contains a NUL byte" in msgs["cpt"]
