@@ -353,8 +353,10 @@ def export_diffusers(concept: Concept, unet, out_dir: str | Path) -> Path:
 
 
 def _one_line(e: Exception) -> str:
-    """`Type: first line of the message` (torch.load's refusals run to a dozen lines)."""
-    return f"{type(e).__name__}: {next(iter(str(e).strip().splitlines()), '')}"
+    """`Type: first sentence of the message`: torch.load's refusals run to many lines, and go on
+    to suggest weights_only=False, which would run whatever code the file holds."""
+    first = next(iter(str(e).strip().splitlines()), "")
+    return f"{type(e).__name__}: {first.split('. ')[0] if len(first) > 160 else first}"
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:

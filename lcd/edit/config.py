@@ -36,7 +36,7 @@ class EditConfig(StrictConfig):
     dilate_px: int = Field(8, ge=0, le=256)  # grow the mask before compositing (full-res pixels)
     feather_px: int = Field(8, ge=0, le=256)  # linear ramp width outside the dilated mask
     crop_margin: float = Field(0.25, ge=0.0, le=4.0)  # context around the mask, fraction of its side
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), le=2**63 - 1)  # what torch's generator takes (2**70 overflowed there)
     # how a shard runs, not what it makes (EXECUTION_ONLY)
     overlap: bool = True  # read the next batch and write the previous one while the model runs
     max_image_mp: float = Field(200.0, gt=0, le=10_000)  # larger inputs fail before decoding (megapixels)

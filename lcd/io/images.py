@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +55,24 @@ def _open(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     return _decode(p, str(p), max_pixels)
 
 
+_OPEN_LOCK = threading.Lock()
+
+
+def open_header(src) -> Image.Image:
+    """`Image.open` (the header only) without Pillow's bomb warning: callers check their own pixel
+    limit from it next, so the warning is noise on the user's terminal. Serialised because
+    `warnings.catch_warnings` is not thread-safe (a batch reads its items in threads)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(src)
+
+
 def _decode(src, p: str, max_pixels: int | None = None) -> Image.Image:
     limit = MAX_PIXELS if max_pixels is None else max_pixels
     try:
-        im = Image.open(src)
+        im = open_header(src)
         if im.width * im.height > limit:  # from the header: nothing decoded yet
+            im.close()  # Pillow opened the file itself
             raise InputImageError(f"{p}: {im.width}x{im.height} is {im.width * im.height / 1e6:.0f} MP, above the "
                                   f"limit of {limit / 1e6:.0f} MP (edit.max_image_mp)", item=p)
         im.load()

@@ -95,10 +95,18 @@ def sha256_bytes(data: bytes) -> str:
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Encoded image bytes -> (H, W, 3) uint8 RGB, upright per EXIF."""
+    """Encoded image bytes -> (H, W, 3) uint8 RGB, upright per EXIF; at most lcd.io.images.MAX_PIXELS,
+    checked from the header (a 76 KB 1-bit PNG of 25000x25000 decoded to 7 GB)."""
+    from lcd.io.images import MAX_PIXELS, open_header
+
     try:
-        im = Image.open(io.BytesIO(data))
+        im = open_header(io.BytesIO(data))
+        if im.width * im.height > MAX_PIXELS:
+            raise InputImageError(f"{name}: {im.width}x{im.height} is {im.width * im.height / 1e6:.0f} MP, above the "
+                                  f"limit of {MAX_PIXELS / 1e6:.0f} MP", item=name)
         im.load()
+    except InputImageError:  # a ValueError: not to be re-worded below
+        raise
     except UnidentifiedImageError:
         raise InputImageError(f"{name}: not an image file (unrecognised format)", item=name) from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

@@ -44,6 +44,13 @@ def _concept_with_card(d, card: str) -> list[str]:
     return ["concept", "export", str(d / "cc"), "--out", str(d / "exported")]
 
 
+def _bomb(d) -> str:
+    """A 1-bit PNG of 25000x25000: ~76 KB on disk, 625 MP decoded."""
+    if not (d / "bomb.png").exists():
+        Image.new("1", (25_000, 25_000)).save(d / "bomb.png")
+    return str(d / "bomb.png")
+
+
 def _masks(d, *extra):
     return ["masks", "compute", str(d / "scenes.csv"), "--out", str(d / "mo"), *extra]
 
@@ -54,6 +61,8 @@ CASES = [
     ("size", lambda d, b: _edit(b, d, "--size", "100"), "--size:"),
     ("guidance", lambda d, b: _edit(b, d, "--guidance", "-1"), "--guidance:"),
     ("dilate", lambda d, b: _edit(b, d, "--dilate", "-5"), "--dilate:"),
+    ("seed above int64", lambda d, b: _edit(b, d, "--seed", str(2**70)),
+     "--seed: Input should be less than or equal to 9223372036854775807"),
     ("out is a folder", lambda d, b: b + ["--out", str(d / "sub.png")], "is a folder"),
     ("out not png", lambda d, b: _edit(b, d, out="e.jpg"), "name it .png"),
     ("out under a file", lambda d, b: _edit(b, d, out="a.png/o.png"), "a parent of it is a file"),
@@ -87,6 +96,8 @@ CASES = [
      "card.json: card field 'base' must be a JSON object, got str"),
     ("show card not an object", lambda d, b: ["concept", "show", _concept_with_card(d, "[1, 2]")[2]],
      "card.json: card must be a JSON object, got list"),
+    ("image bomb", lambda d, b: ["edit", "--image", _bomb(d)] + b[3:] + ["--out", str(d / "o.png")],
+     "bomb.png: 25000x25000 is 625 MP, above the limit of 200 MP"),  # one line: no Pillow warning before it
     ("concept /dev", lambda d, b: _edit(b, d, "--concept", "/dev"), "/dev: not a concept folder (no concept.safetensors)"),
     ("concept a file", lambda d, b: _edit(b, d, "--concept", str(d / "a.png")), "a.png: not a concept folder"),
     ("mask a directory", lambda d, b: _edit(["edit", "--image", str(d / "a.png"), "--mask", str(d / "sub.png"),
