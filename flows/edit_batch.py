@@ -23,9 +23,11 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as flow_run_ctx
+from prefect.states import Completed
 
 from flows.automations import ensure_zombie_automation
 from lcd.config import EditConfig
+from lcd.io import storage
 from lcd.jobs.editing import Engine
 from tasks.edit import edit_shard, merge_shard_tables, plan_manifest, publish_artifacts
 
@@ -145,10 +147,14 @@ def edit_batch(
     publish_artifacts(manifest, out_root, counts, states, contact_sheet_rows, masks_store)
     missing, n_missing, duplicated = counts.pop("missing"), counts.pop("n_missing"), counts.pop("duplicated")
     counts.pop("per_shard")
-    log.info(f"edit-batch {manifest}: {counts} -> {out_root}")
+    line = (f"{counts['edited']} edited, {counts['skipped']} current (skipped), {counts['failed']} failed "
+            f"of {counts['edited'] + counts['skipped'] + counts['failed']} -> {out_root}")
+    log.info(f"summary: {line}" + (f"; failures in {storage.join(out_root, 'failures.parquet')}" if counts["failed"] else ""))
     if n_missing or duplicated or any(s != "Completed" for s in states):
         raise RuntimeError(f"edit-batch incomplete: shard states {states}, {n_missing} items unaccounted "
                            f"for (e.g. {missing[:3]}), {duplicated} duplicated; re-run to resume")
+    if counts["failed"]:  # `--watch` and the UI say so, not a bare "Completed"; callers still get the counts
+        return Completed(name="Completed with failures", message=line, data=counts)
     return counts
 
 

@@ -52,4 +52,6 @@ def pipeline(
     if "evaluate" in run:
         report["evaluate"] = evaluate(f"{out_root}/edit/results.parquet", f"{out_root}/evaluate",
                                       "metrics.json", params_path, photos_root=f"{data_root}/concepts")
+    get_run_logger().info(f"summary: stages {', '.join(run)} done -> {out_root}"
+                          + (f"; edit {report['edit']}" if "edit" in report else ""))
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 
 from flows.concepts import concept_dirs
 from tasks.train import collect_loss_curves, train_concept_task
@@ -19,4 +19,6 @@ def train_concept(concepts_root: str = "data/concepts", out_root: str = "outputs
     out = [train_concept_task(str(d), str(Path(out_root) / d.name), params_path,
                               str(Path(regset_root) / d.name) if regset_root else None) for d in dirs]
     collect_loss_curves(out_root, [d.name for d in dirs], loss_csv)  # loss curves for `dvc plots`
+    get_run_logger().info(f"summary: {len(out)} concept(s) trained ({', '.join(d.name for d in dirs) or 'none'}) "
+                          f"-> {out_root}; loss curves in {loss_csv}")
     return out

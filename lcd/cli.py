@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import pkgutil
 import sys
 
@@ -55,8 +56,31 @@ def user_error(e: BaseException) -> str | None:
     return None
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each line (a captured or replaced stderr included)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def show_progress() -> None:
+    """Print lcd's progress and summary lines (the `lcd` loggers, INFO) on stderr, once."""
+    log = logging.getLogger("lcd")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_progress()
     try:
         return int(args.func(args) or 0)
     except Exception as e:  # noqa: BLE001 - user errors become one line; bugs keep their traceback

@@ -15,8 +15,9 @@ from lcd.io import storage
 from lcd.io.atomic import atomic_path, write_text_atomic
 from lcd.io.images import save_png
 from lcd.jobs import tables
-from lcd.jobs.contact import contact_sheet, result_triples
+from lcd.jobs.contact import contact_sheet, failure_triples, result_triples, sheet_labels
 from lcd.jobs.editing import Engine, run_edit_shard
+from lcd.jobs.plots import line_chart
 from lcd.jobs.plan import plan_ids, plan_items, read_shard_plan, write_plan
 
 
@@ -68,6 +69,10 @@ def merge_shard_tables(out_root: str, num_shards: int) -> dict:
     secs = res.filter(pc.equal(res.column("status"), "edited")).select(["id", "seconds"]).rename_columns(["item", "seconds"])
     with atomic_path(at("edit_seconds.csv")) as tmp:
         pcsv.write_csv(secs, tmp, pcsv.WriteOptions(quoting_style="none"))
+    per_item = secs.column("seconds").to_pylist()
+    save_png(at("edit_seconds.png"), line_chart({"edited": (list(range(len(per_item))), per_item)},
+                                                "seconds per edited item (its batch's model time / items)",
+                                                "item (results order)", "s"))  # offline-safe twin of the CSV
     return acc
 
 
@@ -81,15 +86,20 @@ def publish_artifacts(manifest: str, out_root: str, counts: dict, states: list[s
                               "items": counts["per_shard"].get(tables.shard_name(i, len(states)), 0)}
                              for i, st in enumerate(states)],
                           key="edit-batch-summary", description=f"edit-batch {manifest} -> {out_root}")
-    results = tables.sample_rows(storage.join(out_root, "results.parquet"), max_rows, ["id", "output"])
-    items = plan_items(out_root, len(states), [r["id"] for r in results])
-    if not results:
+    results = tables.sample_rows(storage.join(out_root, "results.parquet"), max_rows, ["id", "output", "prompt"])
+    failures = tables.sample_rows(storage.join(out_root, "failures.parquet"), max(1, max_rows // 2),
+                                  ["id", "stage", "message"]) if counts["failed"] else []
+    items = plan_items(out_root, len(states), [r["id"] for r in results + failures])
+    if not results and not failures:
         return ""
     triples, problems = result_triples(items, results, out_root, masks_store)
     for p in problems:
         get_run_logger().warning(p)
-    sheet_path = save_png(storage.join(out_root, "contact_sheet.png"), contact_sheet(triples))
-    md = (f"# edit-batch contact sheet\n\nbefore | mask | after, {len(results)} items sampled evenly; "
+    labels, failed = sheet_labels(results, failures)
+    sheet = contact_sheet(triples + failure_triples(items, failures), labels=labels, failed=failed)
+    sheet_path = save_png(storage.join(out_root, "contact_sheet.png"), sheet)
+    md = (f"# edit-batch contact sheet\n\nbefore | mask | after, {len(results)} items sampled evenly, "
+          f"then {len(failures)} of {counts['failed']} failures (red); "
           f"full size at `{sheet_path if storage.is_remote(sheet_path) else sheet_path.resolve()}`\n\n"
           f"![contact sheet](data:image/png;base64,{base64.b64encode(storage.read_bytes(sheet_path)).decode()})\n")
     create_markdown_artifact(md, key="edit-batch-contact-sheet")

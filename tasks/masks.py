@@ -9,10 +9,13 @@ from prefect.cache_policies import NO_CACHE
 
 from lcd.config import load_params
 from lcd.io.images import image_files
-from lcd.jobs.masking import precompute_masks
+from lcd.jobs.masking import mask_scenes
 
 
 @task(cache_policy=NO_CACHE)
-def precompute_masks_task(images_dir: str, out_path: str, params_path: str) -> str:
+def precompute_masks_task(images_dir: str, out_path: str, params_path: str) -> dict:
+    """-> {out, done, recomputed, skipped, failed, masks} of this run."""
     params = load_params(params_path)
-    return str(precompute_masks(image_files(images_dir), Path(out_path), params.masks, params.models))
+    s = mask_scenes(image_files(images_dir), Path(out_path), params.masks, params.models)
+    return {"out": out_path, "done": s.done, "recomputed": s.recomputed, "skipped": s.skipped,
+            "failed": s.failed, "masks": s.masks}

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 LCD = REPO / "lcd"
 # bottom to top; a module may import its own layer and the ones below
 LAYERS = [
-    {"lcd", "errors", "config_base"},
+    {"lcd", "errors", "config_base", "progress"},
     {"io"},
     {"concepts"},
     {"models", "masks"},

@@ -19,6 +19,7 @@ from lcd.evaluate import metrics as M
 from lcd.evaluate.background import LpipsModel, background_metrics
 from lcd.evaluate.config import EvaluateConfig
 from lcd.evaluate.embedders import Embedders
+from lcd.progress import Progress
 
 METRICS = ("clip_t", "clip_i", "dino_i", "ms_ssim", "bg_psnr", "bg_ssim", "bg_mse", "bg_lpips")
 HIGHER_IS_BETTER = {"clip_t": True, "clip_i": True, "dino_i": True, "ms_ssim": True, "bg_psnr": True,
@@ -103,6 +104,7 @@ def score_edits(
     clip_t = M.clip_t(img_clip, txt_clip, scale=cfg.clip_t_scale)
     # 3. per-record pixel metrics
     rows = []
+    progress = Progress("evaluate metrics", len(records), unit="edits")
     for i, r in enumerate(records):
         try:
             msssim, scales = M.ms_ssim(r.edit, r.reference, small=cfg.msssim_small)
@@ -110,6 +112,7 @@ def score_edits(
             bg = background_metrics(r.edit, r.reference, bg_mask, lpips_model, name=r.name)
         except LcdError as e:
             reject(r, LcdError(f"{r.name}: {e}", item=r.name))
+            progress.advance()
             continue
         row = {
             "name": r.name,
@@ -121,6 +124,8 @@ def score_edits(
         }
         row.update(bg)
         rows.append(row)
+        progress.advance()
+    progress.close()
     return rows
 
 

@@ -19,6 +19,8 @@ def read_json(path: str | Path, expect: type, what: str) -> Any:
         doc = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise LcdError(f"{p}: not valid JSON ({e.msg})", item=str(p)) from None
+    except UnicodeDecodeError:  # a Parquet table, an image, UTF-16 text: not the JSON file asked for
+        raise LcdError(f"{p}: not valid JSON (not UTF-8 text; a binary file such as Parquet?)", item=str(p)) from None
     if not isinstance(doc, expect):
         raise LcdError(f"{p}: must be a JSON {what}", item=str(p))
     return doc

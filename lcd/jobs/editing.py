@@ -33,6 +33,7 @@ from lcd.jobs.layout import EDITS_DIR, REGIONS_DIR, is_current, output_listing, 
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import load_region, needs_text_clip, open_masks_store
 from lcd.masks.config import MasksConfig
+from lcd.progress import Progress
 
 if TYPE_CHECKING:
     from lcd.edit.prompts import PromptCache
@@ -70,6 +71,7 @@ class ShardContext:
     report: ShardReport = field(default_factory=ShardReport)
     prompts: "PromptCache | None" = None  # text embeddings of the concept group being edited
     io_pool: "ThreadPoolExecutor | None" = None  # per-item reads/writes of a batch (edit.io_threads)
+    progress: Progress | None = None  # lines per finished batch (lcd.progress)
 
     def io_map(self, fn, seq: list) -> list:
         """`fn` over `seq` in the I/O pool (results in `seq`'s order, so tables do not depend on it)."""
@@ -125,6 +127,8 @@ def run_edit_shard(
     pending.sort(key=lambda p: str(p[2] or ""))
     from lcd.edit.prompts import PromptCache
 
+    ctx.progress = Progress(f"edit shard {shard}", len(pending), unit="items")
+
     for cdir, group in groupby(pending, key=lambda p: p[2]):
         group = list(group)
         lp, tokens = None, []
@@ -134,12 +138,15 @@ def run_edit_shard(
             except LcdError as e:
                 for it, _, _ in group:
                     ctx.fail(it.id, "concept", e)
+                ctx.progress.advance(len(group))
                 continue
         # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config);
         #    the text encoder runs once per distinct prompt of the group (its concepts fixed)
         ctx.prompts = PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder) if lp is not None else None
         n = _batch_size(cfg, lp)
         _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
+    c = ctx.report.counts()
+    ctx.progress.close(f"{c['edited']} edited, {c['skipped']} current (skipped), {c['failed']} failed")
     return ctx.report
 
 
@@ -293,9 +300,11 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
             finally:
                 ctx.io_pool = None
 
-    def record(outcome: Outcome) -> None:
+    def record(outcome: Outcome, n_items: int) -> None:
         ctx.report.results.extend(outcome[0])
         ctx.report.failures.extend(outcome[1])
+        if ctx.progress is not None:
+            ctx.progress.advance(n_items)
 
     if not ctx.cfg.overlap:
         for batch in batches:
@@ -303,7 +312,7 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
             ctx.report.failures.extend(fails)
             results, fails, secs = _edit_ready(ctx, ready, lp) if ready else ([], [], 0.0)
             ctx.report.failures.extend(fails)
-            record(_save_batch(ctx, ready, results, secs, lp) if results else ([], []))
+            record(_save_batch(ctx, ready, results, secs, lp) if results else ([], []), len(batch))
         return
     with ThreadPoolExecutor(1, thread_name_prefix="lcd-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="lcd-write") as writer:
@@ -314,11 +323,12 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
             nxt = reader.submit(_read_batch, ctx, batches[k + 1], lp, tokens, clip) if k + 1 < len(batches) else None
             results, edit_fails, secs = _edit_ready(ctx, ready, lp) if ready else ([], [], 0.0)
             if writing is not None:
-                record(writing.result())  # batch k-1's rows before batch k's failures, as sequentially
+                record(writing.result(), 0)  # batch k-1's rows before batch k's failures, as sequentially
             ctx.report.failures.extend(read_fails + edit_fails)
             writing = writer.submit(_save_batch, ctx, ready, results, secs, lp) if results else None
+            record(([], []), len(batches[k]))  # batch k's model work is done (its writes follow)
         if writing is not None:
-            record(writing.result())
+            record(writing.result(), 0)
 
 
 def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) -> tuple[dict | None, dict | None]:

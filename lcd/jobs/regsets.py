@@ -7,16 +7,21 @@ from pathlib import Path
 
 from lcd.config import ModelsConfig
 from lcd.jobs.training import concept_spec
-from lcd.regset.build import build_regset
+from lcd.regset.build import RegsetReport, build_regset
 from lcd.regset.config import RegsetConfig
 
 
 def build_concept_regset(concept_dir: str | Path, out_dir: str | Path, cfg: RegsetConfig, models: ModelsConfig) -> Path:
     """Build `<out_dir>` for the concept in `concept_dir`; caches under `<out_dir>/../.cache`."""
+    concept_regset(concept_dir, out_dir, cfg, models)
+    return Path(out_dir)
+
+
+def concept_regset(concept_dir: str | Path, out_dir: str | Path, cfg: RegsetConfig, models: ModelsConfig) -> RegsetReport:
+    """As build_concept_regset; -> the build's counts (selected, downloaded, failed, generated)."""
     from lcd.models.pipeline import load_sd
 
     spec = concept_spec(concept_dir)
     out = Path(out_dir)
-    build_regset(cfg.model_copy(update={"class_prompt": spec.class_word}), out, out.parent / ".cache",
-                 sd_ref=models.sd, load_pipeline=lambda: load_sd(models).lp)
-    return out
+    return build_regset(cfg.model_copy(update={"class_prompt": spec.class_word}), out, out.parent / ".cache",
+                        sd_ref=models.sd, load_pipeline=lambda: load_sd(models).lp)

@@ -17,7 +17,8 @@ from lcd.errors import LcdError
 from lcd.masks.config import MasksConfig
 from lcd.masks.manifest import ManifestItem, decode_image, fetch_bytes, parse_prompts_json, sha256_bytes
 from lcd.masks.predict import MaskPredictor, MaskRecord, parse_prompt
-from lcd.masks.store import done_images, image_rows, write_failures, write_part
+from lcd.masks.store import done_images, image_rows, settings_key, write_failures, write_part
+from lcd.progress import Progress
 
 
 @dataclass
@@ -25,6 +26,7 @@ class MasksSummary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    recomputed: int = 0  # of `done`: images stored before under other settings, prompts or weights
     masks: int = 0
     encoder_passes: int = 0
     parts: list[str] = field(default_factory=list)
@@ -90,42 +92,60 @@ def compute_masks(
     `model` is the SAM source row ({type, ref, sha256, revision}); `clip` is (model, processor)
     for text prompts (an image with text prompts and no clip fails with a clear error).
     `after_image(image_id)` is called after each image is buffered (progress, tests).
+    An image is skipped only when stored with the same bytes, result settings
+    (`cfg.result_settings()`), SAM weights and prompts; otherwise it is computed again and the
+    newer part is what readers see (`summary.recomputed` counts those).
     """
-    # 1. what is already stored: skip by (image_id, sha256)
+    # 1. what is already stored: skip by (image_id, sha256) and the settings key
     done = done_images(Path(out))
     predictor = MaskPredictor(sam, cfg)
     summary = MasksSummary()
     buf = _PartBuffer(Path(out), cfg, summary)
+    progress = Progress("masks", len(items), unit="images")
     for item in items:
-        name = item.image_id
-        try:
-            # 2. read bytes, hash, skip if stored
-            data = fetch_bytes(item.image, name)
-            sha = sha256_bytes(data)
-            if (name, sha) in done:
-                summary.skipped += 1
-                continue
-            buf.attempted.append(name)
-            image, records = _image_masks(data, item, predictor, clip, cfg)
-        except Exception as e:  # one bad image never sinks the batch; the table says why
-            if name not in buf.attempted:
-                buf.attempted.append(name)
-            buf.failures.append({"image_id": name, "image": item.image, "error_type": type(e).__name__, "error": str(e)})
-            summary.failed += 1
-            continue
-        h, w = image.shape[:2]
-        buf.rows.extend(image_rows(name, item.image, sha, w, h, records, model))
-        buf.images.append({"image_id": name, "image_sha256": sha, "width": w, "height": h, "n_masks": len(records)})
-        summary.done += 1
-        summary.masks += len(records)
-        if after_image is not None:
-            after_image(name)
+        if _one_image(item, done, buf, predictor, clip, cfg, model) and after_image is not None:
+            after_image(item.image_id)
+        progress.advance()
         # 5. flush a whole part atomically every images_per_part images
         if len(buf.images) >= cfg.images_per_part:
             buf.flush()
     buf.flush()
     summary.encoder_passes = predictor.predictor.encoder_passes
+    progress.close(f"{summary.done} computed ({summary.recomputed} under changed settings), {summary.skipped} "
+                   f"already stored, {summary.failed} failed, {summary.masks} masks")
     return summary
+
+
+def _one_image(item: ManifestItem, done: dict, buf: _PartBuffer, predictor: MaskPredictor, clip, cfg: MasksConfig,
+               model: dict) -> bool:
+    """Compute one image's masks into `buf` unless stored under the same settings; a failure is
+    buffered as a row. -> True when its masks were buffered."""
+    name, summary = item.image_id, buf.summary
+    try:
+        # 2. read bytes, hash, skip if stored under the same settings
+        data = fetch_bytes(item.image, name)
+        sha = sha256_bytes(data)
+        key = settings_key(cfg.result_settings(), model, item.prompts_json)
+        stored = done.get((name, sha))
+        if stored is not None and stored.get("settings") == key:
+            summary.skipped += 1
+            return False
+        summary.recomputed += stored is not None
+        buf.attempted.append(name)
+        image, records = _image_masks(data, item, predictor, clip, cfg)
+    except Exception as e:  # one bad image never sinks the batch; the table says why
+        if name not in buf.attempted:
+            buf.attempted.append(name)
+        buf.failures.append({"image_id": name, "image": item.image, "error_type": type(e).__name__, "error": str(e)})
+        summary.failed += 1
+        return False
+    h, w = image.shape[:2]
+    buf.rows.extend(image_rows(name, item.image, sha, w, h, records, model))
+    buf.images.append({"image_id": name, "image_sha256": sha, "width": w, "height": h, "n_masks": len(records),
+                       "settings": key})
+    summary.done += 1
+    summary.masks += len(records)
+    return True
 
 
 def _image_masks(data: bytes, item: ManifestItem, predictor: MaskPredictor, clip, cfg: MasksConfig):

@@ -48,6 +48,11 @@ class MasksConfig(StrictConfig):
     feather_px: int = Field(0, ge=0, le=256)  # PNG export only; the edit feathers itself
     text_crop_margin: float = Field(0.1, ge=0.0, le=2.0)  # context around a mask's box for CLIP
 
+    def result_settings(self) -> dict:
+        """The settings that change which masks are stored (what decides a re-run); storage
+        layout (parts, codec) and read-time post-processing (select, fill_holes, dilate) do not."""
+        return self.model_dump(include={"automatic", "auto", "multimask", "text_crop_margin"})
+
     @model_validator(mode="after")
     def _valid_level(self) -> "MasksConfig":
         ranges = {"zstd": (1, 22), "brotli": (0, 11), "gzip": (1, 9)}

@@ -140,9 +140,21 @@ def _images_listed(schema: pa.Schema) -> list[dict] | None:
     return json.loads(meta[IMAGES_META]) if IMAGES_META in meta else None
 
 
+def settings_key(settings: dict, model: dict, prompts_json: str | None) -> str:
+    """sha256 of what decides an image's masks besides its bytes: the result settings
+    (MasksConfig.result_settings), the SAM weights (type + sha256, else ref) and the prompts JSON.
+    Stored with each image in `lcd.masks.images`; a re-run recomputes images whose key changed."""
+    import hashlib
+
+    weights = {"type": model.get("type"), "id": model.get("sha256") or model.get("ref")}
+    blob = json.dumps({"settings": settings, "model": weights, "prompts": prompts_json or ""}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def done_images(out: str | Path) -> dict[tuple[str, str], dict]:
-    """(image_id, sha256) -> image entry, for every image a finished part records. A part that
-    cannot be read (0 bytes, truncated, not Parquet) records nothing, so its images are redone."""
+    """(image_id, sha256) -> image entry (with its `settings` key), for every image a finished
+    part records; the newest part wins. A part that cannot be read (0 bytes, truncated, not
+    Parquet) records nothing, so its images are redone."""
     done: dict[tuple[str, str], dict] = {}
     for p in part_paths(out):
         try:
@@ -234,6 +246,17 @@ class MaskStore:
         names = ", ".join(f"{p.name} ({why[:120]})" for p, why in list(self.bad.items())[:3])
         return f"; {len(self.bad)} unreadable part(s) skipped: {names}"
 
+    def _id_hint(self, image_id: str) -> str:
+        """For an id the store does not list: the closest stored ids (a path typed for a stem)."""
+        if image_id in self.by_image or not self.by_image:
+            return ""
+        import difflib
+
+        near = difflib.get_close_matches(Path(image_id).stem, list(self.by_image), n=3, cutoff=0.5)
+        some = near or sorted(self.by_image)[:3]
+        return (f"; the store lists {len(self.by_image)} image id(s) ({'closest' if near else 'e.g.'}: "
+                f"{', '.join(some)}); ids are the file stems unless the masks manifest set image_id")
+
     def _read(self, files: list[Path], image_id: str, cols: list[str] | None) -> pa.Table | None:
         """The image's rows from `files`; a part that fails to read is recorded in `bad` and
         skipped (read one by one only when the combined read fails)."""
@@ -256,14 +279,16 @@ class MaskStore:
         return pa.concat_tables(tables) if tables else None
 
     def rows(self, image_id: str, columns: list[str] | None = None) -> pa.Table:
-        """All mask rows of one image, in mask_id order, from its newest SHA-256 (see read_rows).
+        """All mask rows of one image, in mask_id order, from the newest part that lists it (a
+        re-run with other settings or new bytes stores the image again; the old rows stay in their
+        part) and, within other tools' unindexed parts, its newest SHA-256 (see read_rows).
         Unreadable parts are skipped; if the image has no rows, the error names them."""
-        files = sorted(set(self.by_image.get(image_id, []) + self.unindexed) - set(self.bad))
+        files = sorted(set(self.by_image.get(image_id, [])[-1:] + self.unindexed) - set(self.bad))
         cols = None if columns is None else list(dict.fromkeys([*columns, "image_sha256", "mask_id"]))
         table = self._read(files, image_id, cols) if files else None
         if table is None or table.num_rows == 0:
-            raise LcdError(f"{image_id}: no masks stored for this image_id in {self.path}{self._bad_note()}",
-                           item=image_id)
+            raise LcdError(f"{image_id}: no masks stored for this image_id in {self.path}{self._bad_note()}"
+                           f"{self._id_hint(image_id)}", item=image_id)
         shas = set(table.column("image_sha256").to_pylist())
         if len(shas) > 1:  # the file changed between runs: the newest rows are the last part's
             last = table.column("image_sha256")[table.num_rows - 1].as_py()

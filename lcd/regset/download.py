@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lcd.io.atomic import atomic_path
+from lcd.progress import Progress
 
 STATUS_SCHEMA = pa.schema([
     ("url", pa.string()),
@@ -126,6 +127,7 @@ class DownloadStore:
             inp = tmp / "input.parquet"
             pq.write_table(pa.table({"url": [u for u, _ in todo], "caption": [c for _, c in todo]}), inp)
             # img2dataset prints progress bars and stats to stdout: keep our stdout clean
+            progress = Progress("regset download (img2dataset)", len(todo), unit="urls")
             with redirect_stdout(io.StringIO()):
                 download(
                     url_list=str(inp), input_format="parquet", url_col="url", caption_col="caption",
@@ -138,6 +140,9 @@ class DownloadStore:
             for shard in sorted((tmp / "out").glob("*.parquet")):
                 for r in pq.read_table(shard).to_pylist():
                     out[r["url"]] = self._ingest(r, tmp / "out" / shard.stem, image_size, min_image_size)
+        progress.advance(len(todo))
+        ok = sum(r["status"] == "success" for r in out.values())
+        progress.close(f"{ok} downloaded, {len(todo) - ok} failed or dead")
         for u, c in todo:
             if u not in out:  # img2dataset lost the row (crashed shard): record, never drop silently
                 out[u] = dict(url=u, caption=c, status="failed", error="no result from img2dataset",

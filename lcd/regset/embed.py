@@ -23,6 +23,7 @@ import torch
 from lcd.io.atomic import atomic_path
 from lcd.models.loader import LoadedOpenClip
 from lcd.regset.filter import normalize_rows
+from lcd.progress import Progress
 
 
 @torch.no_grad()
@@ -33,9 +34,14 @@ def embed_texts(clip: LoadedOpenClip, texts: list[str], batch_size: int = 256) -
     device = next(model.parameters()).device
     dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else None
     out = []
+    progress = Progress("regset embed captions", len(texts), unit="captions") if len(texts) > batch_size else None
     for start in range(0, len(texts), batch_size):
         tokens = clip.tokenizer([str(t) for t in texts[start:start + batch_size]]).to(device)
         out.append(model.encode_text(tokens).float().cpu().numpy())
+        if progress is not None:
+            progress.advance(len(tokens))
+    if progress is not None:
+        progress.close()
     if not out:
         return np.zeros((0, dim or 0), dtype=np.float32)
     return normalize_rows(np.concatenate(out))

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from lcd.io.atomic import atomic_path
+from lcd.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ def generate_class_images(
     todo = [i for i, f in enumerate(files) if not f.exists()]
     if todo:
         pipe = load_pipeline().pipe
+        progress = Progress(f"regset generate ({count - len(todo)} cached)", len(todo), unit="images")
         for start in range(0, len(todo), batch_size):
             idx = todo[start:start + batch_size]
             gens = [torch.Generator(device="cpu").manual_seed(spec.seed + i) for i in idx]
@@ -62,4 +64,6 @@ def generate_class_images(
             for i, im in zip(idx, out):
                 with atomic_path(files[i]) as tmp:
                     im.convert("RGB").save(tmp, format="PNG")
+            progress.advance(len(idx))
+        progress.close()
     return GenerationReport(files=files, generated=len(todo), cached=count - len(todo))

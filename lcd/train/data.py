@@ -203,9 +203,12 @@ def generate_class_images(pipe, prompt: str, n: int, out_dir: str | Path, *, ste
     import torch
 
     from lcd.io.images import save_png
+    from lcd.progress import Progress
 
     out = Path(out_dir)
     examples = []
+    cached = sum((out / f"{i:05d}.png").exists() for i in range(n))
+    progress = Progress(f"class images ({cached} cached)" if cached else "class images", n - cached, unit="images")
     for i in range(n):
         path = out / f"{i:05d}.png"
         if not path.exists():
@@ -213,5 +216,7 @@ def generate_class_images(pipe, prompt: str, n: int, out_dir: str | Path, *, ste
             img = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
                        generator=g, output_type="np").images[0]
             save_png(path, (img * 255).round().astype(np.uint8), {"prompt": prompt, "seed": seed + i, "steps": steps})
+            progress.advance()
         examples.append(Example(load_image(path), prompt, str(path)))
+    progress.close()
     return examples

@@ -25,6 +25,7 @@ import lcd
 from lcd.concepts.io import Concept, add_tokens, check_token
 from lcd.errors import LcdError
 from lcd.models.loader import LoadedPipeline, latent_factor
+from lcd.progress import Progress
 from lcd.train import checkpoint as ck
 from lcd.train import data
 from lcd.train.config import ConceptSpec, TrainConfig
@@ -259,8 +260,7 @@ def _loop(run: _Run, on_step: Callable[[int, float], None] | None) -> None:
         for step in range(run.start, cfg.steps):
             rec = _step(run, step, autocast, last_good)
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                bar.advance(1, f"loss {rec['loss']:.4f}")
             if on_step is not None:
                 on_step(step + 1, rec["loss"])
             done = step + 1
@@ -344,12 +344,10 @@ def _class_images(lp, specs, cfg, work):
     return out
 
 
-def _progress(cfg, start):
-    if not cfg.progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=cfg.steps, initial=start, desc="train", unit="step")
+def _progress(cfg, start) -> Progress | None:
+    """Progress lines for the steps still to run (a resumed run counts from its checkpoint)."""
+    return Progress(f"train (from step {start})" if start else "train", cfg.steps - start, unit="steps") \
+        if cfg.progress else None
 
 
 @torch.no_grad()

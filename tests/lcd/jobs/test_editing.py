@@ -99,13 +99,13 @@ def test_noop_engine_copies_inputs_without_a_model(job):
 def test_a_concept_that_cannot_be_loaded_fails_its_items_only(job, tiny_dir):
     items, root = job
     (root / "concepts" / "dog").mkdir(parents=True)
-    (root / "concepts" / "dog" / "w.bin").write_bytes(b"x")
+    (root / "concepts" / "dog" / "concept.safetensors").write_bytes(b"x")  # a concept folder, corrupt weights
     models = ModelsConfig(sd=str(tiny_dir / "sd"))
     rep = run_edit_shard([items[0], items[6]], out_root=root / "out", cfg=CFG, models=models,
                          concepts_root=root / "concepts")
     assert [r["id"] for r in rep.results] == ["a"]
     (f,) = rep.failures
-    assert f["id"] == "concept" and f["stage"] == "concept"
+    assert f["id"] == "concept" and f["stage"] == "concept" and "concept.safetensors" in f["message"]
 
 
 def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):

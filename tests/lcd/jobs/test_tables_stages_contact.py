@@ -56,3 +56,24 @@ def test_sample_rows_spreads_over_the_table(tmp_path):
     got = tables.sample_rows(tmp_path / "r.parquet", 5, ["id"])
     assert [r["id"] for r in got] == ["i0", "i25", "i50", "i74", "i99"]
     assert set(got[0]) == {"id"} and len(tables.sample_rows(tmp_path / "r.parquet", 500, ["id"])) == 100
+
+
+def test_contact_sheet_labels_rows_and_marks_failures_red():
+    from lcd.jobs.contact import FAILED_RGB, LABEL_PX, sheet_labels
+
+    img = np.full((50, 30, 3), 200, np.uint8)
+    mask = np.zeros((50, 30), bool)
+    labels, failed = sheet_labels([{"id": "dog-01", "prompt": "a photo of [P] dog"}],
+                                  [{"id": "bad-7", "stage": "input", "message": "x.jpg: file not found"}])
+    assert labels == ["dog-01: a photo of [P] dog", "FAILED bad-7 [input]: x.jpg: file not found"]
+    assert failed == [False, True]
+    sheet = contact_sheet([(img, mask, img)] * 2, side=32, gap=2, labels=labels, failed=failed)
+    row_h = 32 + 2 + LABEL_PX
+    assert sheet.shape == (2 * row_h, 102, 3)
+    band = lambda r: sheet[r * row_h + 32 : (r + 1) * row_h]  # noqa: E731 - the label band of row r
+    assert (band(0) < 100).all(axis=2).any()  # black text under the good row
+    red = (band(1) == FAILED_RGB).all(axis=2)
+    assert red.sum() > 20 and not (band(0) == FAILED_RGB).all(axis=2).any()  # red text only under the failure
+    assert (sheet[row_h + 32, :, :] == FAILED_RGB).all()  # and a red frame around its thumbnails
+    with pytest.raises(ValueError, match="1 labels for 2 rows"):
+        contact_sheet([(img, mask, img)] * 2, labels=labels[:1])

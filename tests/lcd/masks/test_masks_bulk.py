@@ -90,7 +90,8 @@ def after(image_id):
     seen.append(image_id)
     if len(seen) == int(sys.argv[3]):
         os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: like an OOM kill
-compute_masks(read_manifest(sys.argv[2]), sam, {"type": "vit_tiny", "ref": src.ref}, cfg, sys.argv[5], after_image=after)
+model = {"type": "vit_tiny", "ref": src.ref, "sha256": src.sha256, "revision": src.revision}  # as the tiny_sam fixture
+compute_masks(read_manifest(sys.argv[2]), sam, model, cfg, sys.argv[5], after_image=after)
 """
 
 
@@ -219,3 +220,43 @@ def test_images_by_url_from_a_local_http_server(tiny_sam, fast_cfg, tmp_path, wr
     rows, masks = read_masks(tmp_path / "o", "web")
     assert rows.column("image").to_pylist() == [url] and masks.shape == (1, 48, 64)
     assert "404" in read_failures(tmp_path / "o").column("error")[0].as_py()
+
+
+def test_settings_that_change_masks_decide_a_rerun_and_storage_settings_do_not(tiny_sam, fast_cfg, tmp_path,
+                                                                                write_images, caplog):
+    """A changed threshold (or points grid, or prompts) recomputes the images it affects, and readers
+    get the new masks; part size, codec and read-time post-processing (dilate) redo nothing."""
+    import logging
+
+    from lcd.masks.store import MaskStore
+
+    sam, model = tiny_sam
+    paths = write_images(tmp_path / "imgs", 3)
+    items = [ManifestItem(image_id=f"im{i}", image=str(p)) for i, p in enumerate(paths)]
+    out = tmp_path / "out"
+    first = compute_masks(items, sam, model, fast_cfg, out)
+    assert (first.done, first.recomputed, first.skipped) == (3, 0, 0)
+    n_before = MaskStore(out).rows("im0").num_rows
+    with pytest.raises(LcdError, match=r"scenes/im1.png: no masks stored .*3 image id\(s\) \(closest: im1\); ids are the file stems"):
+        MaskStore(out).rows("scenes/im1.png")  # a path typed where the id (the stem) belongs: the hint names im1
+    # storage and read-time settings: nothing to redo
+    same = fast_cfg.model_copy(update={"images_per_part": 7, "parquet_level": 3, "dilate_px": 4, "select": "largest"})
+    s = compute_masks(items, sam, model, same, out)
+    assert (s.done, s.skipped) == (0, 3)
+    # a threshold that drops every mask: all three recomputed, and the store now serves 0 masks for them
+    strict = fast_cfg.model_copy(update={"auto": fast_cfg.auto.model_copy(update={"pred_iou_thresh": 1.0})})
+    caplog.set_level(logging.INFO, logger="lcd.progress")
+    s = compute_masks(items, sam, model, strict, out)
+    assert (s.done, s.recomputed, s.skipped) == (3, 3, 0)
+    assert n_before > 0 and s.masks == 0
+    with pytest.raises(LcdError, match="no masks stored"):
+        MaskStore(out).rows("im0")  # the newest part lists im0 with no masks: the old rows are not served
+    closing = [r.getMessage() for r in caplog.records if "done" in r.getMessage()][-1]
+    assert "3 computed (3 under changed settings)" in closing
+    # new prompts for one image recompute that image only
+    from dataclasses import replace
+
+    prompted = [replace(items[0], prompts_json=json.dumps([{"box": [8, 6, 45, 32]}])), *items[1:]]
+    s = compute_masks(prompted, sam, model, strict, out)
+    assert (s.done, s.recomputed, s.skipped) == (1, 1, 2)
+    assert MaskStore(out).rows("im0").column("source").to_pylist() == ["box"]
