@@ -19,9 +19,25 @@ from lcd.errors import LcdError
 PARAMS_HELP = "params file to read settings from (default: ./params.yaml if present, else built-in defaults)"
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends " (default: X)" to an option's help when X says something: not None (the value
+    then comes from params.yaml, which the help says), not an empty list, not a flag's False,
+    and not when the help already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help = action.help or ""
+        d = action.default
+        if (d is None or d is argparse.SUPPRESS or "default" in help.lower()
+                or (action.nargs == 0 and isinstance(d, bool)) or (isinstance(d, (list, tuple)) and not d)):
+            return help
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return help  # a required positional's default is never used
+        return help + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lcd", description="LCDiffusion: local customized image editing",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--params", default=None, help=PARAMS_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in sorted(pkgutil.iter_modules(lcd.commands.__path__), key=lambda m: m.name):
@@ -31,10 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _params_everywhere(parser: argparse.ArgumentParser) -> None:
-    """`--params` accepted after any (sub)command too: `lcd train --params demo.yaml ...`."""
+    """`--params` accepted after any (sub)command too: `lcd train --params demo.yaml ...`; and
+    every subparser's --help shows the defaults (DefaultsHelpFormatter)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for p in action.choices.values():
+                p.formatter_class = DefaultsHelpFormatter
                 if "--params" not in p._option_string_actions:
                     p.add_argument("--params", default=argparse.SUPPRESS, help=PARAMS_HELP)
                 _params_everywhere(p)

@@ -7,13 +7,14 @@ from lcd.commands import params_or_default
 
 def register(sub) -> None:
     p = sub.add_parser("analyze-layers", help="delta_l per UNet layer after full fine-tuning (paper Fig. 2)")
-    p.add_argument("--photos", required=True, metavar="DIR")
-    p.add_argument("--class-word", required=True, dest="class_word")
-    p.add_argument("--token", default="[P]")
-    p.add_argument("--steps", type=int, help="fine-tuning steps (default: train.steps)")
+    p.add_argument("--photos", required=True, metavar="DIR", help="folder of photos of one concept")
+    p.add_argument("--class-word", required=True, dest="class_word", help="the concept's class word, e.g. dog")
+    p.add_argument("--token", default="[P]", help="pseudo-word of the concept in the training captions")
+    p.add_argument("--steps", type=int, help="fine-tuning steps (default: params.yaml train.steps)")
     p.add_argument("--out", required=True, help="folder for delta_l.csv, delta_l_groups.json, delta_l.png")
-    p.add_argument("--model")
-    p.add_argument("--device")
+    p.add_argument("--model", help="base SD: hub id, diffusers folder or single-file checkpoint "
+                                   "(default: params.yaml models.sd)")
+    p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: params.yaml models.device)")
     p.set_defaults(func=run)
 
 

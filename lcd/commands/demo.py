@@ -11,7 +11,7 @@ from lcd.commands import params_or_default
 def register(sub) -> None:
     p = sub.add_parser("demo", help="edit the bundled samples with the models in params.yaml")
     p.add_argument("--edits", default="samples/edits.json", help="JSON list of {image, mask, prompt, seed}")
-    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--out", default="outputs/demo", help="folder for the edited PNGs")
     p.add_argument("--tiny-dir", default="models/tiny", help="where tiny models are written if missing")
     p.set_defaults(func=run)
 

@@ -8,24 +8,30 @@ from lcd.errors import LcdError
 
 def register(sub) -> None:
     p = sub.add_parser("edit", help="edit the masked region of an image from a prompt")
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", required=True, help="image file to edit")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--mask", help="PNG mask, non-zero = edit")
     where.add_argument("--masks", help="masks table from `lcd masks compute` (folder or .parquet)")
-    p.add_argument("--select", help="with --masks: largest | best | id:N | point:X,Y | box:... | text:WORDS")
+    p.add_argument("--select", help="with --masks: largest | best | id:N | point:X,Y | box:... | text:WORDS "
+                                    "(default: params.yaml masks.select)")
     p.add_argument("--image-id", help="with --masks: the image's id in the table (default: the image's file stem)")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="what to paint in the masked region (with --concept: use its token)")
     p.add_argument("--out", required=True, help="output PNG path")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--scheduler", help="sampler: ddim (default) | dpmpp_2m | euler_a | euler | pndm | unipc")
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--size", type=int)
-    p.add_argument("--blend-start", type=float)
-    p.add_argument("--dilate", type=int, dest="dilate_px")
-    p.add_argument("--feather", type=int, dest="feather_px")
-    p.add_argument("--model", help="SD hub id, diffusers folder or single-file checkpoint")
-    p.add_argument("--device")
+    p.add_argument("--seed", type=int, help="random seed of the initial noise (default: params.yaml edit.seed)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: params.yaml edit.steps)")
+    p.add_argument("--scheduler", help="sampler: ddim | dpmpp_2m | euler_a | euler | pndm | unipc "
+                                       "(default: params.yaml edit.scheduler)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale, 0-50 (default: params.yaml edit.guidance)")
+    p.add_argument("--size", type=int, help="working size in pixels: the crop around the mask is denoised at "
+                                            "SIZE x SIZE, a multiple of 8 (default: params.yaml edit.size)")
+    p.add_argument("--blend-start", type=float, help="fraction of the steps (0-1) before latent blending outside "
+                                                     "the mask starts (default: params.yaml edit.blend_start)")
+    p.add_argument("--dilate", type=int, dest="dilate_px", help="pixels (full resolution) to grow the mask by "
+                                                                "before compositing (default: params.yaml edit.dilate_px)")
+    p.add_argument("--feather", type=int, dest="feather_px", help="width in pixels of the linear blend ramp outside "
+                                                                  "the dilated mask (default: params.yaml edit.feather_px)")
+    p.add_argument("--model", help="SD hub id, diffusers folder or single-file checkpoint (default: params.yaml models.sd)")
+    p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: params.yaml models.device)")
     p.add_argument("--concept", action="append", default=[], metavar="DIR",
                    help="concept folder from `lcd train` (repeatable); the prompt must use its token")
     p.set_defaults(func=run)

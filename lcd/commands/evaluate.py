@@ -26,23 +26,26 @@ def register(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics, the DreamBench protocol and the report")
     s = p.add_subparsers(dest="evaluate_command", required=True)
     e = s.add_parser("edits", help="score edited images listed in a JSON manifest")
-    e.add_argument("--manifest", required=True)
-    e.add_argument("--out", required=True)
+    e.add_argument("--manifest", required=True, help="JSON list of {edit, reference, mask, prompt, concept "
+                                                     "(photo folder), class_word?, method?}")
+    e.add_argument("--out", required=True, help="output folder (rows.json, failures.json, metrics.json, report.html)")
     d = s.add_parser("dreambench", help="DreamBench protocol in edit mode with the base model (class word)")
-    d.add_argument("--out", required=True)
-    d.add_argument("--dreambench", help="DreamBench root (overrides evaluate.dreambench)")
-    d.add_argument("--n-prompts", type=int)
+    d.add_argument("--out", required=True, help="output folder for the edits, rows.json, failures.json, "
+                                                "metrics.json and report.html")
+    d.add_argument("--dreambench", help="DreamBench root folder (default: params.yaml evaluate.dreambench)")
+    d.add_argument("--n-prompts", type=int, help="edit with the first N of the 25 prompt templates "
+                                                 "(default: params.yaml evaluate.n_prompts)")
     d.add_argument("--concept", action="append", default=[], metavar="DIR",
                    help="trained concept folder (`lcd train`; repeatable): DIR named after its DreamBench "
                         "subject, or SUBJECT=DIR. Adds a 'concept' method editing with its token")
     a = s.add_parser("ablations", help="Tables 2-4 from real training/edit runs (train.*, evaluate.*, edit.*)")
-    a.add_argument("--out", required=True)
-    a.add_argument("--subject", help="DreamBench subject (default: the first of evaluate.subjects)")
-    a.add_argument("--dreambench", help="DreamBench root (overrides evaluate.dreambench)")
-    a.add_argument("--device")
+    a.add_argument("--out", required=True, help="output folder (ablations.json, metrics.json, report.html)")
+    a.add_argument("--subject", help="DreamBench subject (default: the first of params.yaml evaluate.subjects)")
+    a.add_argument("--dreambench", help="DreamBench root folder (default: params.yaml evaluate.dreambench)")
+    a.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: params.yaml models.device)")
     a.add_argument("--loss-curves", help=argparse.SUPPRESS)
     for x in (e, d):
-        x.add_argument("--device")
+        x.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: params.yaml models.device)")
         x.add_argument("--loss-curves", help='JSON {"<run name>": [loss per step, ...]} to plot in the report')
     p.set_defaults(func=run)
 

@@ -14,19 +14,23 @@ def register(sub) -> None:
     c = msub.add_parser("compute", help="SAM masks for every image of a CSV/Parquet manifest")
     c.add_argument("manifest", help="CSV or Parquet: image (path/URL), optional image_id, prompts (JSON)")
     c.add_argument("--out", required=True, help="output folder (masks/part-*.parquet, failures.parquet)")
-    c.add_argument("--sam", help="SAM checkpoint (default: models.sam)")
-    c.add_argument("--sam-type", help="vit_h | vit_l | vit_b | vit_tiny (default: models.sam_type)")
-    c.add_argument("--device")
-    c.add_argument("--points-per-side", type=int, help="automatic generator grid (masks.auto)")
-    c.add_argument("--no-auto", action="store_true", help="prompted masks only")
+    c.add_argument("--sam", help="SAM checkpoint (default: params.yaml models.sam)")
+    c.add_argument("--sam-type", help="vit_h | vit_l | vit_b | vit_tiny (default: params.yaml models.sam_type)")
+    c.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: params.yaml models.device)")
+    c.add_argument("--points-per-side", type=int,
+                   help="points per side of the automatic generator's grid (default: params.yaml masks.auto.points_per_side)")
+    c.add_argument("--no-auto", action="store_true", help="prompted masks only (turns off params.yaml masks.automatic)")
     c.set_defaults(func=run_compute)
     e = msub.add_parser("export", help="write the selected mask of one image as a PNG")
     e.add_argument("masks", help="masks folder or one part .parquet")
-    e.add_argument("--image-id", required=True)
-    e.add_argument("--select", help="largest | best | id:N | point:X,Y | box:X0,Y0,X1,Y1 | text:WORDS")
+    e.add_argument("--image-id", required=True, help="the image's id in the masks table (its image_id)")
+    e.add_argument("--select", help="largest | best | id:N | point:X,Y | box:X0,Y0,X1,Y1 | text:WORDS "
+                                    "(default: params.yaml masks.select)")
     e.add_argument("--out", required=True, help="PNG path")
-    e.add_argument("--dilate", type=int, dest="dilate_px")
-    e.add_argument("--feather", type=int, dest="feather_px")
+    e.add_argument("--dilate", type=int, dest="dilate_px", help="pixels to grow the mask by "
+                                                                "(default: params.yaml masks.dilate_px)")
+    e.add_argument("--feather", type=int, dest="feather_px", help="width in pixels of a linear ramp outside the "
+                                                                  "dilated mask (default: params.yaml masks.feather_px)")
     e.set_defaults(func=run_export)
 
 

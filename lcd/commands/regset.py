@@ -23,24 +23,34 @@ def register(sub) -> None:
     b = rsub.add_parser("build", help="CLIP-filtered real class images (+ generated shortfall)")
     b.add_argument("--out", required=True, help="regset folder (manifest.parquet, images.txt, caption.txt)")
     b.add_argument("--cache", help="cache folder (default: <out>/.cache)")
-    b.add_argument("--class-prompt", dest="class_prompt")
-    b.add_argument("--source", choices=["metadata", "clip_back"])
-    b.add_argument("--shard", dest="shards", action="append", help="metadata Parquet (repeatable)")
-    b.add_argument("--backend-url", dest="backend_url")
-    b.add_argument("--threshold", type=float)
-    b.add_argument("--top-n", dest="top_n", type=int)
+    b.add_argument("--class-prompt", dest="class_prompt",
+                   help="class the images must show, e.g. dog (default: params.yaml regset.class_prompt)")
+    b.add_argument("--source", choices=["metadata", "clip_back"],
+                   help="candidates from metadata Parquet shards or a clip-retrieval `clip back` "
+                        "(default: params.yaml regset.source)")
+    b.add_argument("--shard", dest="shards", action="append",
+                   help="metadata Parquet (repeatable; default: params.yaml regset.shards)")
+    b.add_argument("--backend-url", dest="backend_url",
+                   help="clip back URL for --source clip_back, e.g. http://127.0.0.1:1234/knn-service "
+                        "(default: params.yaml regset.backend_url)")
+    b.add_argument("--threshold", type=float, help="keep captions whose CLIP cosine to the class prompt exceeds "
+                                                   "this, -1 to 1 (default: params.yaml regset.threshold)")
+    b.add_argument("--top-n", dest="top_n", type=int, help="number of class images to collect "
+                                                           "(default: params.yaml regset.top_n)")
     b.set_defaults(func=run_build)
     i = rsub.add_parser("index", help="clip inference + clip index over an img2dataset webdataset folder")
-    i.add_argument("--collection", required=True)
-    i.add_argument("--out", required=True)
-    i.add_argument("--name", default="regset")
-    i.add_argument("--clip-model", dest="clip_model")
+    i.add_argument("--collection", required=True, help="img2dataset webdataset folder (*.tar shards)")
+    i.add_argument("--out", required=True, help="index folder (embeddings/, index/, indices_paths.json)")
+    i.add_argument("--name", default="regset", help="index name in indices_paths.json (what regset.backend_index names)")
+    i.add_argument("--clip-model", dest="clip_model", help="open_clip model: a folder or ARCH/weights "
+                                                           "(default: params.yaml regset.clip_model)")
     i.set_defaults(func=run_index)
     s = rsub.add_parser("serve", help="serve an index with clip-retrieval's clip back endpoints")
     s.add_argument("--indices", required=True, help="indices_paths.json written by `lcd regset index`")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=1234)
-    s.add_argument("--clip-model", dest="clip_model")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=1234, help="TCP port to listen on")
+    s.add_argument("--clip-model", dest="clip_model", help="open_clip model that embeds queries, the one the index "
+                                                           "was built with (default: params.yaml regset.clip_model)")
     s.set_defaults(func=run_serve)
 
 

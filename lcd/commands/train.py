@@ -13,20 +13,25 @@ def register(sub) -> None:
                    help="folder of 3-20 photos of one concept (repeat for multi-concept training)")
     p.add_argument("--token", action="append", default=[], help="pseudo-word per concept, e.g. [P] (default [P], [P2], ...)")
     p.add_argument("--class-word", action="append", default=[], dest="class_word", help="class word per concept, e.g. dog")
-    p.add_argument("--init-word", action="append", default=[], dest="init_word", help="word initialising each token")
+    p.add_argument("--init-word", action="append", default=[], dest="init_word", help="word initialising each token (default: its class word)")
     p.add_argument("--out", required=True, help="concept folder to write")
     p.add_argument("--work-dir", help="checkpoints, loss curve, validation images (default: OUT/training)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the work dir")
     p.add_argument("--export-diffusers", metavar="DIR", help="also write the stock diffusers Custom Diffusion layout")
-    p.add_argument("--method", choices=["kv", "crossattn", "lora"])
-    p.add_argument("--steps", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--reg-dir", dest="reg_dir", help="regularization set (folder, manifest.jsonl or --real_prior layout)")
-    p.add_argument("--no-prior", action="store_true")
-    p.add_argument("--model", help="base SD (default: models.sd of params.yaml)")
-    p.add_argument("--device")
+    p.add_argument("--method", choices=["kv", "crossattn", "lora"],
+                   help="what trains: cross-attention K/V, all cross-attention weights, or LoRA on K/V "
+                        "(default: params.yaml train.method)")
+    p.add_argument("--steps", type=int, help="optimizer steps (default: params.yaml train.steps)")
+    p.add_argument("--lr", type=float, help="AdamW learning rate (default: params.yaml train.lr)")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="images per batch (default: params.yaml train.batch_size)")
+    p.add_argument("--resolution", type=int, help="side in pixels the photos are trained at, a multiple of 8 "
+                                                  "(default: params.yaml train.resolution)")
+    p.add_argument("--reg-dir", dest="reg_dir",
+                   help="regularization set (folder, manifest.jsonl or --real_prior layout; "
+                        "default: params.yaml train.reg_dir, unset: generated class images)")
+    p.add_argument("--no-prior", action="store_true", help="no prior-preservation loss (overrides params.yaml train.prior)")
+    p.add_argument("--model", help="base SD (default: params.yaml models.sd)")
+    p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: params.yaml models.device)")
     p.set_defaults(func=run)
 
 

@@ -14,6 +14,7 @@ def files(tmp_path):
     Image.fromarray(np.full((64, 64), 255, np.uint8)).save(mask)
     (tmp_path / "bad.yaml").write_text("edit: [unclosed\n")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "results.parquet").write_bytes(b"PAR1" + bytes(range(256)) + b"PAR1")  # not UTF-8 (0xff)
     return tmp_path, ["edit", "--image", str(img), "--mask", str(mask), "--prompt", "a dog"]
 
 
@@ -100,6 +101,8 @@ CASES = [
      "bomb.png: 25000x25000 is 625 MP, above the limit of 200 MP"),  # one line: no Pillow warning before it
     ("concept /dev", lambda d, b: _edit(b, d, "--concept", "/dev"), "/dev: not a concept folder (no concept.safetensors)"),
     ("concept a file", lambda d, b: _edit(b, d, "--concept", str(d / "a.png")), "a.png: not a concept folder"),
+    ("manifest is binary", lambda d, b: ["evaluate", "edits", "--manifest", str(d / "results.parquet"),
+                                         "--out", str(d / "ev")], "results.parquet: not valid JSON"),
     ("mask a directory", lambda d, b: _edit(["edit", "--image", str(d / "a.png"), "--mask", str(d / "sub.png"),
                                              "--prompt", "a dog"], d), "sub.png: is a directory, not an image file"),
 ]
