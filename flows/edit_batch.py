@@ -154,7 +154,8 @@ def edit_batch(
         raise RuntimeError(f"edit-batch incomplete: shard states {states}, {n_missing} items unaccounted "
                            f"for (e.g. {missing[:3]}), {duplicated} duplicated; re-run to resume")
     if counts["failed"]:  # `--watch` and the UI say so, not a bare "Completed"; callers still get the counts
-        return Completed(name="Completed with failures", message=line, data=counts)
+        total = counts["edited"] + counts["skipped"] + counts["failed"]
+        return Completed(name=f"Completed with {counts['failed']} of {total} failed", message=line, data=counts)
     return counts
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import stat
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -76,18 +78,34 @@ def parse_prompts_json(raw: str | None, name: str) -> list[dict]:
     return val
 
 
-def fetch_bytes(ref: str, name: str, timeout: float = 30.0) -> bytes:
-    """Bytes of a local file or an http(s) URL; a missing file or failed download names the item."""
+MAX_INPUT_BYTES = 1 << 30  # 1 GiB: no photo is bigger; a larger file is refused before it is read
+
+
+def fetch_bytes(ref: str, name: str, timeout: float = 30.0, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    """Bytes of a local file or an http(s) URL; a missing file, a folder, a FIFO or device (never
+    read: it could block forever), a file above `max_bytes` or a failed download names the item."""
     if ref.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(ref, timeout=timeout) as r:
-                return r.read()
+                data = r.read(max_bytes + 1)
         except Exception as e:
             raise InputImageError(f"{name}: cannot download {ref}: {e}", item=name) from None
-    p = Path(ref)
-    if not p.is_file():
-        raise InputImageError(f"{name}: {ref}: file not found", item=name)
-    return p.read_bytes()
+        if len(data) > max_bytes:
+            raise InputImageError(f"{name}: {ref}: larger than {max_bytes} bytes", item=name)
+        return data
+    try:
+        st = os.stat(ref)
+    except (OSError, ValueError):  # missing, unreadable folder on the way, a NUL in the path
+        raise InputImageError(f"{name}: {ref}: file not found", item=name) from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (FIFO, device or socket)"
+        raise InputImageError(f"{name}: {ref}: {kind}; expected an image file", item=name)
+    if st.st_size > max_bytes:
+        raise InputImageError(f"{name}: {ref}: {st.st_size} bytes, above the limit of {max_bytes}", item=name)
+    try:
+        return Path(ref).read_bytes()
+    except OSError as e:
+        raise InputImageError(f"{name}: {ref}: cannot read ({e.strerror or e})", item=name) from None
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -3,6 +3,7 @@ failures, artifacts; and a worker killed mid-batch, then a re-run: nothing lost,
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -21,8 +22,20 @@ def _run(pe, manifest, out, params, *extra, watch=True):
 def test_edit_batch_deployment_writes_outputs_and_failures(prefect_server, worker, edit_job, tmp_path):
     params, make_manifest = edit_job
     manifest, out = make_manifest(3), tmp_path / "out"
+    started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 1))
     res = _run(prefect_server, manifest, out, params, "-p", "num_shards=2")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # `--watch` ends on a state that says items failed; the run's logs hold the summary line, and
+    # each shard run's logs lcd's progress lines for its edits
+    watched = res.stdout + res.stderr
+    assert "finished successfully in 'Completed with 2 of 5 failed'" in watched, watched[-3000:]
+    runs = _api(prefect_server, "flow_runs/filter", {"flow_runs": {"start_time": {"after_": started}}})
+    logs = {r["id"]: " | ".join(x["message"] for x in _api(prefect_server, "logs/filter", {
+        "logs": {"flow_run_id": {"any_": [r["id"]]}}, "limit": 200})) for r in runs if r["state_type"] == "COMPLETED"}
+    (coordinator,) = [m for m in logs.values() if "summary: 3 edited, 0 current (skipped), 2 failed of 5" in m]
+    assert "failures in" in coordinator
+    shard_logs = " | ".join(logs.values())
+    assert re.search(r"edit shard 00000-of-00002: done, \d items in", shard_logs), shard_logs[-2000:]
     results = pq.read_table(out / "results.parquet").to_pylist()
     failures = {r["id"]: r for r in pq.read_table(out / "failures.parquet").to_pylist()}
     assert sorted(r["id"] for r in results) == ["item000", "item001", "item002"]

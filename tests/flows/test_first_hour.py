@@ -93,7 +93,8 @@ def _ran(out: str) -> set[str]:
 
 def _dvc_reruns_only_what_changed(root: Path, env: dict) -> None:
     def dvc(*args: str) -> str:
-        out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env={**env, "PYTHONPATH": str(root)},
+        path = f"{root / '.venv' / 'bin'}:{env['PATH']}"  # as the README's prelude: stages run `python -m flows`
+        out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env={**env, "PATH": path},
                              capture_output=True, text=True, timeout=600)
         assert out.returncode == 0, f"dvc {args} -> {out.returncode}\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
         return out.stdout + out.stderr
