@@ -252,7 +252,7 @@ class MaskStore:
             return ""
         import difflib
 
-        near = difflib.get_close_matches(Path(image_id).stem, list(self.by_image), n=3, cutoff=0.5)
+        near = difflib.get_close_matches(Path(image_id).stem, list(self.by_image), n=3, cutoff=0.75)
         some = near or sorted(self.by_image)[:3]
         return (f"; the store lists {len(self.by_image)} image id(s) ({'closest' if near else 'e.g.'}: "
                 f"{', '.join(some)}); ids are the file stems unless the masks manifest set image_id")

@@ -215,3 +215,20 @@ def test_fifo_inputs_and_oversized_images_fail_alone_without_hanging_or_decoding
     fails = {f["id"]: f["message"] for f in rep.failures}
     assert "not a regular file" in fails["fifo"] and "not a regular file" in fails["fifomask"]
     assert "625 MP, above the limit of 200 MP" in fails["bomb"]
+
+
+def test_a_batch_size_change_skips_every_item_and_its_pixels_match(job, tiny_dir):
+    """edit.batch_size is execution only (README: a result does not depend on its batch): a re-run
+    with another batch size skips every item, and a fresh run at that size writes the same pixels."""
+    items, root = job
+    models = ModelsConfig(sd=str(tiny_dir / "sd"))
+    good = items[:3]
+    first = run_edit_shard(good, out_root=root / "out", cfg=CFG.model_copy(update={"batch_size": 1}), models=models)
+    assert first.counts() == {"edited": 3, "skipped": 0, "failed": 0}
+    again = run_edit_shard(good, out_root=root / "out", cfg=CFG.model_copy(update={"batch_size": 3}), models=models)
+    assert again.counts() == {"edited": 0, "skipped": 3, "failed": 0}
+    fresh = run_edit_shard(good, out_root=root / "out3", cfg=CFG.model_copy(update={"batch_size": 3}), models=models)
+    assert fresh.counts()["edited"] == 3
+    for it in good:
+        one, three = load_image(root / "out" / "edits" / f"{it.id}.png"), load_image(root / "out3" / "edits" / f"{it.id}.png")
+        assert np.abs(one.astype(int) - three.astype(int)).max() <= 1, it.id  # README: at most 1/255 apart
