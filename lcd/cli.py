@@ -68,7 +68,8 @@ def user_error(e: BaseException) -> str | None:
         first = e.errors()[0]
         loc = [str(x) for x in first["loc"]]
         name = "--" + loc[-1].replace("_px", "").replace("_", "-") if loc else e.title
-        return f"{name}: {first['msg']} (got {first.get('input')!r}; in {e.title}{'.' + '.'.join(loc) if loc else ''})"
+        got = "" if f"got {first.get('input')}" in first["msg"] else f"got {first.get('input')!r}; "
+        return f"{name}: {first['msg']} ({got}in {e.title}{'.' + '.'.join(loc) if loc else ''})"
     if isinstance(e, OSError):  # a path that is a folder, under a file, unreadable, a full disk
         return f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
     return None

@@ -37,6 +37,17 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _check_concepts(dirs: list[str]) -> None:
+    """Each --concept is a concept folder, checked before any image or model is read."""
+    from pathlib import Path
+
+    from lcd.concepts.io import WEIGHTS_NAME
+
+    for d in dirs:
+        if not (Path(d) / WEIGHTS_NAME).is_file():
+            raise LcdError(f"--concept {d}: not a concept folder (no {WEIGHTS_NAME})", item=d)
+
+
 def run(args) -> int:
     from lcd.edit.engine import EditItem, edit_images
     from lcd.io.images import check_mask_fits, load_image, load_mask, save_png
@@ -47,6 +58,7 @@ def run(args) -> int:
     _check_out(args.out)
     if (args.select or args.image_id) and not args.masks:
         raise LcdError("--select/--image-id need --masks (they pick a region from a masks table)", item="select")
+    _check_concepts(args.concept)
     image = load_image(args.image, int(cfg.max_image_mp * 1e6))
     mask = load_mask(args.mask) if args.mask else _stored_mask(args, params, image)
     check_mask_fits(image, mask, args.image, args.mask or args.masks)
@@ -91,8 +103,8 @@ def _edit_config(args, params):
     except ValidationError as e:
         first = e.errors()[0]
         name = str(first["loc"][0]) if first["loc"] else "edit"
-        raise LcdError(f"--{name.replace('_px', '').replace('_', '-')}: {first['msg']} (got {over.get(name)!r})",
-                       item=name) from None
+        got = "" if f"got {over.get(name)}" in first["msg"] else f" (got {over.get(name)!r})"
+        raise LcdError(f"--{name.replace('_px', '').replace('_', '-')}: {first['msg']}{got}", item=name) from None
 
 
 def _stored_mask(args, params, image):

@@ -59,7 +59,7 @@ def _masks(d, *extra):
 CASES = [
     # (name, argv builder, text the one line must contain)
     ("steps", lambda d, b: _edit(b, d, "--steps", "0"), "--steps: Input should be greater than or equal to 1"),
-    ("size", lambda d, b: _edit(b, d, "--size", "100"), "--size:"),
+    ("size", lambda d, b: _edit(b, d, "--size", "100"), "--size: Value error, size must be a multiple of 8 (the VAE downsamples by 8), got 100"),
     ("guidance", lambda d, b: _edit(b, d, "--guidance", "-1"), "--guidance:"),
     ("dilate", lambda d, b: _edit(b, d, "--dilate", "-5"), "--dilate:"),
     ("seed above int64", lambda d, b: _edit(b, d, "--seed", str(2**70)),
@@ -125,3 +125,10 @@ def test_params_after_the_subcommand_is_read(files, capsys, tmp_path):
     (d / "p.yaml").write_text("edit:\n  steps: 0\n")
     assert main(base[:1] + ["--params", str(d / "p.yaml")] + _edit(base, d)[1:]) == 2
     assert "edit.steps" in capsys.readouterr().err  # the file's own value was validated
+
+
+def test_a_value_the_message_already_names_is_not_repeated(files, capsys):
+    d, base = files
+    assert main(_edit(base, d, "--size", "100")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("got 100") and err.count("100") == 1, err  # was "..., got 100 (got 100)"
