@@ -39,13 +39,13 @@ def register(sub) -> None:
 
 def _check_concepts(dirs: list[str]) -> None:
     """Each --concept is a concept folder, checked before any image or model is read."""
-    from pathlib import Path
-
-    from lcd.concepts.io import WEIGHTS_NAME
+    from lcd.concepts.io import concept_weights_file
 
     for d in dirs:
-        if not (Path(d) / WEIGHTS_NAME).is_file():
-            raise LcdError(f"--concept {d}: not a concept folder (no {WEIGHTS_NAME})", item=d)
+        try:
+            concept_weights_file(d)
+        except LcdError as e:
+            raise LcdError(f"--concept {e}", item=d) from None
 
 
 def run(args) -> int:

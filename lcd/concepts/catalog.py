@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lcd.concepts.io import WEIGHTS_NAME, read_card
+from lcd.concepts.io import WEIGHTS_NAME, concept_weights_file, read_card
 from lcd.errors import ModelLoadError
 
 COLUMNS = ("name", "tokens", "class_words", "method", "layout", "rank", "base", "bytes")
@@ -37,9 +37,7 @@ def concept_summary(folder: str | Path) -> dict:
     {module: r} for low-rank layouts, layers, base {ref, sha256, revision}, bytes (weights file),
     compression / merged_from from the card when present}."""
     p = Path(folder)
-    f = p / WEIGHTS_NAME
-    if not f.exists():
-        raise ModelLoadError(f"{p}: not a concept folder (no {WEIGHTS_NAME})", item=str(p))
+    f = concept_weights_file(p)
     meta, shapes = _header(f)
     card = read_card(p)
     method = meta.get("method", "?")

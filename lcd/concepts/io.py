@@ -232,14 +232,21 @@ def _readme(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def concept_weights_file(folder: str | Path) -> Path:
+    """`folder`'s concept weights file; ModelLoadError naming the folder when it holds none (a
+    photo folder, a file, /dev)."""
+    f = Path(folder) / WEIGHTS_NAME
+    if not f.is_file():
+        raise ModelLoadError(f"{folder}: not a concept folder (no {WEIGHTS_NAME})", item=str(folder))
+    return f
+
+
 def load_concept(folder: str | Path) -> Concept:
     """Read a concept folder written by `save_concept`."""
     from safetensors import safe_open
 
     p = Path(folder)
-    f = p / WEIGHTS_NAME
-    if not f.exists():
-        raise ModelLoadError(f"{p}: not a concept folder (no {WEIGHTS_NAME})", item=str(p))
+    f = concept_weights_file(p)
     try:
         with safe_open(str(f), framework="pt") as sf:
             meta = sf.metadata() or {}

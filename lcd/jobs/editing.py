@@ -300,11 +300,13 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
             finally:
                 ctx.io_pool = None
 
-    def record(outcome: Outcome, n_items: int) -> None:
+    def record(outcome: Outcome) -> None:
         ctx.report.results.extend(outcome[0])
         ctx.report.failures.extend(outcome[1])
+
+    def batch_done(batch: list) -> None:  # its model work is over (with overlap, its writes follow)
         if ctx.progress is not None:
-            ctx.progress.advance(n_items)
+            ctx.progress.advance(len(batch))
 
     if not ctx.cfg.overlap:
         for batch in batches:
@@ -312,7 +314,8 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
             ctx.report.failures.extend(fails)
             results, fails, secs = _edit_ready(ctx, ready, lp) if ready else ([], [], 0.0)
             ctx.report.failures.extend(fails)
-            record(_save_batch(ctx, ready, results, secs, lp) if results else ([], []), len(batch))
+            record(_save_batch(ctx, ready, results, secs, lp) if results else ([], []))
+            batch_done(batch)
         return
     with ThreadPoolExecutor(1, thread_name_prefix="lcd-read") as reader, \
             ThreadPoolExecutor(1, thread_name_prefix="lcd-write") as writer:
@@ -323,12 +326,12 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
             nxt = reader.submit(_read_batch, ctx, batches[k + 1], lp, tokens, clip) if k + 1 < len(batches) else None
             results, edit_fails, secs = _edit_ready(ctx, ready, lp) if ready else ([], [], 0.0)
             if writing is not None:
-                record(writing.result(), 0)  # batch k-1's rows before batch k's failures, as sequentially
+                record(writing.result())  # batch k-1's rows before batch k's failures, as sequentially
             ctx.report.failures.extend(read_fails + edit_fails)
             writing = writer.submit(_save_batch, ctx, ready, results, secs, lp) if results else None
-            record(([], []), len(batches[k]))  # batch k's model work is done (its writes follow)
+            batch_done(batches[k])
         if writing is not None:
-            record(writing.result(), 0)
+            record(writing.result())
 
 
 def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) -> tuple[dict | None, dict | None]:

@@ -102,8 +102,9 @@ def compute_masks(
     summary = MasksSummary()
     buf = _PartBuffer(Path(out), cfg, summary)
     progress = Progress("masks", len(items), unit="images")
+    settings = cfg.result_settings()  # what, beside bytes, weights and prompts, decides a re-run
     for item in items:
-        if _one_image(item, done, buf, predictor, clip, cfg, model) and after_image is not None:
+        if _one_image(item, done, buf, predictor, clip, cfg, model, settings) and after_image is not None:
             after_image(item.image_id)
         progress.advance()
         # 5. flush a whole part atomically every images_per_part images
@@ -117,7 +118,7 @@ def compute_masks(
 
 
 def _one_image(item: ManifestItem, done: dict, buf: _PartBuffer, predictor: MaskPredictor, clip, cfg: MasksConfig,
-               model: dict) -> bool:
+               model: dict, settings: dict) -> bool:
     """Compute one image's masks into `buf` unless stored under the same settings; a failure is
     buffered as a row. -> True when its masks were buffered."""
     name, summary = item.image_id, buf.summary
@@ -125,7 +126,7 @@ def _one_image(item: ManifestItem, done: dict, buf: _PartBuffer, predictor: Mask
         # 2. read bytes, hash, skip if stored under the same settings
         data = fetch_bytes(item.image, name)
         sha = sha256_bytes(data)
-        key = settings_key(cfg.result_settings(), model, item.prompts_json)
+        key = settings_key(settings, model, item.prompts_json)
         stored = done.get((name, sha))
         if stored is not None and stored.get("settings") == key:
             summary.skipped += 1
