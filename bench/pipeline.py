@@ -13,7 +13,7 @@ and writer cost per batch), then overlap on and off with the stand-in. overlap_e
 model_s_per_batch / end_to_end_s_per_batch (1.0: the model is the only bottleneck).
 The last printed line is one JSON object.
 
-    PYTHONPATH=. python bench/pipeline.py [--items 24] [--batch 4] [--model-s 1.6] [--png-level 1]
+    PYTHONPATH=. python bench/pipeline.py [--items 48] [--batch 4] [--model-s 1.6] [--png-level 1] [--format png]
 """
 
 from __future__ import annotations
@@ -86,11 +86,12 @@ def run(items, lp, cfg, out: Path, model_s: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--items", type=int, default=24)
+    ap.add_argument("--items", type=int, default=48, help="items of the shard (12 batches of 4: the first read and last write are not overlapped)")
     ap.add_argument("--photos", type=int, default=6)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--model-s", type=float, default=None, help="stand-in seconds per batch (default 0.4 x batch)")
     ap.add_argument("--png-level", type=int, default=1)
+    ap.add_argument("--format", choices=("png", "webp"), default="png", help="edit.output_format")
     ap.add_argument("--io-threads", type=int, default=0)
     args = ap.parse_args()
     model_s = args.model_s if args.model_s is not None else 0.4 * args.batch
@@ -106,13 +107,15 @@ def main() -> None:
         prep_s = time.perf_counter() - t0
         lp = load_sd_pipeline(write_tiny_sd(root / "sd"))  # tokenizer, latent factor, pins; the model is stood in
         items = manifest(photos, args.items)
-        base = dict(size=512, batch_size=args.batch, png_compress_level=args.png_level, io_threads=args.io_threads)
+        base = dict(size=512, batch_size=args.batch, png_compress_level=args.png_level, io_threads=args.io_threads,
+                    output_format=args.format)
         cpu = run(items, lp, EditConfig(**base, overlap=False), root / "out-cpu", 0.0)
         on = run(items, lp, EditConfig(**base, overlap=True), root / "out-on", model_s)
         off = run(items, lp, EditConfig(**base, overlap=False), root / "out-off", model_s)
-        same = all((root / "out-on" / "edits" / f"{it.id}.png").read_bytes()
-                   == (root / "out-off" / "edits" / f"{it.id}.png").read_bytes() for it in items)
-        out_bytes = sum(f.stat().st_size for f in (root / "out-on" / "edits").glob("*.png")) // len(items)
+        ext = "." + args.format
+        same = all((root / "out-on" / "edits" / f"{it.id}{ext}").read_bytes()
+                   == (root / "out-off" / "edits" / f"{it.id}{ext}").read_bytes() for it in items)
+        out_bytes = sum(f.stat().st_size for f in (root / "out-on" / "edits").glob("*" + ext)) // len(items)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps({
@@ -125,8 +128,8 @@ def main() -> None:
         "outputs_identical_on_off": same,
         "image_px": W * H, "image_size": f"{W}x{H}", "working_size": 512,
         "items": args.items, "batch": args.batch, "batches": on["batches"],
-        "png_compress_level": args.png_level, "io_threads": args.io_threads or min(8, os.cpu_count() or 1),
-        "output_png_bytes_mean": out_bytes, "cpus": os.cpu_count(), "photo_prep_s": round(prep_s, 1),
+        "output_format": args.format, "png_compress_level": args.png_level, "io_threads": args.io_threads or min(8, os.cpu_count() or 1),
+        "output_bytes_mean": out_bytes, "cpus": os.cpu_count(), "photo_prep_s": round(prep_s, 1),
     }))
 
 

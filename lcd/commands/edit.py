@@ -16,7 +16,7 @@ def register(sub) -> None:
                                     "(default: params.yaml masks.select)")
     p.add_argument("--image-id", help="with --masks: the image's id in the table (default: the image's file stem)")
     p.add_argument("--prompt", required=True, help="what to paint in the masked region (with --concept: use its token)")
-    p.add_argument("--out", required=True, help="output PNG path")
+    p.add_argument("--out", required=True, help="output path: .png, or .webp for lossless WebP")
     p.add_argument("--seed", type=int, help="random seed of the initial noise (default: params.yaml edit.seed)")
     p.add_argument("--steps", type=int, help="denoising steps (default: params.yaml edit.steps)")
     p.add_argument("--scheduler", help="sampler: ddim | dpmpp_2m | euler_a | euler | pndm | unipc "
@@ -50,7 +50,7 @@ def _check_concepts(dirs: list[str]) -> None:
 
 def run(args) -> int:
     from lcd.edit.engine import EditItem, edit_images
-    from lcd.io.images import check_mask_fits, load_image, load_mask, save_png
+    from lcd.io.images import check_mask_fits, load_image, load_mask, save_output
     from lcd.models.pipeline import load_sd
 
     params = params_or_default(args.params)
@@ -72,21 +72,23 @@ def run(args) -> int:
     for w in result.warnings:
         print(f"warning: {w}")
     where = {"mask": args.mask} if args.mask else {"masks": args.masks, "select": args.select or params.masks.select}
-    save_png(args.out, result.image, result.meta | {"image": args.image} | where)
+    fmt = "webp" if args.out.lower().endswith(".webp") else "png"
+    save_output(args.out, result.image, result.meta | {"image": args.image} | where, fmt,
+                cfg.png_compress_level, cfg.webp_method)
     print(args.out)
     return 0
 
 
 def _check_out(out: str) -> None:
-    """Refuse an --out that cannot take the PNG before minutes of editing, not after."""
+    """Refuse an --out that cannot take the output before minutes of editing, not after."""
     from pathlib import Path
 
     p = Path(out)
-    if p.suffix.lower() != ".png":
-        raise LcdError(f"--out {out}: outputs are lossless PNG (the background must stay byte-identical); "
-                       "name it .png", item="out")
+    if p.suffix.lower() not in (".png", ".webp"):
+        raise LcdError(f"--out {out}: outputs are lossless PNG or WebP (the background must stay byte-identical); "
+                       "name it .png or .webp", item="out")
     if p.is_dir():
-        raise LcdError(f"--out {out}: is a folder; give a file name ending in .png", item="out")
+        raise LcdError(f"--out {out}: is a folder; give a file name ending in .png or .webp", item="out")
     if any(q.exists() and not q.is_dir() for q in p.parents):
         raise LcdError(f"--out {out}: a parent of it is a file, not a folder", item="out")
 

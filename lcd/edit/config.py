@@ -10,8 +10,10 @@ from lcd.config_base import StrictConfig, multiple_of_8
 
 # settings of how a shard runs that cannot change a pixel: left out of item hashes and of the
 # `edit_config` recorded in outputs, so changing them redoes nothing and outputs stay identical
-EXECUTION_ONLY = frozenset({"overlap", "io_threads", "max_image_mp", "png_compress_level", "batch_size", "vae_slice", "channels_last", "compile",
-                            "compile_backend"})
+# (`output_format` changes the file, not its pixels: a changed format finds no output of that
+# name, so its items are redone, and the old files stay)
+EXECUTION_ONLY = frozenset({"overlap", "io_threads", "max_image_mp", "png_compress_level", "output_format", "webp_method",
+                            "batch_size", "vae_slice", "channels_last", "compile", "compile_backend"})
 
 SchedulerName = Literal["ddim", "dpmpp_2m", "euler_a", "euler", "pndm", "unipc"]
 
@@ -41,7 +43,11 @@ class EditConfig(StrictConfig):
     overlap: bool = True  # read the next batch and write the previous one while the model runs
     max_image_mp: float = Field(200.0, gt=0, le=10_000)  # larger inputs fail before decoding (megapixels)
     io_threads: int = Field(0, ge=0, le=64)  # a batch's items are read / written by this many threads (0: min(8, CPUs))
-    png_compress_level: int = Field(6, ge=0, le=9)  # zlib level of output PNGs; lossless at any level
+    # outputs are lossless (the background stays byte-identical): PNG, or WebP (smaller, slower)
+    output_format: Literal["png", "webp"] = "png"
+    # deflate level of output PNGs (lcd.io.encode): 1-3 fast (ISA-L), 4-9 smaller and slower, 0 stored
+    png_compress_level: int = Field(1, ge=0, le=9)
+    webp_method: int = Field(0, ge=0, le=6)  # lossless WebP effort: 0 fastest, 6 smallest
     # items per model call; "auto" sizes it from free accelerator memory (lcd.edit.speed), and any
     # batch that runs out of memory is split in halves and retried
     batch_size: Union[int, Literal["auto"]] = 8

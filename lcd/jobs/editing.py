@@ -14,6 +14,7 @@ item becomes a failure row, never an exception.
 from __future__ import annotations
 
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,10 +27,11 @@ import numpy as np
 from lcd.config import EditConfig, ModelsConfig
 from lcd.errors import LcdError
 from lcd.io import storage
-from lcd.io.images import load_image, save_png
+from lcd.io.images import load_image, save_output, save_png
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
 from lcd.jobs import tables
-from lcd.jobs.layout import EDITS_DIR, REGIONS_DIR, is_current, output_listing, output_path, region_path
+from lcd.jobs.layout import (EDITS_DIR, REGIONS_DIR, is_current, output_listing, output_name, output_path,
+                              region_path)
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import load_region, needs_text_clip, open_masks_store
 from lcd.masks.config import MasksConfig
@@ -182,8 +184,9 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) 
         except LcdError as e:
             ctx.fail(it.id, "input", e)
             continue
-        out = output_path(ctx.out_root, it.id)
-        if f"{it.id}.png" in listing and (ledger[it.id] == h if it.id in ledger else is_current(out, h)):
+        out = output_path(ctx.out_root, it.id, ctx.cfg.output_format)
+        listed = output_name(it.id, ctx.cfg.output_format) in listing
+        if listed and (ledger[it.id] == h if it.id in ledger else is_current(out, h)):
             ctx.report.results.append(_row(it, out, h, "skipped", ctx.shard, 0.0))
         else:
             pending.append((it, h, cdir))
@@ -191,7 +194,7 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) 
 
 
 def _remove_stale_temps(out_root, listing: set[str], ids: set[str]) -> None:
-    """Delete temp files (`.<id>.png.<random>.tmp`, lcd.io.atomic) that a killed run of this
+    """Delete temp files (`.<id>.png.<random>.tmp`, `.webp.` alike; lcd.io.atomic) that a killed run of this
     shard left in edits/ and regions/. Only this shard's ids: another shard may be writing its own.
     Remote out_roots stage temps locally, so there is nothing to clean there."""
     if not isinstance(out_root, Path):
@@ -200,8 +203,11 @@ def _remove_stale_temps(out_root, listing: set[str], ids: set[str]) -> None:
         if names is None:
             names = storage.list_names(folder)
         for name in names:
-            if name.startswith(".") and name.endswith(".tmp") and name[1:].split(".png.")[0] in ids:
+            if name.startswith(".") and name.endswith(".tmp") and _TEMP.sub("", name[1:]) in ids:
                 (folder / name).unlink(missing_ok=True)
+
+
+_TEMP = re.compile(r"\.(png|webp)\.[^.]*\.tmp$")  # what atomic_path appends to `<id>.<suffix>`
 
 
 def _load_text_clip(ctx: ShardContext, pending: list[Pending]):
@@ -337,7 +343,7 @@ def _run_batches(ctx: ShardContext, batches: list[list[Pending]], lp, tokens: li
 def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) -> tuple[dict | None, dict | None]:
     """The region first, the output last: the output is what marks the item done. -> (row, None)
     or (None, failure): a write that fails (disk full, permissions) fails this item only."""
-    out = output_path(ctx.out_root, it.id)
+    out = output_path(ctx.out_root, it.id, ctx.cfg.output_format)
     meta = res.meta | {"id": it.id, "image": it.image, "region": it.mask or it.select, "concept": it.concept,
                        "input_hash": h}
     level = ctx.cfg.png_compress_level
@@ -345,7 +351,7 @@ def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) 
         # the region as a 1-bit PNG: an eighth of the bytes to filter and deflate of an 8-bit mask
         save_png(region_path(ctx.out_root, it.id), np.ascontiguousarray(ei.mask, dtype=bool),
                  {"id": it.id, "region": it.mask or it.select, "input_hash": h}, compress_level=level)
-        save_png(out, res.image, meta, compress_level=level)
+        save_output(out, res.image, meta, ctx.cfg.output_format, level, ctx.cfg.webp_method)
     except OSError as e:
         return None, ctx.failure(it.id, "write", e)
     return _row(it, out, h, "edited", ctx.shard, seconds), None

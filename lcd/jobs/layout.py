@@ -1,7 +1,8 @@
 """Where edit-batch puts things under `out_root` (a folder or a remote URL, lcd.io.storage), and
 whether an output is current.
 
-    <out_root>/edits/<id>.png     the edit; its PNG metadata carries the item's input_hash
+    <out_root>/edits/<id>.png     the edit (`.webp` with edit.output_format: webp); its metadata
+                                  carries the item's input_hash
     <out_root>/regions/<id>.png   the region that edit used (8-bit, 255 = edited), as resolved then
     <out_root>/tables/            per-shard results/failures tables (lcd.jobs.tables)
 """
@@ -12,14 +13,20 @@ from pathlib import Path
 
 from lcd.io import storage
 
+from lcd.io.encode import SUFFIX, OutputFormat
 from lcd.io.images import read_png_meta
 
 EDITS_DIR = "edits"
 REGIONS_DIR = "regions"
 
 
-def output_path(out_root: str | Path, item_id: str) -> str | Path:
-    return storage.join(out_root, EDITS_DIR, f"{item_id}.png")
+def output_name(item_id: str, fmt: OutputFormat = "png") -> str:
+    """The edit's file name in edits/: the id and the output format's suffix."""
+    return item_id + SUFFIX[fmt]
+
+
+def output_path(out_root: str | Path, item_id: str, fmt: OutputFormat = "png") -> str | Path:
+    return storage.join(out_root, EDITS_DIR, output_name(item_id, fmt))
 
 
 def region_path(out_root: str | Path, item_id: str) -> str | Path:

@@ -65,7 +65,7 @@ CASES = [
     ("seed above int64", lambda d, b: _edit(b, d, "--seed", str(2**70)),
      "--seed: Input should be less than or equal to 9223372036854775807"),
     ("out is a folder", lambda d, b: b + ["--out", str(d / "sub.png")], "is a folder"),
-    ("out not png", lambda d, b: _edit(b, d, out="e.jpg"), "name it .png"),
+    ("out not png", lambda d, b: _edit(b, d, out="e.jpg"), "name it .png or .webp"),
     ("out under a file", lambda d, b: _edit(b, d, out="a.png/o.png"), "a parent of it is a file"),
     ("bad yaml", lambda d, b: ["--params", str(d / "bad.yaml")] + _edit(b, d), "not valid YAML (line 2"),
     ("yaml not a mapping", lambda d, b: ["--params", str(d / "list.yaml")] + _edit(b, d), "must be a mapping"),

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -40,6 +41,18 @@ def test_edit_writes_png_with_parameters(params, tmp_path, capsys):
     assert meta["seed"] == 4 and meta["steps"] == 2 and meta["model_source"]["sha256"]
     assert "Seed: 4" in Image.open(out).info["parameters"]
     assert Image.open(out).size == (512, 512)
+
+
+def test_edit_to_webp_is_lossless_outside_the_region_and_keeps_metadata(params, tmp_path):
+    from lcd.io.encode import read_parameters
+    from lcd.io.images import load_image
+
+    png, webp = tmp_path / "o.png", tmp_path / "o.webp"
+    assert _edit(params, png, seed=4) == 0 and _edit(params, webp, seed=4) == 0
+    with Image.open(webp) as im:
+        assert im.format == "WEBP" and "Seed: 4" in read_parameters(im)
+    assert np.array_equal(load_image(webp), load_image(png))  # same pixels, another lossless container
+    assert read_png_meta(webp)["seed"] == 4
 
 
 @pytest.mark.parametrize(

@@ -232,3 +232,25 @@ def test_a_batch_size_change_skips_every_item_and_its_pixels_match(job, tiny_dir
     for it in good:
         one, three = load_image(root / "out" / "edits" / f"{it.id}.png"), load_image(root / "out3" / "edits" / f"{it.id}.png")
         assert np.abs(one.astype(int) - three.astype(int)).max() <= 1, it.id  # README: at most 1/255 apart
+
+
+def test_webp_outputs_are_lossless_resume_and_a_format_change_redoes_the_items(job):
+    """edit.output_format webp: `<id>.webp` outputs, pixels equal to the input (noop engine),
+    metadata readable; the same run skips them; going back to png finds no `<id>.png` and redoes
+    every item. A killed run's `.webp` temp is cleaned like a `.png` one."""
+    items, d = job
+    out = d / "out"
+    (out / "edits").mkdir(parents=True)
+    (out / "edits" / ".a.webp.k3j2.tmp").write_bytes(b"partial")
+    cfg = CFG.model_copy(update={"output_format": "webp"})
+    good = [it for it in items if it.id in ("a", "b")]
+    rep = run_edit_shard(good, out_root=out, cfg=cfg, models=ModelsConfig(), engine="noop")
+    assert rep.counts()["edited"] == 2
+    assert sorted(p.name for p in (out / "edits").iterdir()) == ["a.webp", "b.webp"]
+    assert np.array_equal(load_image(out / "edits" / "a.webp"), load_image(d / "s0.png"))
+    assert read_png_meta(out / "edits" / "b.webp")["id"] == "b"
+    assert all(r["output"].endswith(".webp") for r in rep.results)
+    again = run_edit_shard(good, out_root=out, cfg=cfg, models=ModelsConfig(), engine="noop")
+    assert again.counts() == {"edited": 0, "skipped": 2, "failed": 0}
+    png = run_edit_shard(good, out_root=out, cfg=CFG, models=ModelsConfig(), engine="noop")
+    assert png.counts()["edited"] == 2 and (out / "edits" / "a.png").is_file()

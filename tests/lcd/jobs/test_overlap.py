@@ -44,16 +44,16 @@ def test_a_write_failing_mid_batch_fails_those_items_not_the_shard(job, monkeypa
     """Disk full while `b`'s output is half written: `b` is a write failure, `a` and `c` (same and
     later batches) are edited, and no temp or partial file is left."""
     items, root = job
-    real = editing.save_png
+    real = editing.save_output
 
-    def full_disk(path, image, meta=None, compress_level=6):
+    def full_disk(path, image, meta, fmt, *args):
         if Path(path).parent.name == "edits" and Path(path).name == "b.png":
             with atomic_path(path) as tmp:
                 Path(tmp).write_bytes(b"\x89PNG\r\n\x1a\n half an image")
                 raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(path, image, meta, compress_level)
+        return real(path, image, meta, fmt, *args)
 
-    monkeypatch.setattr(editing, "save_png", full_disk)
+    monkeypatch.setattr(editing, "save_output", full_disk)
     cfg = CFG.model_copy(update={"batch_size": 2})
     rep = run_edit_shard([i for i in items if i.id in "abc"], out_root=root / "out", cfg=cfg,
                          models=ModelsConfig(sd="/unused"), engine="noop")
