@@ -67,6 +67,17 @@ def open_read(p: str | Path) -> IO[bytes]:
     return fs.open(path, "rb")
 
 
+def not_found_message(err: FileNotFoundError) -> str:
+    """What to say for a FileNotFoundError: "file not found", unless fsspec raised it for a URL
+    it could not reach at all (its HTTP filesystem turns a refused connection or a DNS failure
+    into FileNotFoundError, with the real error as the cause): then that error, so a dead host is
+    not reported as a missing file."""
+    cause = err.__cause__
+    if cause is not None and not isinstance(cause, FileNotFoundError):
+        return f"cannot reach it ({type(cause).__name__}: {cause})"
+    return "file not found"
+
+
 def read_bytes(p: str | Path) -> bytes:
     with open_read(p) as f:
         return f.read()

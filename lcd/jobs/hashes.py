@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from lcd.config import EditConfig, ModelsConfig
 from lcd.edit.config import EXECUTION_ONLY
 from lcd.errors import InputImageError, LcdError
+from lcd.io import storage
 from lcd.io.hashing import sha256_file, sha256_tree
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import region_fingerprint
@@ -58,7 +59,9 @@ def concept_path(concept: str | None, concepts_root: str | Path | None) -> Path 
 def _file_hash(p: str) -> str:
     try:
         return sha256_file(p)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError as e:
+        raise InputImageError(f"{p}: {storage.not_found_message(e)}", item=p) from None
+    except NotADirectoryError:
         raise InputImageError(f"{p}: file not found", item=p) from None
     except OSError as e:  # unreadable (permissions, I/O error): this item fails, not the shard
         raise InputImageError(f"{p}: cannot read: {e.strerror or e}", item=p) from None

@@ -254,3 +254,22 @@ def test_webp_outputs_are_lossless_resume_and_a_format_change_redoes_the_items(j
     assert again.counts() == {"edited": 0, "skipped": 2, "failed": 0}
     png = run_edit_shard(good, out_root=out, cfg=CFG, models=ModelsConfig(), engine="noop")
     assert png.counts()["edited"] == 2 and (out / "edits" / "a.png").is_file()
+
+
+def test_an_unreachable_http_input_is_named_unreachable_not_missing(job):
+    """fsspec's HTTP filesystem raises FileNotFoundError for a refused connection; the failure
+    says the host could not be reached (a dead host is not a missing file), and the rest is edited."""
+    import socket
+
+    from lcd.jobs.manifest import ManifestItem
+
+    items, d = job
+    with socket.socket() as s:  # a port nobody listens on: bound, never listening, then closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = ManifestItem(id="dead", image=f"http://127.0.0.1:{port}/photo.png", select="box:0,0,4,4", prompt="x")
+    rep = run_edit_shard([dead, *[it for it in items if it.id == "a"]], out_root=d / "out", cfg=CFG,
+                         models=ModelsConfig(), engine="noop")
+    assert rep.counts()["edited"] == 1
+    (fail,) = rep.failures
+    assert fail["id"] == "dead" and "cannot reach it" in fail["message"] and "file not found" not in fail["message"]
