@@ -33,6 +33,7 @@ OutputFormat = Literal["png", "webp"]
 SUFFIX = {"png": ".png", "webp": ".webp"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDAT_PIECE = 1 << 20  # IDAT chunk size (any size is valid; 1 MiB keeps CRC inputs bounded)
+FILTER_BLOCK = 8 << 20  # scanline bytes filtered and deflated at a time
 _XMP_NS = "https://github.com/lcdiffusion/ns/1.0/"
 _EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
 
@@ -49,31 +50,42 @@ def _text_chunk(key: str, value: str) -> bytes:
         return _chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8"))
 
 
-def up_filtered(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, 1 + 3W) PNG scanlines, filter type 2 (Up) on every row: the first
-    row is kept (its 'above' is zeros), each later row minus the one above, modulo 256."""
+def up_filtered(rgb: np.ndarray, rows_per_block: int | None = None):
+    """(H, W, 3) uint8 -> PNG scanlines with filter type 2 (Up) on every row: the first row is
+    kept (its 'above' is zeros), each later row minus the one above, modulo 256. Yields blocks of
+    `rows_per_block` scanlines, each (rows, 1 + 3W), so a 200 MP image is never filtered whole."""
     h, w, _ = rgb.shape
     rows = rgb.reshape(h, w * 3)
-    out = np.empty((h, w * 3 + 1), np.uint8)
-    out[:, 0] = 2
-    out[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=out[1:, 1:])
-    return out
+    step = rows_per_block or h
+    for y0 in range(0, h, step):
+        y1 = min(h, y0 + step)
+        out = np.empty((y1 - y0, w * 3 + 1), np.uint8)
+        out[:, 0] = 2
+        if y0 == 0:
+            out[0, 1:] = rows[0]
+            np.subtract(rows[1:y1], rows[: y1 - 1], out=out[1:, 1:])
+        else:
+            np.subtract(rows[y0:y1], rows[y0 - 1 : y1 - 1], out=out[:, 1:])
+        yield out
 
 
-def deflate(data, level: int) -> bytes:
-    """zlib stream of `data`: ISA-L for levels 1-3 when installed, zlib otherwise (0 stores)."""
+def _compressor(level: int):
+    """A zlib-format stream compressor: ISA-L for levels 1-3 when installed, zlib otherwise (0 stores)."""
     if 1 <= level <= 3 and _fast_zlib is not None:
-        return _fast_zlib.compress(data, level)
-    return zlib.compress(data, level)
+        return _fast_zlib.compressobj(level)
+    return zlib.compressobj(level)
 
 
 def encode_png(rgb: np.ndarray, texts: dict[str, str] | None = None, level: int = 1) -> bytes:
-    """(H, W, 3) uint8 RGB -> PNG bytes (8-bit RGB, non-interlaced) with `texts` as text chunks."""
+    """(H, W, 3) uint8 RGB -> PNG bytes (8-bit RGB, non-interlaced) with `texts` as text chunks.
+    Rows are filtered and deflated in blocks of about FILTER_BLOCK bytes (memory beyond the
+    output stays bounded whatever the image size)."""
     if not (rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8):
         raise ValueError(f"encode_png takes (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
     h, w, _ = rgb.shape
-    z = deflate(memoryview(up_filtered(np.ascontiguousarray(rgb))), level)
+    comp = _compressor(level)
+    blocks = up_filtered(np.ascontiguousarray(rgb), max(1, FILTER_BLOCK // (3 * w + 1)))
+    z = b"".join([comp.compress(memoryview(b)) for b in blocks] + [comp.flush()])
     parts = [PNG_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))]
     parts += [_text_chunk(k, v) for k, v in (texts or {}).items()]
     parts += [_chunk(b"IDAT", z[i : i + IDAT_PIECE]) for i in range(0, len(z), IDAT_PIECE)]

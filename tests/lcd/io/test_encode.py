@@ -22,7 +22,8 @@ def _photo_like(h=61, w=83):
 
 
 @pytest.mark.parametrize("level", range(10))
-def test_png_is_lossless_at_every_level_and_other_readers_agree(level):
+def test_png_is_lossless_at_every_level_and_other_readers_agree(level, monkeypatch):
+    monkeypatch.setattr(enc, "FILTER_BLOCK", 1000)  # several blocks of rows per image
     for a in (_photo_like(), np.random.default_rng(level).integers(0, 256, (7, 5, 3), dtype=np.uint8),
               np.zeros((1, 1, 3), np.uint8)):
         data = enc.encode_png(a, {"lcd": "{}"}, level)
@@ -40,9 +41,11 @@ def test_png_without_isal_falls_back_to_zlib_and_stays_valid(monkeypatch):
         assert np.array_equal(np.asarray(im), a)
 
 
-def test_up_filter_rows_reconstruct_the_image():
+def test_up_filter_rows_reconstruct_the_image_in_any_block_size():
     a = _photo_like(9, 4)
-    f = enc.up_filtered(a)
+    f = np.concatenate(list(enc.up_filtered(a)))
+    for rows in (1, 2, 4, 9, 100):
+        assert np.array_equal(np.concatenate(list(enc.up_filtered(a, rows))), f)
     assert f.shape == (9, 13) and (f[:, 0] == 2).all()
     rows = np.cumsum(f[:, 1:].astype(np.int64), axis=0) % 256  # undo Up: running sum down the columns
     assert np.array_equal(rows.astype(np.uint8).reshape(a.shape), a)
