@@ -37,7 +37,9 @@ class _Shards:
     when its run crashed (its worker or machine died: the worker reports Crashed, or the zombie
     automation does when heartbeats stop), up to `attempts` runs per shard. Each poll reads only
     the runs still pending, `page` per request with an id filter (1,000 shards: 5 requests, not
-    1,000); the interval backs off from `poll_s` to `max_poll_s`."""
+    1,000); the interval backs off from `poll_s` to `max_poll_s`, kept short because the job ends
+    only when this loop sees its last shard end (a 10 s cap cost up to 10 s per job, 13% of a
+    64 s shard round; at 2 s, 1,000 shards are 2.5 requests a second)."""
 
     def __init__(self, deployment: str, common: dict, num_shards: int, key: str, heartbeat_s: int,
                  attempts: int):
@@ -60,7 +62,7 @@ class _Shards:
                              job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(self.heartbeat_s)}})
         self.run_of[i] = run.id
 
-    def run_all(self, poll_s: float = 1.0, page: int = 200, max_poll_s: float = 10.0) -> list[str]:
+    def run_all(self, poll_s: float = 0.5, page: int = 200, max_poll_s: float = 2.0) -> list[str]:
         """-> each shard's final state name (of its last run), in shard order."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -83,7 +85,7 @@ class _Shards:
                             log.warning(f"shard {i} run {r.name} crashed ({r.state.message}); starting it again "
                                         f"(try {self.tries[i] + 1} of {self.attempts})")
                             self.submit(i)
-                            poll_s = 1.0
+                            poll_s = 0.5
                         else:
                             final[i] = r.state.name
                 if len(final) < self.n:
