@@ -98,7 +98,8 @@ def check_same_job(old: Plan | None, sha: str, where: str, out_root: str | Path)
 def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batch_rows: int = 65536,
                replan: bool = False) -> Plan:
     """Stream `manifest` once into the shard files and the manifest-failures table (all atomic);
-    -> the Plan. An existing plan of the same manifest bytes and `num_shards` is kept as it is; a
+    -> the Plan. An existing plan of the same manifest bytes, location and `num_shards` is kept as
+    it is (a byte-identical copy elsewhere is re-planned: its relative paths name other files); a
     plan of another manifest file is refused (check_same_job) unless `replan`."""
     # 1. check inputs; one job per out_root; reuse a plan of these exact bytes
     check_num_shards(num_shards)
@@ -109,8 +110,9 @@ def write_plan(manifest: str | Path, out_root: str | Path, num_shards: int, batc
     old = read_plan(out_root)
     if not replan:
         check_same_job(old, sha, where, out_root)
-    if old is not None and (old.manifest_sha256, old.num_shards) == (sha, num_shards) and all(
-            storage.exists(shard_plan_path(out_root, i, num_shards)) for i in range(num_shards)):
+    # the same bytes at another location are re-planned: relative paths resolve against the folder
+    if old is not None and (old.manifest_sha256, old.num_shards) == (sha, num_shards) and old.manifest in ("", where) \
+            and all(storage.exists(shard_plan_path(out_root, i, num_shards)) for i in range(num_shards)):
         if not old.manifest:  # a plan from before locations were kept: record this one
             old = Plan(**(asdict(old) | {"manifest": where}))
             write_text_atomic(storage.join(out_root, PLAN_DIR, "plan.json"), json.dumps(asdict(old), indent=1))

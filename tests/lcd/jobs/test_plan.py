@@ -134,3 +134,19 @@ def test_a_plan_written_before_locations_were_kept_records_it_when_reused(tmp_pa
     pj.write_text(json.dumps({k: v for k, v in json.loads(pj.read_text()).items() if k != "manifest"}))
     assert read_plan(out).manifest == ""
     assert write_plan(m, out, 2).reused and read_plan(out).manifest == str(m.resolve())
+
+
+def test_a_byte_identical_copy_elsewhere_is_replanned_against_its_own_folder(tmp_path):
+    """Relative image paths resolve against the manifest's folder, so the same bytes at another
+    location name other files: the plan is written again, not reused with the old paths."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a = _jsonl(tmp_path / "a", _entries(4))
+    b = tmp_path / "b" / "m.jsonl"
+    b.write_bytes(a.read_bytes())
+    out = tmp_path / "out"
+    write_plan(a, out, 1)
+    assert read_shard_plan(out, 0, 1)[0].image == str((tmp_path / "a" / "imgs" / "0.jpg").resolve())
+    copy = write_plan(b, out, 1)
+    assert not copy.reused and read_plan(out).manifest == str(b.resolve())
+    assert read_shard_plan(out, 0, 1)[0].image == str((tmp_path / "b" / "imgs" / "0.jpg").resolve())
+    assert write_plan(b, out, 1).reused
