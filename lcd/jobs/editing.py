@@ -127,8 +127,6 @@ def run_edit_shard(
     # 3. one model load per concept group (a concept changes the text encoder and the UNet)
     loader = loader or default_loader(models, cfg.scheduler)
     pending.sort(key=lambda p: str(p[2] or ""))
-    from lcd.edit.prompts import PromptCache
-
     ctx.progress = Progress(f"edit shard {shard}", len(pending), unit="items")
 
     for cdir, group in groupby(pending, key=lambda p: p[2]):
@@ -144,12 +142,23 @@ def run_edit_shard(
                 continue
         # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config);
         #    the text encoder runs once per distinct prompt of the group (its concepts fixed)
-        ctx.prompts = PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder) if lp is not None else None
+        ctx.prompts = _prompt_cache(lp)
         n = _batch_size(cfg, lp)
         _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
     c = ctx.report.counts()
     ctx.progress.close(f"{c['edited']} edited, {c['skipped']} current (skipped), {c['failed']} failed")
     return ctx.report
+
+
+def _prompt_cache(lp) -> "PromptCache | None":
+    """The group's text-embedding cache; None for the noop engine. Imported here, not at the top
+    of every shard: lcd.edit.prompts imports torch (~1.3 s of CPU a process), which a shard with
+    nothing pending (a resume) never needs."""
+    if lp is None:
+        return None
+    from lcd.edit.prompts import PromptCache
+
+    return PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder)
 
 
 def _batch_size(cfg: EditConfig, lp) -> int:
