@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
@@ -40,17 +41,34 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
             storage.upload(tmp_path, str(dest))
         return
     dest = Path(storage.normalize(dest))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temp(dest)
+    done = False
     try:
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs get the umask's mode
         os.replace(tmp_path, dest)
+        done = True
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if not done:
+            tmp_path.unlink(missing_ok=True)
+
+
+def _create_temp(dest: Path) -> Path:
+    """An empty new file `.<dest name>.<8 hex>.tmp` beside `dest` (its folder made when missing),
+    created with mode 0666 so the kernel applies the process umask: an output gets the mode any
+    plain write would give it, with no umask read and no chmod (mkstemp makes 0600 and costs
+    both, ~70 us of a ~180 us small write; edit-batch makes two per item). O_EXCL, as mkstemp:
+    a name another writer holds is never reused."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except FileNotFoundError:  # the folder is not there yet (the first write into it)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+    raise FileExistsError(f"{dest}: no free temp name beside it after 100 tries")
 
 
 def write_atomic(dest: str | Path, writer: Callable[[Path], None]) -> Path:
