@@ -14,6 +14,7 @@ import codecs
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -100,7 +101,8 @@ def validate_entries(entries: Iterable[Entry], seen: set[str] | None = None) -> 
         if err is not None:
             yield ManifestFailure(fallback, err)
             continue
-        raw = {"id": _default_id(raw, i), **{k: v for k, v in raw.items() if v is not None or k == "id"}}
+        kept = {k: v for k, v in raw.items() if v is not None or k == "id"}
+        raw = kept if "id" in kept else {"id": _default_id(raw, i), **kept}  # the default only when needed
         try:
             item = ManifestItem.model_validate(raw)
         except ValidationError as e:
@@ -181,12 +183,18 @@ def read_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestFa
 def resolve_paths(item: ManifestItem, base: str | Path) -> ManifestItem:
     """Image / mask paths relative to `base` (a folder or a URL prefix: the manifest's own) ->
     absolute; absolute paths and URLs are kept. Concept names are left as given."""
-    def fix(s: str | None) -> str | None:
-        if s is None or storage.is_remote(s) or Path(s).is_absolute():
-            return s
-        return str(storage.join(base, s))
+    b = str(base)
+    return item.model_copy(update={"image": _resolved(item.image, b) if item.image is not None else None,
+                                   "mask": _resolved(item.mask, b) if item.mask is not None else None})
 
-    return item.model_copy(update={"image": fix(item.image), "mask": fix(item.mask)})
+
+@lru_cache(maxsize=1 << 16)
+def _resolved(s: str, base: str) -> str:
+    """`s` made absolute against `base`; memoised because planning resolves every item's image
+    and mask (two pathlib joins, most of a plan's time) and items share scenes and masks."""
+    if storage.is_remote(s) or Path(s).is_absolute():
+        return s
+    return str(storage.join(base, s))
 
 
 def shard_items(items: list[ManifestItem], num_shards: int, index: int) -> list[ManifestItem]:

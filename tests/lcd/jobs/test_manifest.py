@@ -107,3 +107,25 @@ def test_a_nul_byte_in_a_path_is_a_manifest_failure():
     msgs = {f.id: f.message for f in failures}
     assert "image path contains a NUL byte" in msgs["img"] and "mask path contains a NUL byte" in msgs["msk"]
     assert "concept path contains a NUL byte" in msgs["cpt"]
+
+
+def test_resolved_paths_depend_on_their_own_base_and_default_ids_on_the_entry():
+    """resolve_paths memoises (path, base): the same relative name under two manifests' folders
+    gives two files; absolute paths and URLs are kept; an entry without id gets its default."""
+    from pathlib import Path
+
+    from lcd.jobs.manifest import ManifestItem, resolve_paths, validate_entries
+
+    it = ManifestItem(id="a", image="s.png", mask="./m/../m.png", prompt="x")
+    one, two = resolve_paths(it, "/data/one"), resolve_paths(it, Path("/data/two"))
+    assert (one.image, one.mask) == ("/data/one/s.png", "/data/one/m/../m.png")
+    assert (two.image, two.mask) == ("/data/two/s.png", "/data/two/m/../m.png")
+    assert resolve_paths(it, "s3://b/run").image == "s3://b/run/s.png"
+    kept = ManifestItem(id="b", image="/abs/s.png", select="box:0,0,1,1", prompt="x")
+    assert resolve_paths(kept, "/data/one").image == "/abs/s.png" and resolve_paths(kept, "/d").mask is None
+    assert resolve_paths(ManifestItem(id="c", image="s3://b/s.png", mask="m.png", prompt="x"), "/d").image == "s3://b/s.png"
+    out = list(validate_entries([(0, {"image": "dir/cat.png", "mask": "m.png", "prompt": "x"}, None),
+                                 (1, {"id": "given", "image": "dir/cat.png", "mask": "m.png", "prompt": "x"}, None),
+                                 (2, {"id": None, "image": "dir/cat.png", "mask": "m.png", "prompt": "x"}, None)]))
+    assert out[0].id == "000000-cat" and out[1].id == "given"
+    assert out[2].__class__.__name__ == "ManifestFailure" and "id" in out[2].message
