@@ -8,7 +8,7 @@ reproduces them. Files are read and written by callers (CLI, tasks), not here.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,6 +20,7 @@ import lcd
 from lcd.concepts.tokens import CONCEPT_TOKEN, check_prompt
 from lcd.edit import region
 from lcd.edit.config import EXECUTION_ONLY, EditConfig
+from lcd.edit.items import EditItem, EditResult  # noqa: F401 - re-exported: the public names
 from lcd.edit.prompts import PromptCache
 from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents
 from lcd.edit.speed import apply_speed_settings, resolve_batch_size
@@ -27,25 +28,6 @@ from lcd.errors import InputImageError, LcdError
 from lcd.masks.morphology import feather_alpha
 from lcd.models.loader import LoadedPipeline
 from lcd.models.schedulers import build_scheduler, sampler_label, scheduler_class_name
-
-
-@dataclass
-class EditItem:
-    """One edit request. image (H, W, 3) uint8; mask (H, W) bool, True = edit."""
-
-    image: np.ndarray
-    mask: np.ndarray
-    prompt: str
-    seed: int = 0
-    name: str = "item"
-
-
-@dataclass
-class EditResult:
-    image: np.ndarray  # (H, W, 3) uint8, equal to the input wherever alpha == 0
-    alpha: np.ndarray  # (H, W) float32 compositing weight actually used
-    meta: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
 
 
 def check_item(item: EditItem, known_tokens: Sequence[str], required_tokens: Sequence[str]) -> None:

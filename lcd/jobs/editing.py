@@ -245,9 +245,12 @@ def _read_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
     """Read, decode, validate and prepare (feathered alpha, crop, resize) one batch: the CPU work
     before the model, run ahead of it when overlapping. Items that cannot be read or validated
     fail alone."""
-    from lcd.edit.engine import EditItem, check_item, known_concept_tokens, prepare_item
+    from lcd.edit.items import EditItem
 
-    known = known_concept_tokens(lp.pipe.tokenizer) if lp is not None else []
+    if lp is not None:  # the model stack (torch) only when there is a model: the noop engine never needs it
+        from lcd.edit.engine import check_item, known_concept_tokens, prepare_item
+
+        known = known_concept_tokens(lp.pipe.tokenizer)
 
     def read_one(p: Pending) -> tuple[Ready | None, dict | None]:
         it, h, _ = p
@@ -268,7 +271,7 @@ def _edit_ready(ctx: ShardContext, ready: list[Ready], lp) -> tuple[list | None,
     """The model on one batch (the GPU part) -> (generated crops, or the noop engine's results;
     failures; seconds per item). An exception in the edit itself (e.g. out of memory) fails the
     batch's items, not the shard."""
-    from lcd.edit.engine import EditResult, check_size, run_prepared
+    from lcd.edit.items import EditResult
 
     t0 = time.perf_counter()
     try:
@@ -276,6 +279,8 @@ def _edit_ready(ctx: ShardContext, ready: list[Ready], lp) -> tuple[list | None,
             time.sleep(ctx.standin_batch_s)
             out = [EditResult(ei.image, ei.mask.astype(np.float32), {"engine": "noop"}) for _, _, ei, _ in ready]
         else:
+            from lcd.edit.engine import check_size, run_prepared
+
             check_size(ctx.cfg.size, lp.latent_factor)
             out = run_prepared(lp, [p for *_, p in ready], ctx.cfg, ctx.prompts)
     except Exception as e:  # noqa: BLE001 - recorded per item, with its type and message
@@ -286,7 +291,8 @@ def _edit_ready(ctx: ShardContext, ready: list[Ready], lp) -> tuple[list | None,
 def _save_batch(ctx: ShardContext, ready: list[Ready], outs: list, seconds: float, lp) -> Outcome:
     """Paste each crop back at full size and write regions and outputs: the CPU work after the
     model, run behind it when overlapping."""
-    from lcd.edit.engine import finish_item
+    if lp is not None:
+        from lcd.edit.engine import finish_item
 
     def save_one(pair) -> tuple[dict | None, dict | None]:
         (it, h, ei, prep), out = pair
