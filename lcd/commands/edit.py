@@ -50,6 +50,7 @@ def _check_concepts(dirs: list[str]) -> None:
 
 def run(args) -> int:
     from lcd.edit.engine import EditItem, edit_images
+    from lcd.io.encode import format_of
     from lcd.io.images import check_mask_fits, load_image, load_mask, save_output
     from lcd.models.pipeline import load_sd
 
@@ -72,8 +73,7 @@ def run(args) -> int:
     for w in result.warnings:
         print(f"warning: {w}")
     where = {"mask": args.mask} if args.mask else {"masks": args.masks, "select": args.select or params.masks.select}
-    fmt = "webp" if args.out.lower().endswith(".webp") else "png"
-    save_output(args.out, result.image, result.meta | {"image": args.image} | where, fmt,
+    save_output(args.out, result.image, result.meta | {"image": args.image} | where, format_of(args.out),
                 cfg.png_compress_level, cfg.webp_method)
     print(args.out)
     return 0
@@ -83,8 +83,10 @@ def _check_out(out: str) -> None:
     """Refuse an --out that cannot take the output before minutes of editing, not after."""
     from pathlib import Path
 
+    from lcd.io.encode import format_of
+
     p = Path(out)
-    if p.suffix.lower() not in (".png", ".webp"):
+    if format_of(p.name) is None:
         raise LcdError(f"--out {out}: outputs are lossless PNG or WebP (the background must stay byte-identical); "
                        "name it .png or .webp", item="out")
     if p.is_dir():

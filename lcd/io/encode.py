@@ -10,7 +10,8 @@ level 0 stores. Every level is lossless: decoded pixels equal the input bytes.
 
 Metadata: PNG gets `tEXt` chunks (`iTXt` when the text is not Latin-1), as Pillow's `PngInfo`
 writes them; WebP gets an XMP packet holding the `lcd` JSON and EXIF UserComment holding the
-A1111 `parameters` text (where AUTOMATIC1111 puts it in WebP). `read_meta` reads either back.
+A1111 `parameters` text (where AUTOMATIC1111 puts it in WebP). `read_lcd_text` / `read_parameters`
+read either back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import io
 import re
 import struct
 import zlib
+from pathlib import PurePath
 from typing import Literal
 from xml.sax.saxutils import escape, unescape
 
@@ -31,6 +33,12 @@ except ImportError:  # pragma: no cover - the lock installs it; plain zlib gives
 
 OutputFormat = Literal["png", "webp"]
 SUFFIX = {"png": ".png", "webp": ".webp"}
+
+
+def format_of(path) -> OutputFormat | None:
+    """The output format a file name asks for by its suffix (any case); None for another suffix."""
+    suffix = PurePath(str(path)).suffix.lower()
+    return next((f for f, s in SUFFIX.items() if s == suffix), None)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDAT_PIECE = 1 << 20  # IDAT chunk size (any size is valid; 1 MiB keeps CRC inputs bounded)
 FILTER_BLOCK = 8 << 20  # scanline bytes filtered and deflated at a time

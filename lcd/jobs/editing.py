@@ -27,6 +27,7 @@ import numpy as np
 from lcd.config import EditConfig, ModelsConfig
 from lcd.errors import LcdError
 from lcd.io import storage
+from lcd.io.encode import SUFFIX
 from lcd.io.images import load_image, save_output, save_png
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
 from lcd.jobs import tables
@@ -216,7 +217,8 @@ def _remove_stale_temps(out_root, listing: set[str], ids: set[str]) -> None:
                 (folder / name).unlink(missing_ok=True)
 
 
-_TEMP = re.compile(r"\.(png|webp)\.[^.]*\.tmp$")  # what atomic_path appends to `<id>.<suffix>`
+# what atomic_path appends to `<id><suffix>`, for every output suffix (lcd.io.encode.SUFFIX)
+_TEMP = re.compile(rf"({'|'.join(re.escape(s) for s in SUFFIX.values())})\.[^.]*\.tmp$")
 
 
 def _load_text_clip(ctx: ShardContext, pending: list[Pending]):
