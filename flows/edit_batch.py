@@ -2,7 +2,8 @@
 
 One entrypoint, two roles (two deployments in prefect.yaml, parameter variants of this flow):
 - coordinator (`shard_index` unset): reads the manifest once into a shard plan (lcd.jobs.plan),
-  fans the shards out, waits, merges the shard tables, publishes the artifacts, and fails if any
+  checks which shards have work left (tasks.edit.shards_to_run: a finished shard whose inputs,
+  outputs and config are unchanged gets no run, so a resume starts no process), fans those out, waits, merges the shard tables, publishes the artifacts, and fails if any
   item is unaccounted for;
 - shard (`shard_index` set): edits one shard, read from its own plan file, on whichever `gpu`
   worker picked it up.
@@ -29,7 +30,7 @@ from flows.automations import ensure_zombie_automation
 from lcd.config import EditConfig
 from lcd.io import storage
 from lcd.jobs.editing import Engine
-from tasks.edit import edit_shard, merge_shard_tables, plan_manifest, publish_artifacts
+from tasks.edit import edit_shard, merge_shard_tables, plan_manifest, publish_artifacts, shards_to_run
 
 
 class _Shards:
@@ -62,17 +63,17 @@ class _Shards:
                              job_variables={"env": {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(self.heartbeat_s)}})
         self.run_of[i] = run.id
 
-    def run_all(self, poll_s: float = 0.5, page: int = 200, max_poll_s: float = 2.0) -> list[str]:
-        """-> each shard's final state name (of its last run), in shard order."""
+    def run_all(self, shards: list[int], poll_s: float = 0.5, page: int = 200, max_poll_s: float = 2.0) -> dict[int, str]:
+        """Run these shards -> {shard: final state name (of its last run)}."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
         log = get_run_logger()
-        for i in range(self.n):
+        for i in shards:
             self.submit(i)
         final: dict[int, str] = {}
         with get_client(sync_client=True) as client:
-            while len(final) < self.n:
-                shard_of = {self.run_of[i]: i for i in range(self.n) if i not in final}
+            while len(final) < len(shards):
+                shard_of = {self.run_of[i]: i for i in shards if i not in final}
                 ids = list(shard_of)
                 for k in range(0, len(ids), page):
                     chunk = ids[k : k + page]
@@ -88,10 +89,10 @@ class _Shards:
                             poll_s = 0.5
                         else:
                             final[i] = r.state.name
-                if len(final) < self.n:
+                if len(final) < len(shards):
                     time.sleep(poll_s)
                     poll_s = min(poll_s * 1.5, max_poll_s)
-        return [final[i] for i in range(self.n)]
+        return final
 
 
 @flow(name="edit-batch", log_prints=True)
@@ -113,6 +114,7 @@ def edit_batch(
     shard_silent_after_s: int = 300,
     standin_batch_s: float = 0.0,
     replan: bool = False,
+    skip_current_shards: bool = True,
 ) -> dict:
     """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}.
 
@@ -121,7 +123,9 @@ def edit_batch(
     silence before the zombie automation marks a shard run Crashed. `standin_batch_s`: the noop
     engine sleeps that long per batch (a stand-in GPU for bench/scale.py). `replan`: plan this
     manifest even though `out_root` holds the job of another manifest file (refused otherwise:
-    the two jobs would replace each other's tables)."""
+    the two jobs would replace each other's tables). `skip_current_shards`: start no run for a
+    shard that finished last time with nothing it depends on changed (checked here from its
+    ledger, its known hashes and one listing of edits/; its state reads "Current")."""
     if shard_index is not None:  # shard role
         return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root,
                           masks_store, standin_batch_s)
@@ -130,20 +134,26 @@ def edit_batch(
     plan = plan_manifest(manifest, out_root, num_shards, replan)
     log.info(f"plan of {manifest}: {plan['items']} items, {plan['failures']} bad entries, {num_shards} shards"
              f"{' (manifest unchanged: plan reused)' if plan['reused'] else ''}")
-    # 2. fan the shards out
+    # 2. the shards with work left (a resume of a finished job: none), then fan those out
+    todo = (shards_to_run(out_root, num_shards, params_path, edit, engine, concepts_root, masks_store)
+            if skip_current_shards else list(range(num_shards)))
+    if len(todo) < num_shards:
+        log.info(f"{num_shards - len(todo)} of {num_shards} shards current (nothing to do): no run started for them")
+    states = ["Current"] * num_shards
     if fan_out == "inline":
-        for i in range(num_shards):
+        for i in todo:
             edit_shard(manifest, out_root, i, num_shards, params_path, edit, engine, concepts_root, masks_store,
                        standin_batch_s)
-        states = ["Completed"] * num_shards
-    else:
+            states[i] = "Completed"
+    elif todo:
         common = dict(manifest=manifest, out_root=out_root, params_path=params_path, num_shards=num_shards,
                       engine=engine, concepts_root=concepts_root, masks_store=masks_store, edit=edit.model_dump() if edit else None,
                       standin_batch_s=standin_batch_s)
         ensure_zombie_automation(shard_silent_after_s)  # silent shard runs -> Crashed -> started again
         shards = _Shards(shard_deployment, common, num_shards, str(flow_run_ctx.id or uuid.uuid4()),
                          shard_heartbeat_s, shard_attempts)
-        states = shards.run_all()
+        for i, st in shards.run_all(todo).items():
+            states[i] = st
     # 3. merge the tables of this sharding; 4. artifacts
     counts = merge_shard_tables(out_root, num_shards)
     publish_artifacts(manifest, out_root, counts, states, contact_sheet_rows, masks_store)
@@ -152,7 +162,7 @@ def edit_batch(
     line = (f"{counts['edited']} edited, {counts['skipped']} current (skipped), {counts['failed']} failed "
             f"of {counts['edited'] + counts['skipped'] + counts['failed']} -> {out_root}")
     log.info(f"summary: {line}" + (f"; failures in {storage.join(out_root, 'failures.parquet')}" if counts["failed"] else ""))
-    if n_missing or duplicated or any(s != "Completed" for s in states):
+    if n_missing or duplicated or any(s not in ("Completed", "Current") for s in states):
         raise RuntimeError(f"edit-batch incomplete: shard states {states}, {n_missing} items unaccounted "
                            f"for (e.g. {missing[:3]}), {duplicated} duplicated; re-run to resume")
     if counts["failed"]:  # `--watch` and the UI say so, not a bare "Completed"; callers still get the counts

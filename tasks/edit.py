@@ -16,7 +16,8 @@ from lcd.io.atomic import atomic_path, write_text_atomic
 from lcd.io.images import save_png
 from lcd.jobs import tables
 from lcd.jobs.contact import contact_sheet, failure_triples, result_triples, sheet_labels
-from lcd.jobs.editing import Engine, run_edit_shard
+from lcd.jobs.editing import Engine, current_report, run_edit_shard
+from lcd.jobs.layout import output_listing
 from lcd.jobs.plots import line_chart
 from lcd.jobs.plan import plan_ids, plan_items, read_shard_plan, write_plan
 
@@ -38,7 +39,31 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
                             masks_cfg=params.masks, standin_batch_s=standin_batch_s)
     tables.write_table(tables.shard_table_path(out_root, "results", name), report.results, tables.RESULTS_SCHEMA)
     tables.write_table(tables.shard_table_path(out_root, "failures", name), report.failures, tables.FAILURES_SCHEMA)
+    tables.write_table(tables.shard_table_path(out_root, "hashes", name), report.hashes, tables.HASHES_SCHEMA)
     return {"shard": name, **report.counts()}
+
+
+@task(cache_policy=NO_CACHE)
+def shards_to_run(out_root: str, num_shards: int, params_path: str, edit: EditConfig | None, engine: Engine,
+                  concepts_root: str | None, masks_store: str | None = None) -> list[int]:
+    """The shards with work left, in order. Every other shard finished last time and nothing it
+    depends on changed (lcd.jobs.editing.current_report, against one listing of edits/): its
+    tables are written here as the shard itself would write them (all items skipped), and no
+    run is started for it. A resume of a finished job starts no shard process at all."""
+    params = load_params(params_path)
+    listing = output_listing(out_root)
+    todo = []
+    for i in range(num_shards):
+        name = tables.shard_name(i, num_shards)
+        report = current_report(read_shard_plan(out_root, i, num_shards), out_root=out_root, cfg=edit or params.edit,
+                                models=params.models, shard=name, listing=listing, engine=engine,
+                                concepts_root=concepts_root, masks_store=masks_store, masks_cfg=params.masks)
+        if report is None:
+            todo.append(i)
+            continue
+        tables.write_table(tables.shard_table_path(out_root, "results", name), report.results, tables.RESULTS_SCHEMA)
+        tables.write_table(tables.shard_table_path(out_root, "failures", name), [], tables.FAILURES_SCHEMA)
+    return todo
 
 
 @task(cache_policy=NO_CACHE)

@@ -99,6 +99,20 @@ def list_names(folder: str | Path) -> set[str]:
         return set()
 
 
+def remove(p: str | Path) -> None:
+    """Delete a file or object; nothing when it is absent."""
+    p = normalize(p)
+    if isinstance(p, Path):
+        p.unlink(missing_ok=True)
+        return
+    fs, path = filesystem(p)
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
+    fs.invalidate_cache(path.rsplit("/", 1)[0])
+
+
 def info(url: str) -> dict:
     """A remote object's listing entry (size, ETag/mtime): FileNotFoundError when it is absent."""
     fs, path = filesystem(url)

@@ -28,6 +28,7 @@ from lcd.config import EditConfig, ModelsConfig
 from lcd.errors import LcdError
 from lcd.io import storage
 from lcd.io.encode import SUFFIX
+from lcd.io.hashing import hash_log, hash_rows, remember_hashes
 from lcd.io.images import load_image, save_output, save_png
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
 from lcd.jobs import tables
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
     from lcd.edit.prompts import PromptCache
     from lcd.masks.store import MaskStore
 
-__all__ = ["Engine", "ShardReport", "run_edit_shard", "default_loader"]
+__all__ = ["Engine", "ShardReport", "run_edit_shard", "current_report", "default_loader"]
 
 
 @dataclass
@@ -51,6 +52,7 @@ class ShardReport:
 
     results: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
+    hashes: list[dict] = field(default_factory=list)  # file hashes the run used (tables.HASHES_SCHEMA)
 
     def counts(self) -> dict[str, int]:
         c = {"edited": 0, "skipped": 0, "failed": len(self.failures)}
@@ -118,37 +120,69 @@ def run_edit_shard(
 ) -> ShardReport:
     """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception.
     `standin_batch_s`: with the noop engine, sleep that long per batch (a stand-in GPU for
-    orchestration benchmarks, bench/scale.py)."""
+    orchestration benchmarks, bench/scale.py). The report's `hashes` are the file hashes this
+    run used (tables.HASHES_SCHEMA), for the caller to keep beside the shard's tables."""
     ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, open_masks_store(masks_store, items),
                        masks_cfg, standin_batch_s)
-    # 1. hash every item against the run's config; keep the ones whose output is missing or stale
-    pending = _pending_items(ctx, items, concepts_root)
-    # 2. CLIP only when a pending item selects its SAM region by text
-    clip = _load_text_clip(ctx, pending)
-    # 3. one model load per concept group (a concept changes the text encoder and the UNet)
-    loader = loader or default_loader(models, cfg.scheduler)
-    pending.sort(key=lambda p: str(p[2] or ""))
-    ctx.progress = Progress(f"edit shard {shard}", len(pending), unit="items")
+    with hash_log() as used:
+        # 1. hash every item against the run's config; keep the ones whose output is missing or stale
+        pending = _pending_items(ctx, items, concepts_root)
+        if pending:  # from the first write on, the old ledger may be wrong about this shard's outputs
+            storage.remove(tables.shard_table_path(ctx.out_root, "results", shard))
+        # 2. CLIP only when a pending item selects its SAM region by text
+        clip = _load_text_clip(ctx, pending)
+        # 3. one model load per concept group (a concept changes the text encoder and the UNet)
+        loader = loader or default_loader(models, cfg.scheduler)
+        pending.sort(key=lambda p: str(p[2] or ""))
+        ctx.progress = Progress(f"edit shard {shard}", len(pending), unit="items")
 
-    for cdir, group in groupby(pending, key=lambda p: p[2]):
-        group = list(group)
-        lp, tokens = None, []
-        if engine == "diffusion":
-            try:
-                lp, tokens = loader(cdir)
-            except LcdError as e:
-                for it, _, _ in group:
-                    ctx.fail(it.id, "concept", e)
-                ctx.progress.advance(len(group))
-                continue
-        # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config);
-        #    the text encoder runs once per distinct prompt of the group (its concepts fixed)
-        ctx.prompts = _prompt_cache(lp)
-        n = _batch_size(cfg, lp)
-        _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
+        for cdir, group in groupby(pending, key=lambda p: p[2]):
+            group = list(group)
+            lp, tokens = None, []
+            if engine == "diffusion":
+                try:
+                    lp, tokens = loader(cdir)
+                except LcdError as e:
+                    for it, _, _ in group:
+                        ctx.fail(it.id, "concept", e)
+                    ctx.progress.advance(len(group))
+                    continue
+            # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config);
+            #    the text encoder runs once per distinct prompt of the group (its concepts fixed)
+            ctx.prompts = _prompt_cache(lp)
+            n = _batch_size(cfg, lp)
+            _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
+    ctx.report.hashes = hash_rows(used)
     c = ctx.report.counts()
     ctx.progress.close(f"{c['edited']} edited, {c['skipped']} current (skipped), {c['failed']} failed")
     return ctx.report
+
+
+def current_report(
+    items: list[ManifestItem],
+    *,
+    out_root: str | Path,
+    cfg: EditConfig,
+    models: ModelsConfig,
+    shard: str,
+    listing: set[str],
+    engine: Engine = "diffusion",
+    concepts_root: str | Path | None = None,
+    masks_store: "str | Path | MaskStore | None" = None,
+    masks_cfg: MasksConfig | None = None,
+) -> ShardReport | None:
+    """The report a run of this shard would give if every item is current (all "skipped"), or None
+    as soon as one item is not (no ledger row, a stale hash, its output not in `listing`, or it
+    fails to hash): the coordinator's check, so that a resume starts no process for a finished
+    shard. It reads only the shard's ledger and known hashes and stats the inputs; `listing` is
+    one listing of edits/ shared by all shards (lcd.jobs.layout.output_listing)."""
+    ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, None, masks_cfg)
+    ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", shard))
+    if not items or any(it.id not in ledger for it in items):  # a first run, a killed one, or failures
+        return None
+    ctx.masks_store = open_masks_store(masks_store, items)
+    pending = _pending_items(ctx, items, concepts_root, listing=listing, ledger=ledger, stop_early=True)
+    return ctx.report if pending == [] and not ctx.report.failures else None
 
 
 def _prompt_cache(lp) -> "PromptCache | None":
@@ -171,7 +205,8 @@ def _batch_size(cfg: EditConfig, lp) -> int:
     return resolve_batch_size(lp, cfg)
 
 
-def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) -> list[Pending]:
+def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root, listing: set[str] | None = None,
+                   ledger: dict[str, str] | None = None, stop_early: bool = False) -> list[Pending] | None:
     """Phase 1: items whose output is missing or was made from other inputs; current ones are
     recorded as skipped, unhashable ones (missing file, no stored masks) as failures.
 
@@ -179,11 +214,17 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) 
     and one listing of the output folder, not from opening every output: an item is current when
     its output file is listed and the ledger has its hash. An output the ledger does not know (its
     shard was killed before writing the table) is checked by its own PNG metadata; an output that
-    is gone is redone whatever the ledger says."""
+    is gone is redone whatever the ledger says. Input hashes come from the shard's known-hashes
+    table while a file's size and mtime (an object's ETag) are unchanged, so a resume reads no
+    input bytes. `stop_early`: return None at the first item that is not current."""
+    remember_hashes(tables.read_known_hashes(tables.shard_table_path(ctx.out_root, "hashes", ctx.shard)))
     config_fp = config_fingerprint(ctx.cfg, ctx.models, ctx.engine)
-    ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", ctx.shard))
-    listing = output_listing(ctx.out_root)
-    _remove_stale_temps(ctx.out_root, listing, {it.id for it in items})
+    if ledger is None:
+        ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", ctx.shard))
+    if listing is None:
+        listing = output_listing(ctx.out_root)
+        if not ledger:  # only a killed run (it leaves no ledger) leaves temp files behind
+            _remove_stale_temps(ctx.out_root, listing, {it.id for it in items})
     clip_pin = model_pin(ctx.models.clip, None) if any(map(needs_text_clip, items)) else None
     tree_hashes: dict[Path, str] = {}
     pending: list[Pending] = []
@@ -192,12 +233,16 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root) 
             cdir = concept_path(it.concept, concepts_root)
             h = item_hash(it, config_fp, cdir, ctx.masks_store, clip_pin, ctx.masks_cfg, tree_hashes)
         except LcdError as e:
+            if stop_early:
+                return None
             ctx.fail(it.id, "input", e)
             continue
         out = output_path(ctx.out_root, it.id, ctx.cfg.output_format)
         listed = output_name(it.id, ctx.cfg.output_format) in listing
         if listed and (ledger[it.id] == h if it.id in ledger else is_current(out, h)):
             ctx.report.results.append(_row(it, out, h, "skipped", ctx.shard, 0.0))
+        elif stop_early:
+            return None
         else:
             pending.append((it, h, cdir))
     return pending

@@ -38,6 +38,14 @@ FAILURES_SCHEMA = pa.schema([
     ("shard", pa.string()),
 ])
 
+# the file hashes a shard's run used (lcd.io.hashing.hash_rows): its next run reads no unchanged input
+HASHES_SCHEMA = pa.schema([
+    ("path", pa.string()),  # absolute path or URL
+    ("size", pa.int64()),
+    ("stamp", pa.string()),  # mtime_ns of a file, ETag (or mtime) of an object
+    ("sha256", pa.string()),
+])
+
 
 def shard_name(index: int, num_shards: int) -> str:
     return f"{index:05d}-of-{num_shards:05d}"
@@ -58,7 +66,7 @@ def read_table(path: str | Path, schema: pa.Schema | None = None, columns: list[
 
 
 def shard_table_path(out_root: str | Path, kind: str, shard: str) -> Path:
-    """`<out_root>/tables/<kind>-<shard>.parquet`, kind "results" or "failures"."""
+    """`<out_root>/tables/<kind>-<shard>.parquet`, kind "results", "failures" or "hashes"."""
     return storage.join(out_root, "tables", f"{kind}-{shard}.parquet")
 
 
@@ -70,6 +78,16 @@ def read_ledger(path: str | Path) -> dict[str, str]:
     except Exception:  # noqa: BLE001 - missing, partial or foreign file: no ledger
         return {}
     return dict(zip(t.column("id").to_pylist(), t.column("input_hash").to_pylist()))
+
+
+def read_known_hashes(path: str | Path) -> list[dict]:
+    """Rows of a shard's hashes table; [] when it is absent or unreadable (then files are read)."""
+    try:
+        t = read_table(path, schema=HASHES_SCHEMA)
+    except Exception:  # noqa: BLE001 - missing, partial or foreign file: hash from the bytes
+        return []
+    cols = [t.column(c).to_pylist() for c in HASHES_SCHEMA.names]
+    return [dict(zip(HASHES_SCHEMA.names, r)) for r in zip(*cols)]
 
 
 def shard_table_paths(tables_dir: str | Path, kind: str, num_shards: int) -> list[Path]:

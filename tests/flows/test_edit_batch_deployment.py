@@ -50,6 +50,17 @@ def test_edit_batch_deployment_writes_outputs_and_failures(prefect_server, worke
     assert "edited" in summary and "00001-of-00002" in summary
     sheet = prefect_server.cli("artifact", "inspect", "edit-batch-contact-sheet").stdout
     assert "data:image/png;base64," in sheet
+    # a resume: shard 0 (item000, item001) is current and gets no run; shard 1 holds the missing
+    # input's failure, so it runs again (its item002 is skipped there)
+    again = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 1))
+    res = _run(prefect_server, manifest, out, params, "-p", "num_shards=2")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    names = [r["name"] for r in _api(prefect_server, "flow_runs/filter",
+                                     {"flow_runs": {"start_time": {"after_": again}}})]
+    assert sorted(n for n in names if n.startswith("shard-")) == ["shard-00001-of-00002"], names
+    results = pq.read_table(out / "results.parquet").to_pylist()
+    assert sorted((r["id"], r["status"]) for r in results) == [("item000", "skipped"), ("item001", "skipped"),
+                                                               ("item002", "skipped")]
 
 
 def _api(pe, path: str, body: dict | None = None):

@@ -129,8 +129,9 @@ def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):
     rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
     assert {r["id"]: r["status"] for r in rep.results} == {"a": "skipped", "b": "edited", "c": "skipped"}
     assert opened == []
-    # no ledger: every listed output is read (the unreadable one is redone)
-    tables.shard_table_path(out, "results", shard).unlink()
+    # a run that edits removes the ledger before its first write (a kill then leaves none, not a
+    # wrong one); with no ledger every listed output is read (the unreadable one is redone)
+    assert not tables.shard_table_path(out, "results", shard).exists()
     rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
     assert sorted(opened) == ["a.png", "b.png", "c.png"]
     assert {r["id"]: r["status"] for r in rep.results} == {"a": "edited", "b": "skipped", "c": "skipped"}
