@@ -12,8 +12,13 @@ Measured:
 - cost per item vs job size (`--items`, shards = items / --items-per-shard, `--workers-orch`
   workers): orchestration ms per item = (wall - simulated GPU time / workers) / items, first run
   and resume (every item current, so all skipped);
-- throughput with 1, 2, 4, 8 workers on one job (`--scaling-items`, `--scaling-shards`):
-  efficiency_N = throughput_N / (N x throughput_1);
+- throughput with 1, 2, 4, 8 workers, each run a job of N x `--shards-per-worker` shards of
+  `--shard-items` items (weak scaling: every worker has the same work as the one worker had):
+  efficiency_N = throughput_N / (N x throughput_1). The stand-in GPU takes `--batch-s` per batch
+  of `--batch-size` (default 25.6 s per 64: 0.4 s an edit, issue 14's target on one GPU), so a
+  shard of 640 items is 256 s of GPU, still a tenth of a default 5,000-item shard. What does not
+  scale on this machine is the CPU: N workers' shard processes share its 2 cores, where on N GPU
+  machines each has its own;
 - `--s3`: the largest job again with out_root on moto's S3 server on 127.0.0.1: every item's
   output object present once, results rows unique.
 
@@ -21,6 +26,7 @@ Prints one JSON object per measurement; the last line is the summary with `items
 `ms_per_item`, `ms_per_item_resume`, `scaling_efficiency`, `storage`.
 
     python bench/scale.py [--items 10000,100000] [--items-per-shard 5000] [--workers 1,2,4,8] [--s3]
+                          [--shard-items 640] [--shards-per-worker 1] [--batch-s 25.6]
 """
 
 from __future__ import annotations
@@ -186,10 +192,10 @@ def main() -> None:
     ap.add_argument("--items-per-shard", type=int, default=5000)
     ap.add_argument("--workers-orch", type=int, default=4, help="workers for the cost-per-item runs")
     ap.add_argument("--workers", default="1,2,4,8", help="worker counts for the scaling runs")
-    ap.add_argument("--scaling-items", type=int, default=8000)
-    ap.add_argument("--scaling-shards", type=int, default=8)
+    ap.add_argument("--shard-items", type=int, default=640, help="items per shard, scaling runs")
+    ap.add_argument("--shards-per-worker", type=int, default=1, help="scaling run of N workers: N x this many shards")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--batch-s", type=float, default=4.0, help="stand-in GPU seconds per batch, scaling runs")
+    ap.add_argument("--batch-s", type=float, default=25.6, help="stand-in GPU seconds per batch, scaling runs")
     ap.add_argument("--orch-batch-s", type=float, default=0.1, help="stand-in GPU seconds per batch, cost-per-item runs")
     ap.add_argument("--s3", action="store_true", help="also run a job with out_root on S3 (moto, in this process)")
     ap.add_argument("--s3-items", type=int, default=0, help="items of the S3 job (default: the largest --items)")
@@ -205,9 +211,10 @@ def main() -> None:
         sizes = [int(x) for x in a.items.split(",")]
         orch = [measure(f"orch-{n}", root, n, max(1, n // a.items_per_shard), a.workers_orch, env, a, a.orch_batch_s)
                 for n in sizes]
-        scaling = [measure(f"scale-{w}", root, a.scaling_items, a.scaling_shards, w, env, a, a.batch_s)
-                   for w in (int(x) for x in a.workers.split(","))]
-        one = scaling[0]["items_per_s"] / scaling[0]["workers"]
+        k = a.shards_per_worker
+        scaling = [measure(f"scale-{w}", root, w * k * a.shard_items, w * k, w, env, a, a.batch_s)
+                   for w in (int(x) for x in a.workers.split(",") if x)]  # --workers "": no scaling runs
+        one = scaling[0]["items_per_s"] / scaling[0]["workers"] if scaling else 0
         eff = {str(r["workers"]): round(r["items_per_s"] / (r["workers"] * one), 3) for r in scaling}
         storage = "local"
         if a.s3:
@@ -228,7 +235,7 @@ def main() -> None:
             "items": big["items"], "workers": a.workers_orch, "shards": big["shards"],
             "ms_per_item": big["ms_per_item"], "ms_per_item_resume": big["ms_per_item_resume"],
             "ms_per_item_ratio_largest_to_smallest": round(big["ms_per_item"] / small["ms_per_item"], 3),
-            "scaling_efficiency": eff, "scaling_items": a.scaling_items, "scaling_shards": a.scaling_shards,
+            "scaling_efficiency": eff, "scaling_shard_items": a.shard_items, "scaling_shards_per_worker": k,
             "standin_batch_s": a.batch_s, "orch_standin_batch_s": a.orch_batch_s, "batch_size": a.batch_size, "storage": storage,
             "database": "postgresql", "by_size": {str(r["items"]): r["ms_per_item"] for r in orch},
         }), flush=True)
