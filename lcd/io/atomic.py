@@ -13,21 +13,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it (/proc on Linux: os.umask() would set it,
-    racing with files other threads create), else via os.umask."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    m = os.umask(0o022)
-    os.umask(m)
-    return m
-
-
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `dest`; on success rename it over `dest` (same filesystem), or
