@@ -37,9 +37,7 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
                             engine=engine, concepts_root=concepts_root,
                             masks_store=masks_store,
                             masks_cfg=params.masks, standin_batch_s=standin_batch_s)
-    tables.write_table(tables.shard_table_path(out_root, "results", name), report.results, tables.RESULTS_SCHEMA)
-    tables.write_table(tables.shard_table_path(out_root, "failures", name), report.failures, tables.FAILURES_SCHEMA)
-    tables.write_table(tables.shard_table_path(out_root, "hashes", name), report.hashes, tables.HASHES_SCHEMA)
+    tables.write_shard_tables(out_root, name, report.results, report.failures, report.hashes)
     return {"shard": name, **report.counts()}
 
 
@@ -61,8 +59,7 @@ def shards_to_run(out_root: str, num_shards: int, params_path: str, edit: EditCo
         if report is None:
             todo.append(i)
             continue
-        tables.write_table(tables.shard_table_path(out_root, "results", name), report.results, tables.RESULTS_SCHEMA)
-        tables.write_table(tables.shard_table_path(out_root, "failures", name), [], tables.FAILURES_SCHEMA)
+        tables.write_shard_tables(out_root, name, report.results, [])
     return todo
 
 

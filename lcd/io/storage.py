@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterable
 
 def is_remote(p: str | Path) -> bool:
     """True for a URL other than file:// (s3://, gs://, memory://, ...)."""
@@ -97,6 +97,17 @@ def list_names(folder: str | Path) -> set[str]:
         return {basename(x) for x in fs.ls(path, detail=False, refresh=True)}
     except FileNotFoundError:
         return set()
+
+
+def present_names(folder: str | Path, names: Iterable[str]) -> set[str]:
+    """Which of `names` are entries of `folder`. A local folder stats each name: O(len(names)),
+    whatever the folder holds (a shard's 5,000 outputs among a job's million cost ~15 ms, a
+    listing of the million ~0.7 s). A remote folder is listed once: a LIST page answers for
+    1,000 objects, a HEAD for one."""
+    folder = normalize(folder)
+    if isinstance(folder, Path):
+        return {n for n in names if os.path.lexists(folder / n)}
+    return list_names(folder) & set(names)
 
 
 def remove(p: str | Path) -> None:

@@ -27,13 +27,14 @@ import numpy as np
 from lcd.config import EditConfig, ModelsConfig
 from lcd.errors import LcdError
 from lcd.io import storage
+from lcd.io.atomic import write_bytes_atomic
 from lcd.io.encode import SUFFIX
 from lcd.io.hashing import hash_log, hash_rows, remember_hashes
 from lcd.io.images import load_image, save_output, save_png
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
 from lcd.jobs import tables
 from lcd.jobs.layout import (EDITS_DIR, REGIONS_DIR, is_current, output_listing, output_name, output_path,
-                              region_path)
+                              present_outputs, region_path)
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import load_region, needs_text_clip, open_masks_store
 from lcd.masks.config import MasksConfig
@@ -129,6 +130,7 @@ def run_edit_shard(
         pending = _pending_items(ctx, items, concepts_root)
         if pending:  # from the first write on, the old ledger may be wrong about this shard's outputs
             storage.remove(tables.shard_table_path(ctx.out_root, "results", shard))
+            _mark_running(ctx)
         # 2. CLIP only when a pending item selects its SAM region by text
         clip = _load_text_clip(ctx, pending)
         # 3. one model load per concept group (a concept changes the text encoder and the UNet)
@@ -211,8 +213,9 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root, 
     recorded as skipped, unhashable ones (missing file, no stored masks) as failures.
 
     What is current comes from the shard's previous results table (the ledger: id -> input_hash)
-    and one listing of the output folder, not from opening every output: an item is current when
-    its output file is listed and the ledger has its hash. An output the ledger does not know (its
+    and which of its outputs exist (`listing`: the coordinator's one listing of edits/; a shard
+    looks up its own items, _present_outputs), not from opening every output: an item is current
+    when its output file is present and the ledger has its hash. An output the ledger does not know (its
     shard was killed before writing the table) is checked by its own PNG metadata; an output that
     is gone is redone whatever the ledger says. Input hashes come from the shard's known-hashes
     table while a file's size and mtime (an object's ETag) are unchanged, so a resume reads no
@@ -222,9 +225,7 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root, 
     if ledger is None:
         ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", ctx.shard))
     if listing is None:
-        listing = output_listing(ctx.out_root)
-        if not ledger:  # only a killed run (it leaves no ledger) leaves temp files behind
-            _remove_stale_temps(ctx.out_root, listing, {it.id for it in items})
+        listing = _present_outputs(ctx, items)
     clip_pin = model_pin(ctx.models.clip, None) if any(map(needs_text_clip, items)) else None
     tree_hashes: dict[Path, str] = {}
     pending: list[Pending] = []
@@ -248,12 +249,30 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root, 
     return pending
 
 
-def _remove_stale_temps(out_root, listing: set[str], ids: set[str]) -> None:
+def _present_outputs(ctx: ShardContext, items: list[ManifestItem]) -> set[str]:
+    """The output names of `items` that exist, looked up for these items only (a shard's cost
+    stays flat however many outputs the job has); after a killed run of this shard (its running
+    marker is there) edits/ and regions/ are listed once to remove the temp files it left."""
+    names = [output_name(it.id, ctx.cfg.output_format) for it in items]
+    marker = tables.running_marker_path(ctx.out_root, ctx.shard)
+    if isinstance(ctx.out_root, Path) and marker.exists():
+        listing = output_listing(ctx.out_root)
+        _remove_stale_temps(ctx.out_root, listing, {it.id for it in items})
+        return listing & set(names)
+    return present_outputs(ctx.out_root, names)
+
+
+def _mark_running(ctx: ShardContext) -> None:
+    """Before the shard's first write to a local out_root: its running marker, which its tables
+    remove (tables.write_shard_tables); a kill leaves it for the next run to find."""
+    if isinstance(ctx.out_root, Path):
+        write_bytes_atomic(tables.running_marker_path(ctx.out_root, ctx.shard), b"")
+
+
+def _remove_stale_temps(out_root: Path, listing: set[str], ids: set[str]) -> None:
     """Delete temp files (`.<id>.png.<random>.tmp`, `.webp.` alike; lcd.io.atomic) that a killed run of this
     shard left in edits/ and regions/. Only this shard's ids: another shard may be writing its own.
     Remote out_roots stage temps locally, so there is nothing to clean there."""
-    if not isinstance(out_root, Path):
-        return
     for folder, names in ((out_root / EDITS_DIR, listing), (out_root / REGIONS_DIR, None)):
         if names is None:
             names = storage.list_names(folder)

@@ -10,6 +10,7 @@ whether an output is current.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from lcd.io import storage
 
@@ -46,5 +47,12 @@ def is_current(path: str | Path, input_hash: str) -> bool:
 
 
 def output_listing(out_root: str | Path) -> set[str]:
-    """File names in `<out_root>/edits/`, from one directory listing (no file is opened)."""
+    """File names in `<out_root>/edits/`, from one directory listing (no file is opened): the
+    coordinator's one look at the whole job."""
     return storage.list_names(storage.join(out_root, EDITS_DIR))
+
+
+def present_outputs(out_root: str | Path, names: Iterable[str]) -> set[str]:
+    """Which of these output names are in `<out_root>/edits/`: a shard's look at its own items
+    (lcd.io.storage.present_names), so its cost does not grow with the job."""
+    return storage.present_names(storage.join(out_root, EDITS_DIR), names)

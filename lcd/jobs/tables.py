@@ -70,6 +70,26 @@ def shard_table_path(out_root: str | Path, kind: str, shard: str) -> Path:
     return storage.join(out_root, "tables", f"{kind}-{shard}.parquet")
 
 
+def running_marker_path(out_root: str | Path, shard: str) -> str | Path:
+    """`<out_root>/tables/running-<shard>`: written by a local shard run before its first output,
+    removed with its tables (write_shard_tables). Found at a run's start, it says the last run
+    was killed and may have left temp files (lcd.io.atomic) in edits/ and regions/: the one case
+    where the shard lists those folders."""
+    return storage.join(out_root, "tables", f"running-{shard}")
+
+
+def write_shard_tables(out_root: str | Path, shard: str, results: list[dict], failures: list[dict],
+                       hashes: list[dict] | None = None) -> None:
+    """A finished shard's results, failures and (when given) hashes tables, atomically, then its
+    running marker removed: the shard is done."""
+    write_table(shard_table_path(out_root, "results", shard), results, RESULTS_SCHEMA)
+    write_table(shard_table_path(out_root, "failures", shard), failures, FAILURES_SCHEMA)
+    if hashes is not None:
+        write_table(shard_table_path(out_root, "hashes", shard), hashes, HASHES_SCHEMA)
+    if not storage.is_remote(out_root):  # remote roots stage temps locally: no marker there
+        storage.remove(running_marker_path(out_root, shard))
+
+
 def read_ledger(path: str | Path) -> dict[str, str]:
     """{id: input_hash} of a shard's previous results table; {} when it is absent or unreadable
     (then every existing output is checked by its own metadata instead)."""

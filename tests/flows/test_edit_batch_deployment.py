@@ -139,6 +139,9 @@ def test_worker_sigkilled_mid_shard_its_shard_is_rescheduled_and_nothing_is_lost
     assert sorted(ids_all) == [f"item{i:03d}" for i in range(n)]  # none lost, none twice
     assert {r["id"] for r in rows if r["status"] == "skipped"} >= set(first)  # the dead run's work was kept
     assert all((out / "edits" / f"{k}.png").stat().st_mtime_ns == v for k, v in first.items())  # not rewritten
+    # the killed run's marker was found by its retry and removed with its tables; no temp is left
+    assert not list((out / "tables").glob("running-*")), sorted(p.name for p in (out / "tables").iterdir())
+    assert not [p.name for f in ("edits", "regions") for p in (out / f).iterdir() if p.name.endswith(".tmp")]
     history = [h["type"] for h in _api(prefect_server, f"flow_run_states/?flow_run_id={run['id']}")]
     assert history[-1] == "CRASHED", history  # the dead run stayed dead: nothing finished it behind our back
     states = {r["name"]: r["state_type"] for r in _api(prefect_server, "flow_runs/filter", {"limit": 50})}

@@ -137,21 +137,61 @@ def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):
     assert {r["id"]: r["status"] for r in rep.results} == {"a": "edited", "b": "skipped", "c": "skipped"}
 
 
-def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_of_that_shard(job):
-    """A SIGKILL between mkstemp and rename leaves `.<id>.png.<random>.tmp`; the shard's next run
-    removes its own, and leaves another shard's (it may be writing right now)."""
+def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_of_that_shard(job, monkeypatch):
+    """A run that edits leaves its running marker until its tables are written; a SIGKILL between
+    the temp file's creation and its rename leaves `.<id>.png.<random>.tmp` too. The shard's next
+    run finds the marker, removes its own temps and leaves another shard's (it may be writing
+    right now); its tables remove the marker."""
+    import lcd.jobs.editing as editing
+    from lcd.jobs import tables
+
     items, d = job
-    out = d / "out"
-    for folder in ("edits", "regions"):
-        (out / folder).mkdir(parents=True)
+    out, shard = d / "out", "00000-of-00001"
+    two = [it for it in items if it.id in ("a", "b")]
+
+    def interrupted(*a, **k):  # stops the shard in its first batch, as a kill would
+        raise KeyboardInterrupt
+    monkeypatch.setattr(editing, "_edit_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_edit_shard(two, out_root=out, cfg=CFG, models=ModelsConfig(), engine="noop", shard=shard)
+    monkeypatch.undo()
+    marker = tables.running_marker_path(out, shard)
+    assert marker.exists()
+    for folder in ("edits", "regions"):  # what a SIGKILL mid-write adds
+        (out / folder).mkdir(parents=True, exist_ok=True)
         (out / folder / ".a.png.k3j2.tmp").write_bytes(b"partial")
         (out / folder / ".zz.png.q9.tmp").write_bytes(b"other shard")
-    rep = run_edit_shard([it for it in items if it.id in ("a", "b")], out_root=out, cfg=CFG,
-                         models=ModelsConfig(), engine="noop")
+    rep = run_edit_shard(two, out_root=out, cfg=CFG, models=ModelsConfig(), engine="noop", shard=shard)
     assert rep.counts()["edited"] == 2
     for folder in ("edits", "regions"):
         left = sorted(p.name for p in (out / folder).iterdir() if p.name.endswith(".tmp"))
         assert left == [".zz.png.q9.tmp"], (folder, left)
+    assert marker.exists()  # until the tables are written
+    tables.write_shard_tables(out, shard, rep.results, rep.failures, rep.hashes)
+    assert not marker.exists()
+
+
+def test_a_shard_looks_up_its_own_outputs_and_never_lists_the_output_folder(job, monkeypatch):
+    """edits/ holds a whole job's outputs; a shard's cost must not grow with them, so after a
+    finished run it stats its own items' outputs instead of listing the folder: nothing is listed,
+    its present outputs are skipped and one that is gone is redone."""
+    from lcd.io import storage
+    from lcd.jobs import tables
+
+    items, root = job
+    items = items[:3]
+    out, shard = root / "out", "00001-of-00004"
+    rep = run_edit_shard(items, out_root=out, cfg=CFG, models=ModelsConfig(), engine="noop", shard=shard)
+    tables.write_shard_tables(out, shard, rep.results, rep.failures, rep.hashes)
+    for k in range(300):  # other shards' outputs
+        (out / "edits" / f"other{k}.png").write_bytes(b"x")
+    (out / "edits" / "b.png").unlink()
+    listed = []
+    real = storage.list_names
+    monkeypatch.setattr(storage, "list_names", lambda folder: listed.append(folder) or real(folder))
+    rep = run_edit_shard(items, out_root=out, cfg=CFG, models=ModelsConfig(), engine="noop", shard=shard)
+    assert {r["id"]: r["status"] for r in rep.results} == {"a": "skipped", "b": "edited", "c": "skipped"}
+    assert listed == []
 
 
 def test_seed_outside_int64_is_that_items_failure_and_the_rest_is_edited(tmp_path):
@@ -239,10 +279,14 @@ def test_webp_outputs_are_lossless_resume_and_a_format_change_redoes_the_items(j
     """edit.output_format webp: `<id>.webp` outputs, pixels equal to the input (noop engine),
     metadata readable; the same run skips them; going back to png finds no `<id>.png` and redoes
     every item. A killed run's `.webp` temp is cleaned like a `.png` one."""
+    from lcd.jobs import tables
+
     items, d = job
     out = d / "out"
     (out / "edits").mkdir(parents=True)
     (out / "edits" / ".a.webp.k3j2.tmp").write_bytes(b"partial")
+    (out / "tables").mkdir()  # with the running marker a killed run leaves (tested above)
+    tables.running_marker_path(out, "00000-of-00001").write_bytes(b"")
     cfg = CFG.model_copy(update={"output_format": "webp"})
     good = [it for it in items if it.id in ("a", "b")]
     rep = run_edit_shard(good, out_root=out, cfg=cfg, models=ModelsConfig(), engine="noop")
