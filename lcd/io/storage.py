@@ -13,6 +13,7 @@ profiles, FSSPEC_S3_* configuration); nothing here reads, stores or logs them.
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import IO, Iterable
@@ -102,12 +103,52 @@ def list_names(folder: str | Path) -> set[str]:
 def present_names(folder: str | Path, names: Iterable[str]) -> set[str]:
     """Which of `names` are entries of `folder`. A local folder stats each name: O(len(names)),
     whatever the folder holds (a shard's 5,000 outputs among a job's million cost ~15 ms, a
-    listing of the million ~0.7 s). A remote folder is listed once: a LIST page answers for
-    1,000 objects, a HEAD for one."""
+    listing of the million ~0.7 s). A remote folder is listed, but where the filesystem lists by
+    key prefix (s3fs) only under the names' own prefixes (name_prefixes): a shard of ids
+    `item005000`..`item009999` among a million lists its 5,000 keys (5 LIST pages of 1,000,
+    prefixes item005..item009), not the million (1,000 pages); ids that share no prefix (random
+    UUIDs) list the folder once, as before.
+    Listing beats a HEAD per name: on S3 a missing key costs a HEAD and a LIST (s3fs checks for
+    a folder of that name)."""
+    names = set(names)
     folder = normalize(folder)
     if isinstance(folder, Path):
         return {n for n in names if os.path.lexists(folder / n)}
-    return list_names(folder) & set(names)
+    if not names:
+        return set()
+    fs, path = filesystem(folder)
+    prefixes = name_prefixes(names, max(4, len(names) // 500))
+    if prefixes == [""] or "prefix" not in inspect.signature(fs.find).parameters:
+        return list_names(folder) & names
+    found: set[str] = set()
+    for prefix in prefixes:  # a prefix listing is never cached by s3fs; refresh all the same
+        found.update(basename(x) for x in fs.find(path, maxdepth=1, prefix=prefix, refresh=True))
+    return found & names
+
+
+def name_prefixes(names: Iterable[str], max_prefixes: int) -> list[str]:
+    """The longest prefixes, at most `max_prefixes` of them, that together cover every name
+    (sorted; all of one length but for whole names shorter than it, and none under another);
+    [""] when the names share nothing at any length that allows.
+    Pure: what a prefix listing of these names needs to ask for.
+
+    >>> name_prefixes(["item098998.png", "item098999.png", "item099000.png", "item100000.png"], 3)
+    ['item09899', 'item09900', 'item10000']
+    """
+    names = sorted(set(names))
+    if not names:
+        return [""]
+    best = [""]
+    for length in range(1, max(map(len, names)) + 1):
+        cut = sorted({n[:length] for n in names})
+        if len(cut) > max_prefixes:
+            break
+        best = cut
+    kept: list[str] = []
+    for p in best:  # sorted: a prefix comes before every name under it ("ab" and "ac" are listed under "a")
+        if not kept or not p.startswith(kept[-1]):
+            kept.append(p)
+    return kept
 
 
 def remove(p: str | Path) -> None:

@@ -92,3 +92,29 @@ def test_manifest_images_and_masks_on_s3_plan_edit_and_resume(s3, tmp_path):
     s3.put_file(str(SAMPLES / "masks/teapot_00.png"), "lcd-test/in/masks/cat_00.png")  # new bytes, same name
     again = edit_shard.fn(manifest, out, 0, 1, str(params), None, "noop", None)
     assert (again["edited"], again["skipped"]) == (3, 0)
+
+
+def test_a_shard_lists_only_under_its_own_ids_prefixes_on_s3(s3):
+    """A shard's look at its outputs on object storage costs what the shard holds, not what the
+    job holds: its ids' common prefixes are listed (one LIST page here), not the whole edits/
+    folder (two pages of 1,000 for 1,100 outputs). Counted from the requests the S3 client sends."""
+    s3.pipe({f"lcd-test/big/edits/item{i:06d}.png": b"x" for i in range(1100)})
+    s3.rm_file("lcd-test/big/edits/item000150.png")
+    folder = "s3://lcd-test/big/edits"
+    fs, _ = storage.filesystem(folder)
+    fs.connect()
+    prefixes: list[str] = []
+    fs.s3.meta.events.register("provide-client-params.s3.ListObjectsV2",
+                               lambda params, **kw: prefixes.append(params.get("Prefix")))
+    names = [f"item{i:06d}.png" for i in range(100, 200)]
+    assert storage.present_names(folder, names) == set(names) - {"item000150.png"}
+    assert prefixes == ["big/edits/item0001"]
+    prefixes.clear()
+    assert len(storage.list_names(folder)) == 1099 and len(prefixes) == 2  # what a whole listing costs
+    prefixes.clear()
+    # ids that share little: a few narrow listings, the same answer; no name at all asks nothing
+    assert storage.present_names(folder, ["item000001.png", "zzz.png", "item001099.png"]) == {"item000001.png",
+                                                                                            "item001099.png"}
+    assert sorted(prefixes) == ["big/edits/item000001.png", "big/edits/item001099.png", "big/edits/zzz.png"]
+    prefixes.clear()
+    assert storage.present_names(folder, []) == set() and prefixes == []
