@@ -18,6 +18,20 @@ import os
 import time
 
 
+def list_request_log(url: str) -> list[str]:
+    """A list that gets the Prefix of every ListObjectsV2 request the S3 client behind `url`
+    (lcd.io.storage's cached s3fs instance) sends from now on: what a listing costs, counted
+    from the client's own events rather than from timings."""
+    from lcd.io import storage
+
+    fs, _ = storage.filesystem(url)
+    fs.connect()
+    prefixes: list[str] = []
+    fs.s3.meta.events.register("provide-client-params.s3.ListObjectsV2",
+                               lambda params, **kw: prefixes.append(params.get("Prefix")))
+    return prefixes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=20_000)
@@ -43,11 +57,7 @@ def main() -> None:
     first = (a.objects // 2 // a.shard) * a.shard  # a shard in the middle, aligned as plans cut them
     names = [f"item{i:06d}.png" for i in range(first, first + a.shard)]
     folder = "s3://bench/job/edits"
-    sfs, _ = storage.filesystem(folder)
-    sfs.connect()
-    lists: list[str] = []
-    sfs.s3.meta.events.register("provide-client-params.s3.ListObjectsV2",
-                                lambda params, **kw: lists.append(params.get("Prefix")))
+    lists = list_request_log(folder)
 
     def timed(fn):
         lists.clear()

@@ -117,8 +117,10 @@ def present_names(folder: str | Path, names: Iterable[str]) -> set[str]:
     if not names:
         return set()
     fs, path = filesystem(folder)
+    if "prefix" not in inspect.signature(fs.find).parameters:  # memory://, http(s)://: no prefix listing
+        return list_names(folder) & names
     prefixes = name_prefixes(names, max(4, len(names) // 500))
-    if prefixes == [""] or "prefix" not in inspect.signature(fs.find).parameters:
+    if prefixes == [""]:
         return list_names(folder) & names
     found: set[str] = set()
     for prefix in prefixes:  # a prefix listing is never cached by s3fs; refresh all the same

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.s3_lookup import list_request_log
 from lcd.io import storage
 from lcd.jobs import tables
 from tasks.edit import edit_shard, merge_shard_tables, plan_manifest
@@ -101,11 +102,7 @@ def test_a_shard_lists_only_under_its_own_ids_prefixes_on_s3(s3):
     s3.pipe({f"lcd-test/big/edits/item{i:06d}.png": b"x" for i in range(1100)})
     s3.rm_file("lcd-test/big/edits/item000150.png")
     folder = "s3://lcd-test/big/edits"
-    fs, _ = storage.filesystem(folder)
-    fs.connect()
-    prefixes: list[str] = []
-    fs.s3.meta.events.register("provide-client-params.s3.ListObjectsV2",
-                               lambda params, **kw: prefixes.append(params.get("Prefix")))
+    prefixes = list_request_log(folder)
     names = [f"item{i:06d}.png" for i in range(100, 200)]
     assert storage.present_names(folder, names) == set(names) - {"item000150.png"}
     assert prefixes == ["big/edits/item0001"]
