@@ -153,6 +153,8 @@ def run_list(args) -> int:
 
 def run_show(args) -> int:
     from lcd.concepts.catalog import concept_summary
+    from lcd.concepts.io import load_concept
 
+    load_concept(args.dir)  # every file check edit-batch runs (values too), so show refuses what it would
     print(json.dumps(concept_summary(args.dir), indent=2, sort_keys=True))
     return 0

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lcd.concepts.io import WEIGHTS_NAME, concept_weights_file, read_card
+from lcd.concepts.io import CARD_NAME, WEIGHTS_NAME, read_card, read_concept_header
+from lcd.concepts.validate import check_card
 from lcd.errors import ModelLoadError
 
 COLUMNS = ("name", "tokens", "class_words", "method", "layout", "rank", "base", "bytes")
@@ -22,24 +23,16 @@ def find_concepts(root: str | Path) -> list[Path]:
     return sorted(d for d in p.iterdir() if (d / WEIGHTS_NAME).exists())
 
 
-def _header(f: Path) -> tuple[dict, dict[str, list[int]]]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(f), framework="pt") as sf:
-            return sf.metadata() or {}, {k: list(sf.get_slice(k).get_shape()) for k in sf.keys()}
-    except Exception as e:
-        raise ModelLoadError(f"{f}: cannot read concept weights: {type(e).__name__}: {e}", item=str(f.parent)) from None
-
-
 def concept_summary(folder: str | Path) -> dict:
     """{name, folder, tokens, class_words, method, layout, rank ('full' | r | 'lo-hi'), ranks
     {module: r} for low-rank layouts, layers, base {ref, sha256, revision}, bytes (weights file),
-    compression / merged_from from the card when present}."""
+    compression / merged_from from the card when present}. A concept whose header edit-batch would
+    refuse (lcd.concepts.validate) raises ModelLoadError naming its file."""
     p = Path(folder)
-    f = concept_weights_file(p)
-    meta, shapes = _header(f)
+    f, meta, specs = read_concept_header(p)
+    shapes = {k: list(s.shape) for k, s in specs.items()}
     card = read_card(p)
+    check_card(card, str(p / CARD_NAME))
     method = meta.get("method", "?")
     layout = meta.get("layout") or ("lowrank" if method == "lora" else "full")
     ranks = {k[len("unet."):-len(".lora_A")]: s[0] for k, s in shapes.items() if k.endswith(".lora_A")}

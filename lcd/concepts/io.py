@@ -106,7 +106,10 @@ def check_unet_shapes(concept: Concept, unet) -> dict[str, torch.nn.Parameter]:
     params = dict(unet.named_parameters())
     if concept.lowrank:
         for m in concept.modules:
-            a, b = concept.unet[f"{m}.lora_A"], concept.unet[f"{m}.lora_B"]
+            a, b = concept.unet.get(f"{m}.lora_A"), concept.unet.get(f"{m}.lora_B")
+            if a is None or b is None or a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+                raise ModelLoadError(f"{concept.name}: {m}: needs a 2-d lora_A (r, in) and lora_B (out, r) of one "
+                                     "rank r", item=concept.name)
             w = params.get(f"{m}.weight")
             if w is None:
                 raise ModelLoadError(f"{concept.name}: base UNet has no module {m}", item=concept.name)
@@ -139,6 +142,8 @@ def apply_concepts(pipe, concepts: Sequence[Concept]):
     first; LoRA updates add up.
     """
     # 1. check everything first, so a bad concept leaves the pipeline untouched
+    from lcd.concepts.validate import check_against_base, check_concept
+
     full = [c.name for c in concepts if c.method != "lora" and c.unet]
     if len(full) > 1:
         raise ModelLoadError(
@@ -148,14 +153,8 @@ def apply_concepts(pipe, concepts: Sequence[Concept]):
         )
     seen: set[str] = set()
     for c in concepts:
-        check_unet_shapes(c, pipe.unet)
-        d = pipe.text_encoder.get_input_embeddings().weight.shape[1]
-        if c.embeddings.shape[-1] != d:
-            raise ModelLoadError(
-                f"{c.name}: token embeddings have width {c.embeddings.shape[-1]} but the base text encoder "
-                f"has {d}; the concept was trained on a different base model",
-                item=c.name,
-            )
+        check_concept(c)  # the file checks again: a Concept may be built in memory
+        check_against_base(c, pipe.unet, pipe.text_encoder)
         for t in c.tokens:
             check_token(t, pipe.tokenizer, c.name)
             if t in seen:
@@ -241,32 +240,47 @@ def concept_weights_file(folder: str | Path) -> Path:
     return f
 
 
-def load_concept(folder: str | Path) -> Concept:
-    """Read a concept folder written by `save_concept`."""
+def read_concept_header(folder: str | Path) -> tuple[Path, dict[str, str], dict]:
+    """(weights file, safetensors metadata, {key: TensorSpec}) read off the header (no tensor
+    loaded), after the file checks that need no values (lcd.concepts.validate): metadata types,
+    keys, dtypes, ranks and pairs. Backs `lcd concept list` and `load_concept`."""
     from safetensors import safe_open
 
-    p = Path(folder)
-    f = concept_weights_file(p)
+    from lcd.concepts.validate import TensorSpec, check_metadata, check_structure
+
+    f = concept_weights_file(folder)
     try:
         with safe_open(str(f), framework="pt") as sf:
             meta = sf.metadata() or {}
+            specs = {k: TensorSpec.of_header(sl.get_shape(), sl.get_dtype())
+                     for k in sf.keys() for sl in [sf.get_slice(k)]}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a corrupt header
+        raise ModelLoadError(f"{f}: cannot read concept weights: {_one_line(e)}", item=str(folder)) from None
+    tokens, method, layout, _ = check_metadata(meta, str(f))
+    check_structure(tokens, method, layout, specs, str(f))
+    return f, meta, specs
+
+
+def load_concept(folder: str | Path) -> Concept:
+    """Read a concept folder written by `save_concept`, refusing (ModelLoadError, one line naming
+    the file) anything `apply_concepts` could not apply: every check of lcd.concepts.validate
+    that needs no base model."""
+    from safetensors import safe_open
+
+    from lcd.concepts.validate import check_card, check_metadata, check_values
+
+    p = Path(folder)
+    f, meta, _ = read_concept_header(p)
+    tokens, method, layout, scale = check_metadata(meta, str(f))
+    try:
+        with safe_open(str(f), framework="pt") as sf:
             tensors = {k: sf.get_tensor(k) for k in sf.keys()}
-        tokens = json.loads(meta["tokens"])
-        method = meta["method"]
-        scale = float(meta.get("lora_scale", "1.0"))
-        layout = meta.get("layout", "full")
-    except Exception as e:
-        raise ModelLoadError(f"{f}: cannot read concept weights: {type(e).__name__}: {e}", item=str(p)) from None
+    except Exception as e:  # noqa: BLE001 - a truncated body reads as a safetensors error
+        raise ModelLoadError(f"{f}: cannot read concept weights: {_one_line(e)}", item=str(p)) from None
+    check_values(tensors, str(f))  # NaN/inf weights would paint the region black and be recorded "edited"
     card = read_card(p)
-    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:  # NaN/inf weights would paint the region black and be recorded "edited"
-        raise ModelLoadError(f"{f}: non-finite values (NaN or inf) in {', '.join(sorted(bad)[:3])}"
-                             f"{' and more' if len(bad) > 3 else ''}; retrain or re-export this concept", item=str(p))
-    if "text.embeddings" not in tensors:
-        raise ModelLoadError(f"{f}: no text.embeddings tensor; not a concept written by lcd", item=str(p))
+    check_card(card, str(p / CARD_NAME))
     unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
-    if problem := tensor_problem(method, layout, unet):  # applied as-is it would edit the wrong modules
-        raise ModelLoadError(f"{f}: {problem}", item=str(p))
     return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p), layout)
 
 
@@ -399,6 +413,9 @@ def import_diffusers(folder: str | Path, card: dict[str, Any] | None = None,
         proc, _, sub = k.partition(".processor.")
         if sub not in _FROM_DIFFUSERS:
             raise ModelLoadError(f"{wf}: unexpected key {k} (not a Custom Diffusion weight)", item=str(wf))
+        if not t.is_floating_point():
+            raise ModelLoadError(f"{wf}: {k} has dtype {str(t.dtype).removeprefix('torch.')}; weights must be "
+                                 "floating point", item=str(wf))
         unet[f"{proc}.{_FROM_DIFFUSERS[sub]}"] = t.float()
     if not unet:
         raise ModelLoadError(f"{wf}: holds no Custom Diffusion K/V weights", item=str(wf))
@@ -427,6 +444,13 @@ def import_diffusers(folder: str | Path, card: dict[str, Any] | None = None,
         tokens = list(tokens)
     else:
         tokens = [t if CONCEPT_TOKEN.fullmatch(t) else f"[{re.sub(r'[^A-Za-z0-9_-]', '', t) or 'P'}]" for t in names]
+    if len({r.numel() for r in rows}) > 1:
+        raise ModelLoadError(f"{p}: the token embedding files hold rows of different widths "
+                             f"({sorted({r.numel() for r in rows})}); they are from different models", item=str(p))
     method = "crossattn" if any(k.endswith("to_q.weight") for k in unet) else "kv"
     meta = dict(card or {}, imported_from=str(p), source_format="diffusers custom_diffusion")
-    return Concept(tokens, torch.stack(rows), method, unet, 1.0, meta, str(p))
+    concept = Concept(tokens, torch.stack(rows), method, unet, 1.0, meta, str(p))
+    from lcd.concepts.validate import check_concept
+
+    check_concept(concept)  # what load_concept would refuse is not written
+    return concept
