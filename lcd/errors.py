@@ -25,3 +25,8 @@ class PromptError(LcdError):
 
 class ModelLoadError(LcdError):
     """A model reference cannot be resolved or loaded, or weights do not fit the base model."""
+
+
+class NetworkError(LcdError):
+    """A URL could not be read: no connection or answer in time, a body over its deadline or the
+    byte limit, a connection closed early, an HTTP error (lcd.io.http)."""

@@ -9,14 +9,24 @@ storage one PUT is atomic by itself (the object appears whole or not at all), so
 local temp file uploaded in one `put_file`; the output object, written last, stays the done
 marker. Credentials and endpoints come from the filesystem's usual chain (AWS_* variables,
 profiles, FSSPEC_S3_* configuration); nothing here reads, stores or logs them.
+
+Network reads: an http(s) URL is read by lcd.io.http under the `limits` passed (the `io` section,
+lcd.io.config; its defaults when none is), never by fsspec's HTTP filesystem with aiohttp's 300 s
+defaults. A read of any other remote that fails for a reason other than a missing object is one
+NetworkError naming the URL, so no client library's exception class reaches a batch.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import os
 from pathlib import Path
 from typing import IO, Iterable
+
+from lcd.errors import LcdError, NetworkError
+from lcd.io import http
+from lcd.io.config import IoConfig
 
 def is_remote(p: str | Path) -> bool:
     """True for a URL other than file:// (s3://, gs://, memory://, ...)."""
@@ -44,28 +54,52 @@ def basename(p: str | Path) -> str:
     return str(p).rstrip("/").rsplit("/", 1)[-1]
 
 
-def filesystem(url: str):
-    """(fsspec filesystem, path inside it) for a remote URL."""
+def filesystem(url: str, limits: IoConfig | None = None):
+    """(fsspec filesystem, path inside it) for a remote URL; an http(s) one gets aiohttp
+    deadlines from `limits` (lcd.io.http.http_filesystem)."""
     import fsspec
 
+    if http.is_http(url):
+        return http.http_filesystem(limits), url
     return fsspec.core.url_to_fs(url)
 
 
-def exists(p: str | Path) -> bool:
+def exists(p: str | Path, limits: IoConfig | None = None) -> bool:
     p = normalize(p)
     if isinstance(p, Path):
         return p.exists()
+    if http.is_http(p):
+        try:
+            http.head(p, limits)
+        except FileNotFoundError:
+            return False
+        return True
     fs, path = filesystem(p)
-    return fs.exists(path)
+    return _guarded(p, lambda: fs.exists(path))
 
 
-def open_read(p: str | Path) -> IO[bytes]:
-    """A binary file object to read (close it, or use it in `with`)."""
+def open_read(p: str | Path, limits: IoConfig | None = None) -> IO[bytes]:
+    """A binary file object to read (close it, or use it in `with`). An http(s) URL is read
+    whole, within `limits`, into memory (so it can seek, as Parquet readers do)."""
     p = normalize(p)
     if isinstance(p, Path):
         return open(p, "rb")
+    if http.is_http(p):
+        return io.BytesIO(http.fetch(p, limits))
     fs, path = filesystem(p)
-    return fs.open(path, "rb")
+    return _guarded(p, lambda: fs.open(path, "rb"))
+
+
+def _guarded(url: str, call):
+    """`call()` with a failure other than a missing object (or one of ours) made one NetworkError
+    naming `url`: s3fs, gcsfs and aiohttp raise their own classes, not OSError."""
+    try:
+        return call()
+    except (FileNotFoundError, LcdError):
+        raise
+    except Exception as e:  # noqa: BLE001 - the boundary: no library's exception class goes further
+        raise NetworkError(f"{url}: cannot read it ({type(e).__name__}: {http.one_line(e) or 'no message'})",
+                           item=url) from None
 
 
 def not_found_message(err: FileNotFoundError) -> str:
@@ -73,15 +107,23 @@ def not_found_message(err: FileNotFoundError) -> str:
     it could not reach at all (its HTTP filesystem turns a refused connection or a DNS failure
     into FileNotFoundError, with the real error as the cause): then that error, so a dead host is
     not reported as a missing file."""
+    if isinstance(err, http.HttpNotFound):
+        return f"file not found ({err.strerror})"
     cause = err.__cause__
     if cause is not None and not isinstance(cause, FileNotFoundError):
         return f"cannot reach it ({type(cause).__name__}: {cause})"
     return "file not found"
 
 
-def read_bytes(p: str | Path) -> bytes:
-    with open_read(p) as f:
-        return f.read()
+def read_bytes(p: str | Path, limits: IoConfig | None = None) -> bytes:
+    """All bytes of a file or URL (an http(s) one within `limits`)."""
+    p = normalize(p)
+    if isinstance(p, Path):
+        return p.read_bytes()
+    if http.is_http(p):
+        return http.fetch(p, limits)
+    fs, path = filesystem(p)
+    return _guarded(p, lambda: fs.cat_file(path))
 
 
 def list_names(folder: str | Path) -> set[str]:
@@ -167,18 +209,21 @@ def remove(p: str | Path) -> None:
     fs.invalidate_cache(path.rsplit("/", 1)[0])
 
 
-def info(url: str) -> dict:
-    """A remote object's listing entry (size, ETag/mtime): FileNotFoundError when it is absent."""
+def info(url: str, limits: IoConfig | None = None) -> dict:
+    """A remote object's listing entry (size, ETag/mtime): FileNotFoundError when it is absent.
+    An http(s) URL is asked with a HEAD within `limits`."""
+    if http.is_http(url):
+        return http.head(url, limits)
     fs, path = filesystem(url)
-    return fs.info(path)
+    return _guarded(url, lambda: fs.info(path))
 
 
-def is_file(p: str | Path) -> bool:
+def is_file(p: str | Path, limits: IoConfig | None = None) -> bool:
     p = normalize(p)
     if isinstance(p, Path):
         return p.is_file()
     try:
-        return info(p).get("type") == "file"
+        return info(p, limits).get("type") == "file"
     except FileNotFoundError:
         return False
 
