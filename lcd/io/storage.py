@@ -21,8 +21,9 @@ from __future__ import annotations
 import inspect
 import io
 import os
+import stat
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Iterable, NamedTuple
 
 from lcd.errors import LcdError, NetworkError
 from lcd.io import http
@@ -140,6 +141,64 @@ def list_names(folder: str | Path) -> set[str]:
         return {basename(x) for x in fs.ls(path, detail=False, refresh=True)}
     except FileNotFoundError:
         return set()
+
+
+class Entry(NamedTuple):
+    """What a look at a folder entry says without opening it: a regular file (locally by lstat,
+    so a symlink, even to a file, is not; every object is), its size, and a stamp that changes
+    with its content (mtime_ns of a file, the ETag, else mtime, of an object)."""
+
+    regular: bool
+    size: int
+    stamp: str
+
+
+def _object_entry(meta: dict) -> Entry:
+    stamp = meta.get("ETag") or meta.get("mtime") or meta.get("LastModified") or meta.get("created")
+    return Entry(meta.get("type") == "file", int(meta.get("size") or 0), str(stamp))
+
+
+def stat_entry(p: str | Path) -> Entry | None:
+    """The Entry of one file or object (lstat locally, a HEAD remotely); None when it is absent."""
+    p = normalize(p)
+    try:
+        if isinstance(p, Path):
+            st = os.lstat(p)
+            return Entry(stat.S_ISREG(st.st_mode), st.st_size, str(st.st_mtime_ns))
+        return _object_entry(info(p))
+    except FileNotFoundError:
+        return None
+
+
+def entries(folder: str | Path, names: Iterable[str] | None = None) -> dict[str, Entry]:
+    """{name: Entry} of `names` found in `folder` (None: everything in it), at the cost of
+    present_names: an lstat per name locally, the listing (its sizes and ETags come with it) on
+    object storage."""
+    folder = normalize(folder)
+    if isinstance(folder, Path):
+        if names is None:
+            names = list_names(folder)
+        return {n: e for n in set(names) if (e := stat_entry(folder / n)) is not None}
+    fs, path = filesystem(folder)
+    if names is None:
+        try:
+            return {basename(m["name"]): _object_entry(m) for m in fs.ls(path, detail=True, refresh=True)}
+        except FileNotFoundError:
+            return {}
+    names = set(names)
+    if not names:
+        return {}
+    if "prefix" not in inspect.signature(fs.find).parameters:  # memory://, http(s)://: no prefix listing
+        return {n: e for n, e in entries(folder).items() if n in names}
+    prefixes = name_prefixes(names, max(4, len(names) // 500))
+    if prefixes == [""]:
+        return {n: e for n, e in entries(folder).items() if n in names}
+    found: dict[str, Entry] = {}
+    for prefix in prefixes:  # a prefix listing is never cached by s3fs; refresh all the same
+        for key, meta in fs.find(path, maxdepth=1, prefix=prefix, refresh=True, detail=True).items():
+            if basename(key) in names:
+                found[basename(key)] = _object_entry(meta)
+    return found
 
 
 def present_names(folder: str | Path, names: Iterable[str]) -> set[str]:

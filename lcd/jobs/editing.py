@@ -33,8 +33,8 @@ from lcd.io.hashing import hash_log, hash_rows, remember_hashes
 from lcd.io.images import load_image, save_output, save_png
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
 from lcd.jobs import tables
-from lcd.jobs.layout import (EDITS_DIR, REGIONS_DIR, is_current, output_listing, output_name, output_path,
-                              present_outputs, region_path)
+from lcd.jobs.layout import (EDITS_DIR, REGIONS_DIR, is_current, output_name, output_path, output_stats,
+                              region_path, usable)
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import load_region, needs_text_clip, open_masks_store
 from lcd.masks.config import MasksConfig
@@ -167,22 +167,25 @@ def current_report(
     cfg: EditConfig,
     models: ModelsConfig,
     shard: str,
-    listing: set[str],
+    listing: "dict[str, storage.Entry] | None" = None,
     engine: Engine = "diffusion",
     concepts_root: str | Path | None = None,
     masks_store: "str | Path | MaskStore | None" = None,
     masks_cfg: MasksConfig | None = None,
 ) -> ShardReport | None:
     """The report a run of this shard would give if every item is current (all "skipped"), or None
-    as soon as one item is not (no ledger row, a stale hash, its output not in `listing`, or it
-    fails to hash): the coordinator's check, so that a resume starts no process for a finished
-    shard. It reads only the shard's ledger and known hashes and stats the inputs; `listing` is
-    one listing of edits/ shared by all shards (lcd.jobs.layout.output_listing)."""
+    as soon as one item is not (no ledger row, a stale hash, its output not current by the shard's
+    own rule, or it fails to hash): the coordinator's check, so that a resume starts no process
+    for a finished shard. It reads only the shard's ledger and known hashes and stats the inputs
+    and outputs; `listing` is one listing of edits/ shared by all shards on object storage
+    (lcd.jobs.layout.output_listing), None locally (the shard's outputs are lstat-ed)."""
     ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, None, masks_cfg)
     ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", shard))
     if not items or any(it.id not in ledger for it in items):  # a first run, a killed one, or failures
         return None
     ctx.masks_store = open_masks_store(masks_store, items)
+    if listing is None:
+        listing = output_stats(ctx.out_root, [output_name(it.id, cfg.output_format) for it in items])
     pending = _pending_items(ctx, items, concepts_root, listing=listing, ledger=ledger, stop_early=True)
     return ctx.report if pending == [] and not ctx.report.failures else None
 
@@ -207,17 +210,20 @@ def _batch_size(cfg: EditConfig, lp) -> int:
     return resolve_batch_size(lp, cfg)
 
 
-def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root, listing: set[str] | None = None,
-                   ledger: dict[str, str] | None = None, stop_early: bool = False) -> list[Pending] | None:
+def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root,
+                   listing: "dict[str, storage.Entry] | None" = None, ledger: "dict[str, tables.LedgerRow] | None" = None,
+                   stop_early: bool = False) -> list[Pending] | None:
     """Phase 1: items whose output is missing or was made from other inputs; current ones are
     recorded as skipped, unhashable ones (missing file, no stored masks) as failures.
 
-    What is current comes from the shard's previous results table (the ledger: id -> input_hash)
-    and which of its outputs exist (`listing`: the coordinator's one listing of edits/; a shard
-    looks up its own items, _present_outputs), not from opening every output: an item is current
-    when its output file is present and the ledger has its hash. An output the ledger does not know (its
-    shard was killed before writing the table) is checked by its own PNG metadata; an output that
-    is gone is redone whatever the ledger says. Input hashes come from the shard's known-hashes
+    What is current comes from the shard's previous results table (the ledger: id -> input_hash
+    and the output's size and stamp then) and a look at its outputs without opening them
+    (`listing`: lstat or listing entries; a shard looks up its own items, _present_outputs): an
+    item is current when its output is a regular file of non-zero size, unchanged since the
+    ledger's row, and the row has its hash (_output_current). An output the ledger does not know
+    (its shard was killed before writing the table) or that changed since (replaced, cut,
+    touched) is checked by its own header, end and metadata; a symlink, a 0-byte file or an
+    output that is gone is redone whatever the ledger says. Input hashes come from the shard's known-hashes
     table while a file's size and mtime (an object's ETag) are unchanged, so a resume reads no
     input bytes. `stop_early`: return None at the first item that is not current."""
     remember_hashes(tables.read_known_hashes(tables.shard_table_path(ctx.out_root, "hashes", ctx.shard)))
@@ -239,9 +245,9 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root, 
             ctx.fail(it.id, "input", e)
             continue
         out = output_path(ctx.out_root, it.id, ctx.cfg.output_format)
-        listed = output_name(it.id, ctx.cfg.output_format) in listing
-        if listed and (ledger[it.id] == h if it.id in ledger else is_current(out, h)):
-            ctx.report.results.append(_row(it, out, h, "skipped", ctx.shard, 0.0))
+        entry = listing.get(output_name(it.id, ctx.cfg.output_format))
+        if _output_current(out, h, entry, ledger.get(it.id)):
+            ctx.report.results.append(_row(it, out, h, "skipped", ctx.shard, 0.0, entry))
         elif stop_early:
             return None
         else:
@@ -249,17 +255,28 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root, 
     return pending
 
 
-def _present_outputs(ctx: ShardContext, items: list[ManifestItem]) -> set[str]:
-    """The output names of `items` that exist, looked up for these items only (a shard's cost
-    stays flat however many outputs the job has); after a killed run of this shard (its running
-    marker is there) edits/ and regions/ are listed once to remove the temp files it left."""
+def _output_current(out: "str | Path", h: str, entry: "storage.Entry | None", known: "tables.LedgerRow | None") -> bool:
+    """The rule for one output: a regular file of non-zero size (lcd.jobs.layout.usable); while its
+    size and stamp are those the ledger recorded, the ledger's hash decides and nothing is opened
+    (~3 us an item); otherwise (no row, or the file changed since) the file itself is checked
+    (lcd.jobs.layout.is_current: whole, and made from `h`)."""
+    if not usable(entry):
+        return False
+    if known is not None and (known.output_size, known.output_stamp) == (entry.size, entry.stamp):
+        return known.input_hash == h
+    return is_current(out, h, entry.size)
+
+
+def _present_outputs(ctx: ShardContext, items: list[ManifestItem]) -> "dict[str, storage.Entry]":
+    """{output name: Entry} of the outputs of `items` that exist, looked up for these items only
+    (a shard's cost stays flat however many outputs the job has); after a killed run of this
+    shard (its running marker is there) edits/ and regions/ are listed once to remove the temp
+    files it left."""
     names = [output_name(it.id, ctx.cfg.output_format) for it in items]
     marker = tables.running_marker_path(ctx.out_root, ctx.shard)
     if isinstance(ctx.out_root, Path) and marker.exists():
-        listing = output_listing(ctx.out_root)
-        _remove_stale_temps(ctx.out_root, listing, {it.id for it in items})
-        return listing & set(names)
-    return present_outputs(ctx.out_root, names)
+        _remove_stale_temps(ctx.out_root, storage.list_names(ctx.out_root / EDITS_DIR), {it.id for it in items})
+    return output_stats(ctx.out_root, names)
 
 
 def _mark_running(ctx: ShardContext) -> None:
@@ -435,10 +452,16 @@ def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) 
         save_output(out, res.image, meta, ctx.cfg.output_format, level, ctx.cfg.webp_method)
     except OSError as e:
         return None, ctx.failure(it.id, "write", e)
-    return _row(it, out, h, "edited", ctx.shard, seconds), None
+    try:  # the output as written (an lstat; a HEAD on object storage): the next run trusts this row while it holds
+        entry = storage.stat_entry(out)
+    except OSError:  # no entry: the next run checks the file itself
+        entry = None
+    return _row(it, out, h, "edited", ctx.shard, seconds, entry), None
 
 
-def _row(it: ManifestItem, out: Path, h: str, status: str, shard: str, seconds: float) -> dict:
+def _row(it: ManifestItem, out: Path, h: str, status: str, shard: str, seconds: float,
+         entry: "storage.Entry | None" = None) -> dict:
     return {"id": it.id, "image": it.image, "region": it.mask or it.select, "concept": it.concept,
             "prompt": it.prompt, "seed": it.seed, "output": str(out), "input_hash": h, "status": status,
-            "shard": shard, "seconds": seconds}
+            "shard": shard, "seconds": seconds, "output_size": entry.size if entry else None,
+            "output_stamp": entry.stamp if entry else None}

@@ -8,7 +8,7 @@ shard tables of that sharding, so an item appears once however often its shard w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +28,10 @@ RESULTS_SCHEMA = pa.schema([
     ("status", pa.string()),  # "edited" | "skipped" (output already there with this hash)
     ("shard", pa.string()),
     ("seconds", pa.float64()),
+    # the output file as this run wrote or checked it (lcd.io.storage.Entry): a later run trusts the
+    # row only while the file's size and stamp are unchanged, and re-checks the file otherwise
+    ("output_size", pa.int64()),
+    ("output_stamp", pa.string()),  # mtime_ns of a file, ETag of an object
 ])
 FAILURES_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -90,14 +94,24 @@ def write_shard_tables(out_root: str | Path, shard: str, results: list[dict], fa
         storage.remove(running_marker_path(out_root, shard))
 
 
-def read_ledger(path: str | Path) -> dict[str, str]:
-    """{id: input_hash} of a shard's previous results table; {} when it is absent or unreadable
+class LedgerRow(NamedTuple):
+    """A shard's previous result for one id: the input_hash its output was made from, and that
+    output's size and stamp then (None in tables written before they were kept)."""
+
+    input_hash: str
+    output_size: int | None
+    output_stamp: str | None
+
+
+def read_ledger(path: str | Path) -> dict[str, LedgerRow]:
+    """{id: LedgerRow} of a shard's previous results table; {} when it is absent or unreadable
     (then every existing output is checked by its own metadata instead)."""
     try:
-        t = read_table(path, columns=["id", "input_hash"])
+        t = read_table(path, schema=RESULTS_SCHEMA, columns=["id", "input_hash", "output_size", "output_stamp"])
     except Exception:  # noqa: BLE001 - missing, partial or foreign file: no ledger
         return {}
-    return dict(zip(t.column("id").to_pylist(), t.column("input_hash").to_pylist()))
+    cols = [t.column(c).to_pylist() for c in ("id", "input_hash", "output_size", "output_stamp")]
+    return {i: LedgerRow(h, size, stamp) for i, h, size, stamp in zip(*cols)}
 
 
 def read_known_hashes(path: str | Path) -> list[dict]:

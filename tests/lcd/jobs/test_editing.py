@@ -109,9 +109,10 @@ def test_a_concept_that_cannot_be_loaded_fails_its_items_only(job, tiny_dir):
 
 
 def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):
-    """With the shard's results table present, current outputs are not opened (one is even made
-    unreadable and still counts as current); an output that is gone is redone; without a table
-    (a shard killed before writing it), outputs are checked by their own metadata."""
+    """With the shard's results table present, outputs unchanged since it was written are not
+    opened; one replaced by garbage (its size and mtime changed) is opened, found foreign and
+    redone; an output that is gone is redone; without a table (a shard killed before writing it),
+    outputs are checked by their own metadata."""
     import lcd.jobs.editing as editing
     from lcd.jobs import tables
 
@@ -123,18 +124,19 @@ def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):
     tables.write_table(tables.shard_table_path(out, "results", shard), rep.results, tables.RESULTS_SCHEMA)
     opened = []
     real = editing.is_current
-    monkeypatch.setattr(editing, "is_current", lambda p, h: opened.append(p.name) or real(p, h))
-    (out / "edits" / "a.png").write_bytes(b"garbage: never opened when the ledger knows it")
+    monkeypatch.setattr(editing, "is_current", lambda p, h, *a: opened.append(p.name) or real(p, h, *a))
+    (out / "edits" / "a.png").write_bytes(b"garbage: its stat changed, so it is opened and redone")
     (out / "edits" / "b.png").unlink()
     rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
-    assert {r["id"]: r["status"] for r in rep.results} == {"a": "skipped", "b": "edited", "c": "skipped"}
-    assert opened == []
+    assert {r["id"]: r["status"] for r in rep.results} == {"a": "edited", "b": "edited", "c": "skipped"}
+    assert opened == ["a.png"]
+    opened.clear()
     # a run that edits removes the ledger before its first write (a kill then leaves none, not a
     # wrong one); with no ledger every listed output is read (the unreadable one is redone)
     assert not tables.shard_table_path(out, "results", shard).exists()
     rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
     assert sorted(opened) == ["a.png", "b.png", "c.png"]
-    assert {r["id"]: r["status"] for r in rep.results} == {"a": "edited", "b": "skipped", "c": "skipped"}
+    assert {r["id"]: r["status"] for r in rep.results} == {"a": "skipped", "b": "skipped", "c": "skipped"}
 
 
 def test_temp_files_of_a_killed_run_are_removed_by_the_next_run_of_that_shard(job, monkeypatch):
