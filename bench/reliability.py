@@ -41,6 +41,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+import hostile  # noqa: E402 - the families of issue 27, beside this file
 BOX = "box:0,0,8,8"
 
 
@@ -260,6 +262,9 @@ def child_bomb(files: Path, root: Path) -> dict:
     return {"edited": [r["id"] for r in rep.results], "failed": {f["id"]: f["message"][-80:] for f in rep.failures}}
 
 
+FAMILIES = {"network": hostile.child_network, "outputs": hostile.child_outputs}
+
+
 # --- the CLI cases ----------------------------------------------------------------------------
 
 def cli_cases(root: Path, quick: bool) -> list[tuple[str, list[str], bool]]:
@@ -327,6 +332,8 @@ def child_fixtures(root: Path, quick: bool) -> dict:
     from lcd.concepts.io import Concept, save_concept
 
     make_files(root)
+    hostile.model_folder_files(root)
+    hostile.depth_files(root)
     (root / "cd").mkdir()  # diffusers Custom Diffusion weights beside a token file that is no tensor file
     key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.processor.to_k_custom_diffusion.weight"
     save_file({key: torch.zeros(4, 4)}, str(root / "cd" / "pytorch_custom_diffusion_weights.safetensors"))
@@ -335,6 +342,7 @@ def child_fixtures(root: Path, quick: bool) -> dict:
     (root / "cc" / "card.json").write_text('{"base": "sd15"}')
     if quick:
         return {}
+    hostile.flow_files(root)
     from lcd.models.tiny import TINY_SAM_FILE, write_tiny_models
 
     write_tiny_models(root / "tiny")
@@ -349,13 +357,14 @@ def child_fixtures(root: Path, quick: bool) -> dict:
 
 # --- running children -------------------------------------------------------------------------
 
-def run_child(argv: list[str], cwd: Path, timeout: float, log: Path) -> dict:
+def run_child(argv: list[str], cwd: Path, timeout: float, log: Path, env: dict | None = None) -> dict:
     """Run `argv` in its own session; -> {rc, stdout, stderr, hung, rss_mb}. The child's own
     peak RSS comes from wait4; on timeout its whole group is killed and the run counts as a hang."""
     import subprocess
 
     with open(log.with_suffix(".out"), "wb") as out, open(log.with_suffix(".err"), "wb") as err:
-        p = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True,
+                             env=env)
         deadline, hung = time.monotonic() + timeout, False
         while True:
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -387,7 +396,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer good items and CLI cases, no diffusion part")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per child before it counts as a hang")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (fixtures, outputs, child logs)")
-    ap.add_argument("--child", choices=["fixtures", "batch", "bomb"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=["fixtures", "batch", "bomb", *FAMILIES], help=argparse.SUPPRESS)
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--files", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -395,7 +404,8 @@ def main() -> None:
         root = Path(a.root)
         files = Path(a.files or a.root)
         got = {"fixtures": lambda: child_fixtures(root, a.quick), "bomb": lambda: child_bomb(files, root),
-               "batch": lambda: child_batch(files, root, a.quick)}[a.child]()
+               "batch": lambda: child_batch(files, root, a.quick),
+               **{name: (lambda fn=fn: fn(files, root)) for name, fn in FAMILIES.items()}}[a.child]()
         print(json.dumps(got))
         return
     # the parent imports no torch/numpy: each child's peak RSS starts at the parent's
@@ -410,17 +420,27 @@ def main() -> None:
         raise SystemExit(f"writing the fixtures failed:\n{fx['stderr'][-2000:]}")
     children = [("batch", me + ["--child", "batch", "--files", str(env_root), "--root", str(root / "batch")] + q, False),
                 ("bomb batch", me + ["--child", "bomb", "--files", str(env_root), "--root", str(root / "bomb")], True)]
+    for name in FAMILIES:
+        children.append((name, me + ["--child", name, "--files", str(env_root), "--root", str(root / name)], False))
+        (root / name).mkdir()
     (root / "batch").mkdir(), (root / "bomb").mkdir()
     cases = [(n, [sys.executable, "-m", "lcd", *argv], bomb) for n, argv, bomb in cli_cases(env_root, a.quick)]
+    entry = {"lcd": [str(Path(sys.executable).with_name("lcd"))], "flows": [sys.executable, "-m", "flows"]}
+    exits = {}
+    for n, argv, opt in hostile.hostile_cli_cases(env_root, a.quick):
+        cases.append((n, entry.get(opt.get("argv0"), [sys.executable, "-m", "lcd"]) + argv, False))
+        exits[n] = opt.get("exit", 2)
+    env = dict(os.environ, PYTHONPATH=str(env_root))  # what an attacker hopes for: the cwd importable
 
     def one(k_case):
         k, (name, argv, bomb) = k_case
-        return name, bomb, run_child(argv, env_root, a.timeout, logs / f"{k:03d}")
+        return name, bomb, run_child(argv, env_root, a.timeout, logs / f"{k:03d}", env)
 
     with ThreadPoolExecutor(2) as pool:  # 2 cores: two children at a time
         done = list(pool.map(one, enumerate(children + cases)))
     summary = {"inputs_tried": 0, "good_items": 0, "good_items_lost": 0, "hangs": 0, "tracebacks": 0,
-               "peak_rss_mb": 0.0, "not_exit_2": 0, "multi_line": 0, "unaccounted": 0, "escaped": 0}
+               "peak_rss_mb": 0.0, "not_exit_2": 0, "multi_line": 0, "unaccounted": 0, "escaped": 0,
+               "code_executed": 0, "max_item_wait_s": 0.0, "deadline_s": None}
     for name, bomb, r in done:
         summary["hangs"] += r["hung"]
         summary["tracebacks"] += r["stderr"].count("Traceback") + r["stdout"].count("Traceback")
@@ -441,6 +461,22 @@ def main() -> None:
             summary["good_items"] += 1
             summary["good_items_lost"] += got.get("edited") != ["ok"]
             row["notes"] = got or r["stderr"][-800:]
+        elif name in FAMILIES:
+            got = _last_json(r["stdout"]) or {}
+            for k in ("good_items", "good_items_lost", "unaccounted", "escaped"):
+                summary[k] += got.get(k, 0)
+            summary["inputs_tried"] += got.get("inputs", 0)
+            summary["good_items_lost"] += not got  # the child died
+            if "max_item_wait_s" in got:
+                summary["max_item_wait_s"] = max(summary["max_item_wait_s"], got["max_item_wait_s"])
+                summary["deadline_s"] = got["deadline_s"]
+            if name == "masks":
+                summary["peak_rss_mb"] = max(summary["peak_rss_mb"], r["rss_mb"])
+            row["notes"] = got or r["stderr"][-800:]
+        elif exits.get(name, 2) != 2:  # an entry point that ends a job (its items fail), not a CLI error
+            summary["inputs_tried"] += 1
+            summary["not_exit_2"] += r["rc"] != exits[name]
+            row["stderr"] = r["stderr"].strip()[-300:]
         elif name == "masks compute bad images":  # 1 good image, 4 bad ones
             got = _last_json(r["stdout"]) or {}
             summary["inputs_tried"] += 4
@@ -455,6 +491,7 @@ def main() -> None:
             summary["multi_line"] += len(lines) != 1
             row["stderr"] = r["stderr"].strip()[-300:]
         print(json.dumps(row))
+    summary["code_executed"] = hostile.code_marker(env_root)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     summary["quick"] = a.quick
     if a.keep:

@@ -1,0 +1,236 @@
+"""The families of hostile input that issue 27 named, as children of bench/reliability.py.
+
+Each `child_*` runs in its own process (reliability.py gives it a timeout and reads its peak RSS)
+and returns one dict with the counters the summary adds up: `inputs`, `good_items`,
+`good_items_lost`, `unaccounted` (an input with no row, or a broken one recorded as good),
+`escaped` (an exception out of a job), and family-specific figures:
+
+- network: every misbehaving-server mode of tests/hostile_http.py as an image URL of a shard,
+  beside a good item, under short deadlines (`io` section); `max_item_wait_s` is the longest a
+  shard with one bad URL took, `deadline_s` the total deadline it ran under.
+- outputs: a finished job whose outputs are then broken (dangling link, 0 bytes, cut short, a
+  link to another output, another item's image): a re-run must redo exactly those.
+- concepts: concept files whose metadata or tensors lie (a numeric `tokens`, a 0-d embedding, a
+  lora_A without its lora_B, ranks that differ, NaN and 1e308 scales, NaN weights, shapes of
+  another base, integer tensors) through the diffusion engine on the tiny models.
+- masks store: rows that claim 10^9 x 10^9 or 40,000 x 40,000 pixels, sizes that are not the
+  image's, RLE counts that do not add up, and 10^5 tiny masks for one image selected `largest`.
+
+The model-folder and CLI-depth families are CLI cases (`model_folder_files`, `depth_files`,
+`hostile_cli_cases`); whether a model folder's code ran is read from the marker its payload
+writes (`code_marker`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+BOX = "box:0,0,8,8"
+CODE_MARKER = "CODE_RAN"  # written (appended) under the cwd by every payload below, if it ever runs
+PAYLOAD = "import os\nopen(os.path.join(os.getcwd(), 'CODE_RAN'), 'a').write(__name__ + '\\n')\n"
+
+
+# --- model folders that try to run code -------------------------------------------------------
+
+def model_folder_files(root: Path) -> list[str]:
+    """Model folders under `root/models` whose configs point at code in the folder itself, the way
+    an attacker ships them: diffusers imports a dotted `library` from sys.path (the cwd for
+    `python -m`), transformers follows `auto_map`, diffusers loads a pipeline `.py`. -> their names."""
+    models = root / "models"
+
+    def folder(name: str, index: dict, extra: dict[str, str]) -> None:
+        d = models / name
+        for rel, text in {"model_index.json": json.dumps(index), **extra}.items():
+            (d / rel).parent.mkdir(parents=True, exist_ok=True)
+            (d / rel).write_text(text)
+
+    base = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.39.0",
+            "scheduler": ["diffusers", "DDIMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"], "safety_checker": [None, None], "feature_extractor": [None, None]}
+    unet_cfg = json.dumps({"_class_name": "UNet2DConditionModel", "in_channels": 4})
+    folder("dotted", base | {"unet": ["models.dotted.unet.payload", "UNet2DConditionModel"]},
+           {"unet/config.json": unet_cfg, "unet/payload.py": PAYLOAD})
+    folder("automap", base, {"unet/config.json": unet_cfg, "text_encoder/modeling_evil.py": PAYLOAD,
+                             "text_encoder/config.json": json.dumps({
+                                 "architectures": ["EvilModel"], "model_type": "clip_text_model",
+                                 "auto_map": {"AutoModel": "modeling_evil.EvilModel"}})})
+    folder("pipeline-py", base | {"_class_name": ["pipeline", "EvilPipeline"]},
+           {"unet/config.json": unet_cfg, "pipeline.py": PAYLOAD})
+    folder("class-name", base, {"unet/config.json": json.dumps({"_class_name": "models.class-name.evil.Evil"}),
+                                "evil.py": PAYLOAD})
+    return ["dotted", "automap", "pipeline-py", "class-name"]
+
+
+def code_marker(root: Path) -> int:
+    """How many times a payload ran (lines of the marker)."""
+    m = root / CODE_MARKER
+    return len(m.read_text().splitlines()) if m.exists() else 0
+
+
+# --- files too deep, too repetitive or not text for the CLI -----------------------------------
+
+def depth_files(root: Path) -> None:
+    """Params and edits files that used to give a traceback, a multi-line error or a silent default."""
+    (root / "deep.yaml").write_text("[" * 100_000)
+    (root / "deep-map.yaml").write_text("".join(f"{' ' * k}k{k}:\n" for k in range(3000)))
+    (root / "dup.yaml").write_text("edit:\n  steps: 2\nmodels:\n  device: cpu\nedit:\n  steps: 3\n")
+    (root / "dup-nested.yaml").write_text("edit:\n  steps: 2\n  steps: 3\n")
+    laughs = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{c}: &{c} [{', '.join(['*' + p] * 9)}]"
+                                                     for p, c in zip("abcdefgh", "bcdefghi")]
+    (root / "laughs.yaml").write_text("\n".join(laughs) + "\n")
+    (root / "binary.yaml").write_bytes(bytes(range(256)) * 16)
+    (root / "utf16.yaml").write_bytes("edit:\n  steps: 2\n".encode("utf-16"))
+    (root / "edits-binary.json").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
+    (root / "edits-int.json").write_text('[{"image": 5}]')
+    (root / "edits-dict.json").write_text('{"a": 1}')
+    (root / "edits-deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (root / "scenes-binary.csv").write_bytes(b"image\n" + bytes(range(1, 256)) * 8 + b"\n")
+    (root / "scenes-nul.csv").write_bytes(b"image\ns0\x00.png\n")
+
+
+def hostile_cli_cases(root: Path, quick: bool) -> list[tuple[str, list[str], dict]]:
+    """(name, argv after `python -m lcd` or a full argv, options) that must exit 2 in one line and
+    run no code. options: {"argv0": "lcd" | "flows"} picks the entry point (default `python -m lcd`)."""
+    r = str(root)
+    edit = ["edit", "--image", f"{r}/s0.png", "--mask", f"{r}/m.png", "--prompt", "a dog", "--out", f"{r}/o.png"]
+    cases = []
+    for name in ("dotted", "automap", "pipeline-py", "class-name"):  # cwd is root: models/<name> is importable
+        cases.append((f"model folder {name} (python -m lcd)", edit + ["--model", f"models/{name}"], {}))
+    cases.append(("model folder dotted (lcd script, PYTHONPATH=.)", edit + ["--model", "models/dotted"],
+                  {"argv0": "lcd"}))
+    cases += [
+        ("params 100k nested [", ["--params", f"{r}/deep.yaml"] + edit, {}),
+        ("params deep mapping", ["--params", f"{r}/deep-map.yaml"] + edit, {}),
+        ("params duplicate edit:", ["--params", f"{r}/dup.yaml"] + edit, {}),
+        ("params duplicate nested key", ["--params", f"{r}/dup-nested.yaml"] + edit, {}),
+        ("params billion laughs", ["--params", f"{r}/laughs.yaml"] + edit, {}),
+        ("params binary", ["--params", f"{r}/binary.yaml"] + edit, {}),
+        ("params utf-16", ["--params", f"{r}/utf16.yaml"] + edit, {}),
+        ("demo --edits binary", ["demo", "--edits", f"{r}/edits-binary.json", "--out", f"{r}/demo"], {}),
+        ("demo --edits [{image: 5}]", ["demo", "--edits", f"{r}/edits-int.json", "--out", f"{r}/demo"], {}),
+        ("demo --edits a mapping", ["demo", "--edits", f"{r}/edits-dict.json", "--out", f"{r}/demo"], {}),
+        ("demo --edits 100k nested [", ["demo", "--edits", f"{r}/edits-deep.json", "--out", f"{r}/demo"], {}),
+        ("masks compute binary csv", ["masks", "compute", f"{r}/scenes-binary.csv", "--out", f"{r}/mo"], {}),
+    ]
+    if not quick:
+        cases.append(("model folder dotted (python -m flows edit)",
+                      ["edit", "--params", f"{r}/evil-flow.yaml", "--manifest", f"{r}/evil-flow.jsonl",
+                       "--out", f"{r}/evil-flow-out"], {"argv0": "flows", "exit": 0}))
+    return cases
+
+
+def flow_files(root: Path) -> None:
+    """`python -m flows edit` on the dotted model folder: a params file and a two-item manifest."""
+    import yaml
+
+    (root / "evil-flow.yaml").write_text(yaml.safe_dump({"models": {"sd": "models/dotted"},
+                                                         "edit": {"size": 64, "steps": 1}}))
+    (root / "evil-flow.jsonl").write_text("".join(json.dumps({"id": f"e{k}", "image": f"{root}/s{k}.png",
+                                                              "select": BOX, "prompt": "a dog"}) + "\n"
+                                                  for k in range(2)))
+
+
+# --- network deadlines -----------------------------------------------------------------------
+
+NETWORK_MODES = ("never", "stall", "slow", "endless", "huge", "short", "second", "404", "loop")
+
+
+def child_network(files: Path, root: Path) -> dict:
+    """Each misbehaving mode as the image of a two-item shard (the good item a local file), the
+    shards run at once against one server: every bad URL a failure row naming it, every good item
+    edited, and no shard longer than the deadline allows."""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.hostile_http import HostileServer
+
+    from lcd.config import EditConfig, ModelsConfig
+    from lcd.io.config import IoConfig
+    from lcd.jobs.editing import run_edit_shard
+    from lcd.jobs.manifest import ManifestItem
+
+    limits = IoConfig(http_connect_timeout_s=2, http_first_byte_timeout_s=2, http_total_timeout_s=4,
+                      http_max_bytes=50_000_000)
+    res = {"inputs": 0, "good_items": 0, "good_items_lost": 0, "unaccounted": 0, "escaped": 0,
+           "deadline_s": limits.http_total_timeout_s, "max_item_wait_s": 0.0, "modes": {}}
+
+    def shard(mode: str, url: str) -> tuple[str, float, dict]:
+        items = [ManifestItem(id="good", image=str(files / "s0.png"), prompt="a dog", select=BOX),
+                 ManifestItem(id="bad", image=url, prompt="a dog", select=BOX)]
+        t0 = time.monotonic()
+        try:
+            rep = run_edit_shard(items, out_root=root / f"out-{mode}", cfg=EditConfig(size=64), models=ModelsConfig(),
+                                 engine="noop", io_cfg=limits)
+        except Exception as e:  # noqa: BLE001 - an exception out of a shard is what this counts
+            return mode, time.monotonic() - t0, {"escaped": f"{type(e).__name__}: {e}"}
+        return mode, time.monotonic() - t0, {"edited": [r["id"] for r in rep.results if r["status"] == "edited"],
+                                             "failed": {f["id"]: f["message"] for f in rep.failures}}
+
+    with HostileServer() as srv, ThreadPoolExecutor(len(NETWORK_MODES)) as pool:
+        done = list(pool.map(lambda m: shard(m, srv.url(f"{m}/scene.png")), NETWORK_MODES))
+    for mode, wait, got in done:
+        res["inputs"] += 1
+        res["good_items"] += 1
+        res["max_item_wait_s"] = max(res["max_item_wait_s"], round(wait, 2))
+        if "escaped" in got:
+            res["escaped"] += 1
+            res["good_items_lost"] += 1
+        else:
+            res["good_items_lost"] += got["edited"] != ["good"]
+            res["unaccounted"] += "bad" not in got["failed"] or "127.0.0.1" not in got["failed"]["bad"]
+        res["modes"][mode] = {"wait_s": round(wait, 2), **{k: (v if k != "failed" else {i: m[:140] for i, m in v.items()})
+                                                           for k, v in got.items()}}
+    return res
+
+
+# --- outputs broken after a finished run ------------------------------------------------------
+
+def child_outputs(files: Path, root: Path) -> dict:
+    """A finished 8-item job; five outputs are then broken in five ways. The re-run must redo those
+    five (status edited, a whole PNG again) and skip the other three untouched (same mtime)."""
+    import os
+
+    from lcd.config import EditConfig, ModelsConfig
+    from lcd.io.images import load_image
+    from lcd.jobs.editing import run_edit_shard
+    from lcd.jobs.manifest import ManifestItem
+
+    items = [ManifestItem(id=f"o{k}", image=str(files / f"s{k % 4}.png"), prompt="a dog", select=BOX, seed=k)
+             for k in range(8)]
+    out = root / "out-outputs"
+    kw = dict(out_root=out, cfg=EditConfig(size=64), models=ModelsConfig(), engine="noop")
+    first = run_edit_shard(items, **kw)
+    edits = out / "edits"
+    good = [f"o{k}" for k in range(8)]
+    res = {"inputs": 5, "good_items": len(good), "good_items_lost": 0, "unaccounted": 0, "escaped": 0, "broken": {}}
+    res["good_items_lost"] += sum(r["status"] != "edited" for r in first.results) + len(first.failures)
+    whole = (edits / "o7.png").read_bytes()
+    breaks = {
+        "o0": lambda p: (p.unlink(), os.symlink(edits / "gone.png", p)),  # dangling link
+        "o1": lambda p: p.write_bytes(b""),  # 0 bytes
+        "o2": lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),  # cut short
+        "o3": lambda p: (p.unlink(), os.symlink(edits / "o6.png", p)),  # a link to another output
+        "o4": lambda p: p.write_bytes(whole),  # another item's image, whole
+    }
+    for i, brk in breaks.items():
+        brk(edits / f"{i}.png")
+    kept = {f"o{k}": (edits / f"o{k}.png").stat().st_mtime_ns for k in (5, 6, 7)}
+    again = run_edit_shard(items, **kw)
+    status = {r["id"]: r["status"] for r in again.results}
+    for i in breaks:
+        p = edits / f"{i}.png"
+        ok = status.get(i) == "edited" and p.is_file() and not p.is_symlink()
+        try:
+            load_image(str(p))
+        except Exception:  # noqa: BLE001 - a broken output left behind counts
+            ok = False
+        res["broken"][i] = status.get(i)
+        res["unaccounted"] += not ok
+    for i, mt in kept.items():
+        res["good_items_lost"] += status.get(i) != "skipped" or (edits / f"{i}.png").stat().st_mtime_ns != mt
+    res["unaccounted"] += len(again.failures)
+    return res
