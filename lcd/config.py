@@ -15,12 +15,13 @@ from lcd.config_base import StrictConfig
 from lcd.edit.config import EditConfig
 from lcd.errors import LcdError
 from lcd.evaluate.config import EvaluateConfig
+from lcd.io.config import IoConfig
 from lcd.masks.config import MasksConfig
 from lcd.models.config import ModelsConfig
 from lcd.regset.config import RegsetConfig
 from lcd.train.config import TrainConfig
 
-__all__ = ["EditConfig", "ModelsConfig", "Params", "load_params"]
+__all__ = ["EditConfig", "IoConfig", "ModelsConfig", "Params", "load_params"]
 
 
 class Params(StrictConfig):
@@ -32,6 +33,7 @@ class Params(StrictConfig):
     evaluate: EvaluateConfig = EvaluateConfig()
     regset: RegsetConfig = RegsetConfig()
     masks: MasksConfig = MasksConfig()
+    io: IoConfig = IoConfig()  # deadlines and byte limit of every network read (lcd.io.http)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

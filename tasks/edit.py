@@ -36,7 +36,7 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
                             cfg=edit or params.edit, models=params.models, shard=name,
                             engine=engine, concepts_root=concepts_root,
                             masks_store=masks_store,
-                            masks_cfg=params.masks, standin_batch_s=standin_batch_s)
+                            masks_cfg=params.masks, standin_batch_s=standin_batch_s, io_cfg=params.io)
     tables.write_shard_tables(out_root, name, report.results, report.failures, report.hashes)
     return {"shard": name, **report.counts()}
 
@@ -55,7 +55,8 @@ def shards_to_run(out_root: str, num_shards: int, params_path: str, edit: EditCo
         name = tables.shard_name(i, num_shards)
         report = current_report(read_shard_plan(out_root, i, num_shards), out_root=out_root, cfg=edit or params.edit,
                                 models=params.models, shard=name, listing=listing, engine=engine,
-                                concepts_root=concepts_root, masks_store=masks_store, masks_cfg=params.masks)
+                                concepts_root=concepts_root, masks_store=masks_store, masks_cfg=params.masks,
+                                io_cfg=params.io)
         if report is None:
             todo.append(i)
             continue

@@ -73,7 +73,7 @@ def run_compute(args) -> int:
         model, processor, _ = load_clip(m.clip, device=args.device or m.device)
         clip = (model, processor)
     model_row = {"type": sam_type, "ref": source.ref, "sha256": source.sha256, "revision": source.revision}
-    summary = compute_masks(items, sam, model_row, cfg, args.out, clip=clip)
+    summary = compute_masks(items, sam, model_row, cfg, args.out, clip=clip, io_cfg=params.io)
     print(json.dumps(summary.to_dict()))
     return 0
 

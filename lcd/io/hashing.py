@@ -11,6 +11,7 @@ from typing import Iterator
 
 from lcd.errors import LcdError
 from lcd.io import storage
+from lcd.io.config import IoConfig
 
 # (absolute path or URL, size, stamp: mtime_ns for a file, ETag/mtime for an object) -> sha256
 _HASH_CACHE: dict[tuple[str, int, str], str] = {}
@@ -25,12 +26,13 @@ def _memo(key: tuple[str, int, str], compute) -> str:
     return _HASH_CACHE[key]
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 22, limits: IoConfig | None = None) -> str:
     """SHA-256 of a regular file, memoised on (path, size, mtime) so repeated loads do not re-read
     GBs. A directory, FIFO or device is refused (reading a FIFO or /dev/zero would never end).
-    A remote URL (s3://...) is hashed from its bytes, memoised on (URL, size, ETag or mtime)."""
+    A remote URL (s3://...) is hashed from its bytes, memoised on (URL, size, ETag or mtime); an
+    http(s) one is read within `limits` (the `io` section, lcd.io.http)."""
     if storage.is_remote(path):
-        return _sha256_remote(str(path), chunk)
+        return _sha256_remote(str(path), chunk, limits)
     p = os.path.abspath(path)  # the memo key; realpath() cost more than the hash of a small cached file
     st = os.stat(p)
     if not stat.S_ISREG(st.st_mode):
@@ -45,13 +47,13 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return _memo((p, st.st_size, str(st.st_mtime_ns)), compute)
 
 
-def _sha256_remote(url: str, chunk: int) -> str:
-    meta = storage.info(url)  # FileNotFoundError when absent, as for local files
+def _sha256_remote(url: str, chunk: int, limits: IoConfig | None) -> str:
+    meta = storage.info(url, limits)  # FileNotFoundError when absent, as for local files
     if meta.get("type") != "file":
         raise LcdError(f"{url}: not an object (a prefix?); expected a file", item=url)
     def compute() -> str:
         h = hashlib.sha256()
-        with storage.open_read(url) as f:
+        with storage.open_read(url, limits) as f:
             while block := f.read(chunk):
                 h.update(block)
         return h.hexdigest()

@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from lcd.errors import InputImageError
 from lcd.io.atomic import atomic_path
+from lcd.io.config import IoConfig
 from lcd.io.encode import OutputFormat, encode, read_lcd_text
 from lcd.io.storage import is_remote, normalize, not_found_message, open_read, read_bytes
 
@@ -39,10 +40,10 @@ def image_files(folder: str | Path) -> list[Path]:
                   and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _open(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    if is_remote(path):  # an output on object storage (contact sheets, checks)
+def _open(path: str | Path, max_pixels: int | None = None, limits: IoConfig | None = None) -> Image.Image:
+    if is_remote(path):  # an input by URL, an output on object storage (contact sheets, checks)
         try:
-            data = read_bytes(path)
+            data = read_bytes(path, limits)  # an http(s) URL within `limits` (lcd.io.http)
         except FileNotFoundError as e:
             raise InputImageError(f"{path}: {not_found_message(e)}", item=str(path)) from None
         return _decode(io.BytesIO(data), str(path), max_pixels)
@@ -108,10 +109,11 @@ def pil_to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im if im.mode == "RGB" else im.convert("RGB"))  # RGB: no converted copy (12 MP: 36 MB)
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+def load_image(path: str | Path, max_pixels: int | None = None, limits: IoConfig | None = None) -> np.ndarray:
     """Read an image file (upright per EXIF) as (H, W, 3) uint8 RGB. Only regular files, and at most
-    `max_pixels` (default MAX_PIXELS), checked before decoding."""
-    return pil_to_rgb(_open(path, max_pixels)).copy()
+    `max_pixels` (default MAX_PIXELS), checked before decoding. A URL is read within `limits`
+    (the `io` section: deadlines, byte limit); a failed read is a NetworkError naming it."""
+    return pil_to_rgb(_open(path, max_pixels, limits)).copy()
 
 
 def as_mask(mask: np.ndarray | Image.Image, name: str = "mask") -> np.ndarray:
@@ -124,9 +126,9 @@ def as_mask(mask: np.ndarray | Image.Image, name: str = "mask") -> np.ndarray:
     return a.astype(bool)
 
 
-def load_mask(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
+def load_mask(path: str | Path, max_pixels: int | None = None, limits: IoConfig | None = None) -> np.ndarray:
     """Read a mask image (non-zero = edit) as (H, W) bool; limits as load_image."""
-    im = _open(path, max_pixels)
+    im = _open(path, max_pixels, limits)
     if im.mode == "P":
         im = im.convert("L")
     return as_mask(im, str(path))
@@ -194,9 +196,9 @@ def save_output(path: str | Path, image: np.ndarray, meta: dict[str, Any] | None
     return normalize(path)
 
 
-def read_png_meta(path: str | Path) -> dict[str, Any]:
+def read_png_meta(path: str | Path, limits: IoConfig | None = None) -> dict[str, Any]:
     """The 'lcd' JSON written by `save_png` / `save_output` (a PNG text chunk, or a WebP's XMP);
-    {} when absent. `path` may be a remote URL."""
-    with open_read(path) as f, Image.open(f) as im:
+    {} when absent. `path` may be a remote URL (an http(s) one read within `limits`)."""
+    with open_read(path, limits) as f, Image.open(f) as im:
         raw = read_lcd_text(im)
     return json.loads(raw) if raw else {}

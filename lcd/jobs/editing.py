@@ -28,6 +28,7 @@ from lcd.config import EditConfig, ModelsConfig
 from lcd.errors import LcdError
 from lcd.io import storage
 from lcd.io.atomic import write_bytes_atomic
+from lcd.io.config import IoConfig
 from lcd.io.encode import SUFFIX
 from lcd.io.hashing import hash_log, hash_rows, remember_hashes
 from lcd.io.images import load_image, save_output, save_png
@@ -78,29 +79,18 @@ class ShardContext:
     prompts: "PromptCache | None" = None  # text embeddings of the concept group being edited
     io_pool: "ThreadPoolExecutor | None" = None  # per-item reads/writes of a batch (edit.io_threads)
     progress: Progress | None = None  # lines per finished batch (lcd.progress)
+    io: IoConfig | None = None  # deadlines and byte limit of inputs read by URL (None: IoConfig's defaults)
 
     def io_map(self, fn, seq: list) -> list:
         """`fn` over `seq` in the I/O pool (results in `seq`'s order, so tables do not depend on it)."""
         return list(self.io_pool.map(fn, seq)) if self.io_pool is not None and len(seq) > 1 else [fn(x) for x in seq]
 
-    def failure(self, item_id: str, stage: str, err: Exception, about: str | None = None) -> dict:
-        """A failure row; `about` names what failed when the error does not (a concept folder)."""
-        item = getattr(err, "item", None) or about or item_id
-        return {"id": item_id, "item": item, "stage": stage, "error": type(err).__name__,
-                "message": failure_message(err, item), "shard": self.shard}
+    def failure(self, item_id: str, stage: str, err: Exception) -> dict:
+        return {"id": item_id, "item": getattr(err, "item", None) or item_id, "stage": stage,
+                "error": type(err).__name__, "message": str(err), "shard": self.shard}
 
-    def fail(self, item_id: str, stage: str, err: Exception, about: str | None = None) -> None:
-        self.report.failures.append(self.failure(item_id, stage, err, about))
-
-
-def failure_message(err: BaseException, about: str) -> str:
-    """One line: an LcdError's message (its lines joined); anything else, which validation did
-    not foresee (one catch-all per item step), as '<about>: unexpected <Type>: <first line>'."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    if isinstance(err, LcdError):
-        return " ".join(lines) or type(err).__name__
-    first = lines[0][:300] if lines else ""
-    return f"{about}: unexpected {type(err).__name__}{': ' + first if first else ''}"
+    def fail(self, item_id: str, stage: str, err: Exception) -> None:
+        self.report.failures.append(self.failure(item_id, stage, err))
 
 
 Pending = tuple[ManifestItem, str, "Path | None"]  # item, input_hash, concept folder
@@ -130,13 +120,15 @@ def run_edit_shard(
     masks_store: "str | Path | MaskStore | None" = None,
     masks_cfg: MasksConfig | None = None,
     standin_batch_s: float = 0.0,
+    io_cfg: IoConfig | None = None,
 ) -> ShardReport:
     """Edit `items` into `<out_root>/edits/`; one bad item becomes a failure row, never an exception.
     `standin_batch_s`: with the noop engine, sleep that long per batch (a stand-in GPU for
     orchestration benchmarks, bench/scale.py). The report's `hashes` are the file hashes this
-    run used (tables.HASHES_SCHEMA), for the caller to keep beside the shard's tables."""
+    run used (tables.HASHES_SCHEMA), for the caller to keep beside the shard's tables. Inputs by
+    URL are read within `io_cfg` (params.yaml `io`): one that hangs or breaks fails that item only."""
     ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, open_masks_store(masks_store, items),
-                       masks_cfg, standin_batch_s)
+                       masks_cfg, standin_batch_s, io=io_cfg)
     with hash_log() as used:
         # 1. hash every item against the run's config; keep the ones whose output is missing or stale
         pending = _pending_items(ctx, items, concepts_root)
@@ -156,34 +148,20 @@ def run_edit_shard(
             if engine == "diffusion":
                 try:
                     lp, tokens = loader(cdir)
-                except Exception as e:  # noqa: BLE001 - LcdError from validation, anything else by its type
+                except LcdError as e:
                     for it, _, _ in group:
-                        ctx.fail(it.id, "concept", e, str(cdir) if cdir is not None else "base model")
+                        ctx.fail(it.id, "concept", e)
                     ctx.progress.advance(len(group))
                     continue
             # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config);
             #    the text encoder runs once per distinct prompt of the group (its concepts fixed)
-            try:
-                ctx.prompts = _prompt_cache(lp)
-                n = _batch_size(cfg, lp)
-                _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
-            except Exception as e:  # noqa: BLE001 - the group's unrecorded items fail; the shard goes on
-                _fail_unrecorded(ctx, group, e)
+            ctx.prompts = _prompt_cache(lp)
+            n = _batch_size(cfg, lp)
+            _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
     ctx.report.hashes = hash_rows(used)
     c = ctx.report.counts()
     ctx.progress.close(f"{c['edited']} edited, {c['skipped']} current (skipped), {c['failed']} failed")
     return ctx.report
-
-
-def _fail_unrecorded(ctx: ShardContext, group: list[Pending], err: Exception) -> None:
-    """What escaped a concept group's batches (a bug, not a bad item: each item step catches its
-    own) fails the group's items that have no row yet, so the shard's other groups go on."""
-    done = {r["id"] for r in ctx.report.results} | {f["id"] for f in ctx.report.failures}
-    left = [it for it, _, _ in group if it.id not in done]
-    for it in left:
-        ctx.fail(it.id, "edit", err)
-    if ctx.progress is not None:
-        ctx.progress.advance(len(left))
 
 
 def current_report(
@@ -198,6 +176,7 @@ def current_report(
     concepts_root: str | Path | None = None,
     masks_store: "str | Path | MaskStore | None" = None,
     masks_cfg: MasksConfig | None = None,
+    io_cfg: IoConfig | None = None,
 ) -> ShardReport | None:
     """The report a run of this shard would give if every item is current (all "skipped"), or None
     as soon as one item is not (no ledger row, a stale hash, its output not current by the shard's
@@ -205,7 +184,7 @@ def current_report(
     for a finished shard. It reads only the shard's ledger and known hashes and stats the inputs
     and outputs; `listing` is one listing of edits/ shared by all shards on object storage
     (lcd.jobs.layout.output_listing), None locally (the shard's outputs are lstat-ed)."""
-    ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, None, masks_cfg)
+    ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, None, masks_cfg, io=io_cfg)
     ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", shard))
     if not items or any(it.id not in ledger for it in items):  # a first run, a killed one, or failures
         return None
@@ -264,8 +243,8 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root,
     for it in items:
         try:
             cdir = concept_path(it.concept, concepts_root)
-            h = item_hash(it, config_fp, cdir, ctx.masks_store, clip_pin, ctx.masks_cfg, tree_hashes)
-        except Exception as e:  # noqa: BLE001 - LcdError from validation, anything else by its type
+            h = item_hash(it, config_fp, cdir, ctx.masks_store, clip_pin, ctx.masks_cfg, tree_hashes, limits=ctx.io)
+        except LcdError as e:
             if stop_early:
                 return None
             ctx.fail(it.id, "input", e)
@@ -337,7 +316,7 @@ def _load_text_clip(ctx: ShardContext, pending: list[Pending]):
 
     try:
         model, processor, _ = load_clip(ctx.models.clip, device=ctx.models.device)
-    except Exception as e:  # noqa: BLE001 - those items fail, by the error's type
+    except LcdError as e:
         failed = {it.id for it, _, _ in pending if needs_text_clip(it)}
         for i in sorted(failed):
             ctx.fail(i, "input", e)
@@ -364,14 +343,13 @@ def _read_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
     def read_one(p: Pending) -> tuple[Ready | None, dict | None]:
         it, h, _ = p
         try:
-            image = load_image(it.image, int(ctx.cfg.max_image_mp * 1e6))
-            ei = EditItem(image, load_region(it, image, ctx.masks_store, clip, ctx.masks_cfg), it.prompt, it.seed, it.id)
+            image = load_image(it.image, int(ctx.cfg.max_image_mp * 1e6), limits=ctx.io)
+            ei = EditItem(image, load_region(it, image, ctx.masks_store, clip, ctx.masks_cfg, limits=ctx.io), it.prompt, it.seed, it.id)
             if lp is not None:
                 check_item(ei, known, tokens)
-            prep = prepare_item(ei, ctx.cfg) if lp is not None else None
-        except Exception as e:  # noqa: BLE001 - LcdError from validation, anything else by its type
+        except LcdError as e:
             return None, ctx.failure(it.id, "input", e)
-        return (it, h, ei, prep), None
+        return (it, h, ei, prepare_item(ei, ctx.cfg) if lp is not None else None), None
 
     done = ctx.io_map(read_one, batch)
     return [r for r, _ in done if r is not None], [f for _, f in done if f is not None]
@@ -410,11 +388,7 @@ def _save_batch(ctx: ShardContext, ready: list[Ready], outs: list, seconds: floa
             res = finish_item(lp, prep, out, ctx.cfg) if lp is not None else out
         except Exception as e:  # noqa: BLE001 - this item fails, the batch goes on
             return None, ctx.failure(it.id, "edit", e)
-        try:
-            return _save(ctx, it, h, ei, res, seconds)
-        except Exception as e:  # noqa: BLE001 - _save records OSError itself; anything else, by its type
-            return None, ctx.failure(it.id, "write", e)
-
+        return _save(ctx, it, h, ei, res, seconds)
 
     done = ctx.io_map(save_one, list(zip(ready, outs)))
     return [r for r, _ in done if r is not None], [f for _, f in done if f is not None]

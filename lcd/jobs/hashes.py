@@ -18,6 +18,7 @@ from lcd.config import EditConfig, ModelsConfig
 from lcd.edit.config import EXECUTION_ONLY
 from lcd.errors import InputImageError, LcdError
 from lcd.io import storage
+from lcd.io.config import IoConfig
 from lcd.io.hashing import sha256_file, sha256_tree
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import region_fingerprint
@@ -56,9 +57,9 @@ def concept_path(concept: str | None, concepts_root: str | Path | None) -> Path 
     return Path(concepts_root) / concept
 
 
-def _file_hash(p: str) -> str:
+def _file_hash(p: str, limits: IoConfig | None = None) -> str:
     try:
-        return sha256_file(p)
+        return sha256_file(p, limits=limits)
     except FileNotFoundError as e:
         raise InputImageError(f"{p}: {storage.not_found_message(e)}", item=p) from None
     except NotADirectoryError:
@@ -85,10 +86,12 @@ def check_concept_dir(name: str | None, concept_dir: Path) -> None:
 
 def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
               masks_store: "str | Path | MaskStore | None" = None, clip_pin: str | None = None,
-              masks_cfg: MasksConfig | None = None, tree_hashes: dict[Path, str] | None = None) -> str:
+              masks_cfg: MasksConfig | None = None, tree_hashes: dict[Path, str] | None = None,
+              limits: IoConfig | None = None) -> str:
     """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file.
     `tree_hashes` memoises concept-folder hashes across the items of one shard: a concept's
-    weights (and its checkpoints) are read once per shard, not once per item."""
+    weights (and its checkpoints) are read once per shard, not once per item. Inputs by URL are
+    read within `limits` (the `io` section): a URL that hangs or breaks is a NetworkError."""
     concept_sha = None
     if concept_dir is not None:
         memo = tree_hashes if tree_hashes is not None else {}
@@ -101,8 +104,8 @@ def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
                                f"{e.strerror or e}", item=str(concept_dir)) from None
         concept_sha = memo[concept_dir]
     payload = {
-        "image": _file_hash(item.image),
-        "region": _file_hash(item.mask) if item.mask else region_fingerprint(item, masks_store, clip_pin, masks_cfg),
+        "image": _file_hash(item.image, limits),
+        "region": _file_hash(item.mask, limits) if item.mask else region_fingerprint(item, masks_store, clip_pin, masks_cfg),
         "concept": concept_sha,
         "prompt": item.prompt,
         "seed": item.seed,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from lcd.errors import InputImageError, LcdError
+from lcd.io.config import IoConfig
 from lcd.io.images import check_mask_fits, load_mask
 from lcd.jobs.manifest import ManifestItem
 from lcd.masks.config import MasksConfig
@@ -118,10 +119,11 @@ def region_fingerprint(item: ManifestItem, masks_store: "str | Path | MaskStore 
 
 
 def load_region(item: ManifestItem, image: np.ndarray, masks_store: "str | Path | MaskStore | None" = None,
-                clip=None, masks_cfg: MasksConfig | None = None) -> np.ndarray:
-    """(H, W) bool region of `item` (see the module docstring), checked against the image."""
+                clip=None, masks_cfg: MasksConfig | None = None, limits: IoConfig | None = None) -> np.ndarray:
+    """(H, W) bool region of `item` (see the module docstring), checked against the image; a mask
+    by URL is read within `limits` (the `io` section)."""
     if item.mask is not None:
-        mask = load_mask(item.mask)
+        mask = load_mask(item.mask, limits=limits)
         check_mask_fits(image, mask, item.image, item.mask)
         return mask
     rule = parse_rule(item.select, item.id)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lcd.errors import LcdError
+from lcd.io.config import IoConfig
 from lcd.masks.config import MasksConfig
 from lcd.masks.manifest import ManifestItem, decode_image, fetch_bytes, parse_prompts_json, sha256_bytes
 from lcd.masks.predict import MaskPredictor, MaskRecord, parse_prompt
@@ -86,12 +87,15 @@ def compute_masks(
     *,
     clip=None,
     after_image: Callable[[str], None] | None = None,
+    io_cfg: IoConfig | None = None,
 ) -> MasksSummary:
     """Masks for every item not already stored under `out` (see lcd.masks.store for the layout).
 
     `model` is the SAM source row ({type, ref, sha256, revision}); `clip` is (model, processor)
     for text prompts (an image with text prompts and no clip fails with a clear error).
     `after_image(image_id)` is called after each image is buffered (progress, tests).
+    Images by URL are read within `io_cfg` (params.yaml `io`: connect, first-byte and whole-transfer
+    deadlines, byte limit): a URL that hangs costs at most its deadline, then fails alone.
     An image is skipped only when stored with the same bytes, result settings
     (`cfg.result_settings()`), SAM weights and prompts; otherwise it is computed again and the
     newer part is what readers see (`summary.recomputed` counts those).
@@ -104,7 +108,7 @@ def compute_masks(
     progress = Progress("masks", len(items), unit="images")
     settings = cfg.result_settings()  # what, beside bytes, weights and prompts, decides a re-run
     for item in items:
-        if _one_image(item, done, buf, predictor, clip, cfg, model, settings) and after_image is not None:
+        if _one_image(item, done, buf, predictor, clip, cfg, model, settings, io_cfg) and after_image is not None:
             after_image(item.image_id)
         progress.advance()
         # 5. flush a whole part atomically every images_per_part images
@@ -118,13 +122,13 @@ def compute_masks(
 
 
 def _one_image(item: ManifestItem, done: dict, buf: _PartBuffer, predictor: MaskPredictor, clip, cfg: MasksConfig,
-               model: dict, settings: dict) -> bool:
+               model: dict, settings: dict, io_cfg: IoConfig | None = None) -> bool:
     """Compute one image's masks into `buf` unless stored under the same settings; a failure is
     buffered as a row. -> True when its masks were buffered."""
     name, summary = item.image_id, buf.summary
     try:
         # 2. read bytes, hash, skip if stored under the same settings
-        data = fetch_bytes(item.image, name)
+        data = fetch_bytes(item.image, name, io_cfg)
         sha = sha256_bytes(data)
         key = settings_key(settings, model, item.prompts_json)
         stored = done.get((name, sha))

@@ -13,14 +13,15 @@ import io
 import json
 import os
 import stat
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from lcd.errors import InputImageError, LcdError
+from lcd.errors import InputImageError, LcdError, NetworkError
+from lcd.io import http
+from lcd.io.config import IoConfig
 from lcd.io.images import pil_to_rgb
 
 
@@ -81,18 +82,22 @@ def parse_prompts_json(raw: str | None, name: str) -> list[dict]:
 MAX_INPUT_BYTES = 1 << 30  # 1 GiB: no photo is bigger; a larger file is refused before it is read
 
 
-def fetch_bytes(ref: str, name: str, timeout: float = 30.0, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+def fetch_bytes(ref: str, name: str, limits: IoConfig | None = None, max_bytes: int = MAX_INPUT_BYTES) -> bytes:
     """Bytes of a local file or an http(s) URL; a missing file, a folder, a FIFO or device (never
-    read: it could block forever), a file above `max_bytes` or a failed download names the item."""
-    if ref.startswith(("http://", "https://")):
+    read: it could block forever), a file above `max_bytes` or a failed download names the item.
+    A URL is read within `limits` (the `io` section, lcd.io.http: connect, first-byte and
+    whole-transfer deadlines, and the smaller of its byte limit and `max_bytes`), so one server
+    dripping a byte a second holds the run for http_total_timeout_s, not for hours."""
+    if http.is_http(ref):
+        limits = limits or IoConfig()
+        if limits.http_max_bytes > max_bytes:
+            limits = limits.model_copy(update={"http_max_bytes": max_bytes})
         try:
-            with urllib.request.urlopen(ref, timeout=timeout) as r:
-                data = r.read(max_bytes + 1)
-        except Exception as e:
-            raise InputImageError(f"{name}: cannot download {ref}: {e}", item=name) from None
-        if len(data) > max_bytes:
-            raise InputImageError(f"{name}: {ref}: larger than {max_bytes} bytes", item=name)
-        return data
+            return http.fetch(ref, limits)
+        except FileNotFoundError as e:  # HTTP 404 / 410
+            raise InputImageError(f"{name}: cannot download {ref}: {e.strerror}", item=name) from None
+        except NetworkError as e:  # lcd.io.http's message starts with the URL
+            raise NetworkError(f"{name}: cannot download {e}", item=name) from None
     try:
         st = os.stat(ref)
     except (OSError, ValueError):  # missing, unreadable folder on the way, a NUL in the path
