@@ -234,3 +234,79 @@ def child_outputs(files: Path, root: Path) -> dict:
         res["good_items_lost"] += status.get(i) != "skipped" or (edits / f"{i}.png").stat().st_mtime_ns != mt
     res["unaccounted"] += len(again.failures)
     return res
+
+
+# --- concepts whose files lie -----------------------------------------------------------------
+
+def _concept_files(cdir: Path) -> dict[str, str]:
+    """Concept folders written straight through safetensors (so they can hold any defect) for the
+    tiny SD (text width 32; attn2 K/V of down_blocks.1 are (64, 32)); -> {name: the defect}."""
+    import torch
+    from safetensors.torch import save_file
+
+    d, m = 32, "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k"
+    a, b = f"unet.{m}.lora_A", f"unet.{m}.lora_B"
+    g = torch.Generator().manual_seed(0)
+    lora = {"text.embeddings": torch.randn(1, d, generator=g) * 0.01, a: torch.randn(2, d, generator=g) * 0.01,
+            b: torch.randn(64, 2, generator=g) * 0.01}
+    meta = {"tokens": '["[P]"]', "method": "lora", "layout": "lowrank", "lora_scale": "0.5"}
+    cases = {
+        "good-lora": (lora, meta, "none (edited)"),
+        "tokens-number": (lora, meta | {"tokens": "5"}, "tokens metadata a number"),
+        "embeddings-0d": (lora | {"text.embeddings": torch.tensor(1.0)}, meta, "text.embeddings 0-d"),
+        "lora-a-alone": ({k: v for k, v in lora.items() if k != b}, meta, "lora_A without its lora_B"),
+        "rank-mismatch": (lora | {b: torch.zeros(64, 3)}, meta, "lora_A rank 2, lora_B rank 3"),
+        "scale-nan": (lora, meta | {"lora_scale": "nan"}, "lora_scale NaN"),
+        "scale-1e308": (lora, meta | {"lora_scale": "1e308"}, "lora_scale 1e308"),
+        "weights-nan": (lora | {b: torch.full((64, 2), float("nan"))}, meta, "NaN weights"),
+        "other-base": (lora | {a: torch.zeros(2, 768), "text.embeddings": torch.zeros(1, 768)}, meta,
+                       "shapes of SD1.5, not the tiny base"),
+        "int-tensor": (lora | {a: torch.zeros(2, d, dtype=torch.int64)}, meta, "integer tensor"),
+    }
+    for name, (tensors, md, _) in cases.items():
+        (cdir / name).mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(cdir / name / "concept.safetensors"), metadata=md)
+    return {name: why for name, (_, _, why) in cases.items()}
+
+
+def child_concepts(files: Path, root: Path) -> dict:
+    """Good items (no concept, a good LoRA concept) beside one item per broken concept, in one
+    shard on the tiny SD (diffusion engine): each broken one a failure row naming its file, the
+    good ones edited; a re-run keeps the good ones current and fails the broken ones again."""
+    import yaml
+
+    from lcd.models.tiny import write_tiny_sd
+    from tasks.edit import edit_shard, merge_shard_tables, plan_manifest
+
+    sd = write_tiny_sd(root / "sd")
+    why = _concept_files(root / "concepts")
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"models": {"sd": str(sd)}, "edit": {"size": 64, "steps": 2, "batch_size": 2}}))
+    good = ["plain0", "c-good-lora", "plain1"]
+    entries = [{"id": "plain0", "image": str(files / "s0.png"), "select": BOX, "prompt": "a dog"}]
+    entries += [{"id": f"c-{c}", "image": str(files / "s1.png"), "select": BOX, "prompt": "a [P] dog", "concept": c}
+                for c in why]
+    entries.append({"id": "plain1", "image": str(files / "s2.png"), "select": BOX, "prompt": "a dog"})
+    manifest = root / "concepts.jsonl"
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    out = root / "out"
+    res = {"inputs": len(why) - 1, "good_items": len(good), "good_items_lost": 0, "unaccounted": 0, "escaped": 0,
+           "failures": {}}
+    for run, want in (("first", "edited"), ("again", "skipped")):
+        try:
+            plan_manifest.fn(str(manifest), str(out), 1)
+            edit_shard.fn(str(manifest), str(out), 0, 1, str(params), None, "diffusion", str(root / "concepts"))
+            merge_shard_tables.fn(str(out), 1)
+        except Exception as e:  # noqa: BLE001 - an exception out of the job is what this counts
+            res["escaped"] += 1
+            res["failures"][run] = f"{type(e).__name__}: {e}"[:300]
+            continue
+        import pyarrow.parquet as pq
+
+        rows = {r["id"]: r["status"] for r in pq.read_table(out / "results.parquet").to_pylist()}
+        fails = {r["id"]: r["message"] for r in pq.read_table(out / "failures.parquet").to_pylist()}
+        res["good_items_lost"] += sum(rows.get(g) != want for g in good)
+        bad = [f"c-{c}" for c in why if c != "good-lora"]
+        res["unaccounted"] += sum(i not in fails or i in rows for i in bad)
+        res["failures"][run] = {i: m[-160:] for i, m in fails.items()}
+    return res

@@ -262,7 +262,7 @@ def child_bomb(files: Path, root: Path) -> dict:
     return {"edited": [r["id"] for r in rep.results], "failed": {f["id"]: f["message"][-80:] for f in rep.failures}}
 
 
-FAMILIES = {"network": hostile.child_network, "outputs": hostile.child_outputs}
+FAMILIES = {"network": hostile.child_network, "outputs": hostile.child_outputs, "concepts": hostile.child_concepts}
 
 
 # --- the CLI cases ----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from lcd.edit.items import EditItem, EditResult  # noqa: F401 - re-exported: the
 from lcd.edit.prompts import PromptCache
 from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents
 from lcd.edit.speed import apply_speed_settings, resolve_batch_size
+from lcd.edit.result_checks import EditResultError, constant_problem, nonfinite_problem, to_uint8
 from lcd.errors import InputImageError, LcdError
 from lcd.masks.morphology import feather_alpha
 from lcd.models.loader import LoadedPipeline
@@ -86,8 +87,10 @@ def initial_noise(seeds: Sequence[int], shape: tuple[int, int, int], device, dty
 
 
 @torch.no_grad()
-def _run_batch(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig, prompts: PromptCache) -> list[np.ndarray]:
-    """Denoise one batch of prepared (non-empty) items at working size; return (S, S, 3) uint8 crops."""
+def _run_batch(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig, prompts: PromptCache
+               ) -> list[np.ndarray | EditResultError]:
+    """Denoise one batch of prepared (non-empty) items at working size; return (S, S, 3) uint8
+    crops, or for an item whose result is broken (lcd.edit.result_checks) its EditResultError."""
     pipe = lp.pipe
     unet, vae = pipe.unet, pipe.vae
     device, dtype = unet.device, unet.dtype
@@ -116,8 +119,14 @@ def _run_batch(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig, pr
         uncond=uncond.to(dtype), settings=settings, image_latents=image_latents, latent_mask=latent_mask,
         inpaint_cond=inpaint_cond, generators=generators,
     )
-    out = decode_latents(vae, latents, cfg.vae_slice).float().cpu().permute(0, 2, 3, 1).numpy()
-    return list((out * 255.0).round().astype(np.uint8))
+    pixels = decode_latents(vae, latents, cfg.vae_slice).float().cpu()
+    # 5. check each item's result before anything records it: NaN survives clamp and casts to black
+    out: list[np.ndarray | EditResultError] = []
+    for k, p in enumerate(prepared):
+        crop = to_uint8(pixels[k])
+        out.append(nonfinite_problem(p.item.name, latents[k], pixels[k])
+                   or constant_problem(p.item.name, crop, p.crop, p.region) or crop)
+    return out
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -125,7 +134,7 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def _run_split_on_oom(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig,
-                      prompts: PromptCache) -> list[np.ndarray]:
+                      prompts: PromptCache) -> list[np.ndarray | EditResultError]:
     """`_run_batch`, and when the accelerator runs out of memory, the two halves in turn (down to
     one item, which re-raises): a batch size that is too big costs a retry, not the batch."""
     try:
@@ -160,10 +169,12 @@ def prepare_item(item: EditItem, cfg: EditConfig) -> Prepared:
 
 
 def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConfig,
-                 prompts: PromptCache | None = None) -> list[np.ndarray | None]:
+                 prompts: PromptCache | None = None) -> list[np.ndarray | EditResultError | None]:
     """The model (GPU) part: denoise the non-empty items in batches of `cfg.batch_size` (resolved
-    when "auto"); -> one (S, S, 3) uint8 crop per item (None for empty masks). `prompts` caches
-    text embeddings across calls (one per shard and model); None: a cache for this call."""
+    when "auto"); -> one (S, S, 3) uint8 crop per item (None for empty masks; an EditResultError,
+    returned not raised so the batch's other items go on, for one whose result is broken:
+    finish_item raises it). `prompts` caches text embeddings across calls (one per shard and
+    model); None: a cache for this call."""
     apply_speed_settings(lp, cfg)
     prompts = prompts or PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder)
     batch = resolve_batch_size(lp, cfg)
@@ -177,9 +188,12 @@ def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConf
     return crops
 
 
-def finish_item(lp: LoadedPipeline, p: Prepared, crop: np.ndarray | None, cfg: EditConfig,
+def finish_item(lp: LoadedPipeline, p: Prepared, crop: np.ndarray | EditResultError | None, cfg: EditConfig,
                 extra_meta: dict[str, Any] | None = None) -> EditResult:
-    """Paste the generated crop back at full resolution (CPU) -> the result with its metadata."""
+    """Paste the generated crop back at full resolution (CPU) -> the result with its metadata.
+    Raises the EditResultError run_prepared gave in place of a broken crop."""
+    if isinstance(crop, EditResultError):
+        raise crop
     it = p.item
     if p.box is None:
         return EditResult(it.image.copy(), p.alpha, _meta(lp, it, cfg, None, extra_meta),

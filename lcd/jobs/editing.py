@@ -85,12 +85,24 @@ class ShardContext:
         """`fn` over `seq` in the I/O pool (results in `seq`'s order, so tables do not depend on it)."""
         return list(self.io_pool.map(fn, seq)) if self.io_pool is not None and len(seq) > 1 else [fn(x) for x in seq]
 
-    def failure(self, item_id: str, stage: str, err: Exception) -> dict:
-        return {"id": item_id, "item": getattr(err, "item", None) or item_id, "stage": stage,
-                "error": type(err).__name__, "message": str(err), "shard": self.shard}
+    def failure(self, item_id: str, stage: str, err: Exception, about: str | None = None) -> dict:
+        """A failure row; `about` names what failed when the error does not (a concept folder)."""
+        item = getattr(err, "item", None) or about or item_id
+        return {"id": item_id, "item": item, "stage": stage, "error": type(err).__name__,
+                "message": failure_message(err, item), "shard": self.shard}
 
-    def fail(self, item_id: str, stage: str, err: Exception) -> None:
-        self.report.failures.append(self.failure(item_id, stage, err))
+    def fail(self, item_id: str, stage: str, err: Exception, about: str | None = None) -> None:
+        self.report.failures.append(self.failure(item_id, stage, err, about))
+
+
+def failure_message(err: BaseException, about: str) -> str:
+    """One line: an LcdError's message (its lines joined); anything else, which validation did
+    not foresee (one catch-all per item step), as '<about>: unexpected <Type>: <first line>'."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    if isinstance(err, LcdError):
+        return " ".join(lines) or type(err).__name__
+    first = lines[0][:300] if lines else ""
+    return f"{about}: unexpected {type(err).__name__}{': ' + first if first else ''}"
 
 
 Pending = tuple[ManifestItem, str, "Path | None"]  # item, input_hash, concept folder
@@ -148,20 +160,34 @@ def run_edit_shard(
             if engine == "diffusion":
                 try:
                     lp, tokens = loader(cdir)
-                except LcdError as e:
+                except Exception as e:  # noqa: BLE001 - LcdError from validation, anything else by its type
                     for it, _, _ in group:
-                        ctx.fail(it.id, "concept", e)
+                        ctx.fail(it.id, "concept", e, str(cdir) if cdir is not None else "base model")
                     ctx.progress.advance(len(group))
                     continue
             # 4. batches: read, resolve regions, validate, edit, save atomically (overlapped: lcd.edit.config);
             #    the text encoder runs once per distinct prompt of the group (its concepts fixed)
-            ctx.prompts = _prompt_cache(lp)
-            n = _batch_size(cfg, lp)
-            _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
+            try:
+                ctx.prompts = _prompt_cache(lp)
+                n = _batch_size(cfg, lp)
+                _run_batches(ctx, [group[k : k + n] for k in range(0, len(group), n)], lp, tokens, clip)
+            except Exception as e:  # noqa: BLE001 - the group's unrecorded items fail; the shard goes on
+                _fail_unrecorded(ctx, group, e)
     ctx.report.hashes = hash_rows(used)
     c = ctx.report.counts()
     ctx.progress.close(f"{c['edited']} edited, {c['skipped']} current (skipped), {c['failed']} failed")
     return ctx.report
+
+
+def _fail_unrecorded(ctx: ShardContext, group: list[Pending], err: Exception) -> None:
+    """What escaped a concept group's batches (a bug, not a bad item: each item step catches its
+    own) fails the group's items that have no row yet, so the shard's other groups go on."""
+    done = {r["id"] for r in ctx.report.results} | {f["id"] for f in ctx.report.failures}
+    left = [it for it, _, _ in group if it.id not in done]
+    for it in left:
+        ctx.fail(it.id, "edit", err)
+    if ctx.progress is not None:
+        ctx.progress.advance(len(left))
 
 
 def current_report(
@@ -244,7 +270,7 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root,
         try:
             cdir = concept_path(it.concept, concepts_root)
             h = item_hash(it, config_fp, cdir, ctx.masks_store, clip_pin, ctx.masks_cfg, tree_hashes, limits=ctx.io)
-        except LcdError as e:
+        except Exception as e:  # noqa: BLE001 - LcdError from validation, anything else by its type
             if stop_early:
                 return None
             ctx.fail(it.id, "input", e)
@@ -316,7 +342,7 @@ def _load_text_clip(ctx: ShardContext, pending: list[Pending]):
 
     try:
         model, processor, _ = load_clip(ctx.models.clip, device=ctx.models.device)
-    except LcdError as e:
+    except Exception as e:  # noqa: BLE001 - those items fail, by the error's type
         failed = {it.id for it, _, _ in pending if needs_text_clip(it)}
         for i in sorted(failed):
             ctx.fail(i, "input", e)
@@ -347,9 +373,10 @@ def _read_batch(ctx: ShardContext, batch: list[Pending], lp, tokens: list[str], 
             ei = EditItem(image, load_region(it, image, ctx.masks_store, clip, ctx.masks_cfg, limits=ctx.io), it.prompt, it.seed, it.id)
             if lp is not None:
                 check_item(ei, known, tokens)
-        except LcdError as e:
+            prep = prepare_item(ei, ctx.cfg) if lp is not None else None
+        except Exception as e:  # noqa: BLE001 - LcdError from validation, anything else by its type
             return None, ctx.failure(it.id, "input", e)
-        return (it, h, ei, prepare_item(ei, ctx.cfg) if lp is not None else None), None
+        return (it, h, ei, prep), None
 
     done = ctx.io_map(read_one, batch)
     return [r for r, _ in done if r is not None], [f for _, f in done if f is not None]
@@ -388,7 +415,11 @@ def _save_batch(ctx: ShardContext, ready: list[Ready], outs: list, seconds: floa
             res = finish_item(lp, prep, out, ctx.cfg) if lp is not None else out
         except Exception as e:  # noqa: BLE001 - this item fails, the batch goes on
             return None, ctx.failure(it.id, "edit", e)
-        return _save(ctx, it, h, ei, res, seconds)
+        try:
+            return _save(ctx, it, h, ei, res, seconds)
+        except Exception as e:  # noqa: BLE001 - _save records OSError itself; anything else, by its type
+            return None, ctx.failure(it.id, "write", e)
+
 
     done = ctx.io_map(save_one, list(zip(ready, outs)))
     return [r for r, _ in done if r is not None], [f for _, f in done if f is not None]

@@ -33,6 +33,9 @@ def test_reliability_quick_suite_loses_nothing():
     assert set(network["modes"]) >= {"never", "stall", "slow", "endless", "huge", "short", "second"}, network
     outputs = next(r for r in rows if r["case"] == "outputs")["notes"]
     assert outputs["broken"] and set(outputs["broken"].values()) == {"edited"}, outputs
+    concepts = next(r for r in rows if r["case"] == "concepts")["notes"]
+    assert len(concepts["failures"]["first"]) == concepts["inputs"] >= 9, concepts
+    assert all("concept" in m for m in concepts["failures"]["first"].values()), concepts
     folders = [r for r in rows if r["case"].startswith("model folder")]
     assert len(folders) >= 5 and all("refusing to import code" in r["stderr"] for r in folders), folders
     batch = next(r for r in rows if r["case"] == "batch")["notes"]
