@@ -203,3 +203,39 @@ def test_save_then_load_round_trips_a_checked_concept(tmp_path):
                 lora_scale=0.25, card={"class_words": ["dog"]})
     back = load_concept(save_concept(c, tmp_path / "rt"))
     assert back.lora_scale == 0.25 and back.tokens == ["[L]"] and back.unet.keys() == c.unet.keys()
+
+
+def _diffusers_folder(folder: Path, rows: dict[str, torch.Tensor]) -> Path:
+    """What diffusers' train_custom_diffusion.py writes: K/V weights + one file per token."""
+    folder.mkdir(parents=True)
+    proc = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
+    save_file({f"{proc}.to_k_custom_diffusion.weight": torch.zeros(64, D),
+               f"{proc}.to_v_custom_diffusion.weight": torch.zeros(64, D)},
+              str(folder / "pytorch_custom_diffusion_weights.safetensors"))
+    for tok, row in rows.items():
+        save_file({tok: row}, str(folder / f"{tok.strip('<>')}.safetensors"))
+    return folder
+
+
+def test_concept_import_refuses_what_load_would_refuse_in_one_line(tmp_path, capsys):
+    good = _diffusers_folder(tmp_path / "d", {"<new1>": torch.zeros(D)})
+    assert main(["concept", "import", str(good), "--out", str(tmp_path / "ok")]) == 0
+    assert load_concept(tmp_path / "ok").tokens == ["[new1]"]
+    capsys.readouterr()
+    # our name for the token is not a pseudo-word: refused, nothing written
+    assert main(["concept", "import", str(good), "--out", str(tmp_path / "no"), "--token", "dog"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "concept token 'dog' must be a string like [NAME]" in err[0], err
+    assert not (tmp_path / "no").exists()
+    # two token files of different widths used to be a RuntimeError from torch.stack
+    mixed = _diffusers_folder(tmp_path / "m", {"<a>": torch.zeros(D), "<b>": torch.zeros(16)})
+    assert main(["concept", "import", str(mixed), "--out", str(tmp_path / "mixed")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rows of different widths ([16, 32])" in err[0] and str(mixed) in err[0], err
+    ints = _diffusers_folder(tmp_path / "i", {"<a>": torch.zeros(D)})
+    save_file({"x.processor.to_k_custom_diffusion.weight": torch.zeros(64, D, dtype=torch.int32)},
+              str(ints / "pytorch_custom_diffusion_weights.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"to_k_custom_diffusion.weight has dtype int32; weights must be floating"):
+        from lcd.concepts.io import import_diffusers
+
+        import_diffusers(ints)
