@@ -56,11 +56,25 @@ def shard_name(index: int, num_shards: int) -> str:
 
 
 def write_table(path: str | Path, rows: Iterable[dict], schema: pa.Schema) -> Path:
-    """Rows (dicts with exactly the schema's keys) -> Parquet, written atomically."""
-    table = pa.Table.from_pylist(list(rows), schema=schema)
+    """Rows (dicts with exactly the schema's keys) -> Parquet, written atomically. Text that is
+    not UTF-8 (table_text) is written backslash-escaped rather than failing the whole table."""
+    table = pa.Table.from_pylist([{k: table_text(v) for k, v in r.items()} for r in rows], schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return storage.normalize(path)
+
+
+def table_text(v):
+    """A str that Parquet can hold: a lone surrogate (a path given as "t\\udcff.png" in JSON names
+    a file of non-UTF-8 bytes; it reaches results, failures and hashes rows) made pyarrow raise at
+    the shard's table write, losing every row of the shard. Anything else is returned as is."""
+    if not isinstance(v, str) or v.isascii():
+        return v
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
+    return v
 
 
 def read_table(path: str | Path, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:

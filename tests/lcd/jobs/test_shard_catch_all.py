@@ -294,3 +294,22 @@ def test_an_exception_escaping_a_groups_batches_fails_its_items_not_the_shard(sc
     assert rep.counts() == {"edited": 0, "skipped": 0, "failed": 2}
     assert {(f["id"], f["stage"], f["error"]) for f in rep.failures} == {("a", "edit", "RuntimeError"),
                                                                            ("b", "edit", "RuntimeError")}
+
+
+def test_paths_that_are_not_utf8_do_not_lose_the_shards_tables(scene):
+    """A JSON path "t\\udcff.png" names a file of non-UTF-8 bytes; pyarrow refused the lone
+    surrogate in the row, so the table write raised and every row of the shard was lost."""
+    import shutil
+
+    root = scene
+    shutil.copy(root / "s.png", root / "t\udcff.png")  # the file name's bytes: b"t\xff.png"
+    lines = [_line("a"), _line("odd") | {"image": "t\udcff.png"}, _line("gone") | {"image": "g\udcff.png"}]
+    (root / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))  # json escapes the surrogate
+    items, bad = read_manifest(root / "m.jsonl")
+    assert [it.id for it in items] == ["a", "odd", "gone"] and not bad
+    rep = _run(root, items, models=ModelsConfig(), engine="noop")  # writes the tables
+    assert rep.counts() == {"edited": 2, "skipped": 0, "failed": 1}
+    res = tables.read_table(tables.shard_table_path(root / "out", "results", SHARD), tables.RESULTS_SCHEMA)
+    assert dict(zip(res.column("id").to_pylist(), res.column("image").to_pylist()))["odd"].endswith("t\\udcff.png")
+    (f,) = _failures_table(root).values()
+    assert f["id"] == "gone" and f["message"].endswith("g\\udcff.png: file not found"), f
