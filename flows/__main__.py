@@ -1,14 +1,16 @@
 """`python -m flows <stage> [options]`: run one stage's flow in this process.
 
 DVC stage commands use it, so `dvc repro` runs the same flow code as the deployments. With
-PREFECT_API_URL set the runs are recorded on that server; without it Prefect starts a temporary
-local one.
+PREFECT_API_URL set the runs are recorded on that server; without it a temporary local one is
+started that ends with this process, even when it is killed (flows.server).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from lcd.errors import LcdError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,6 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replan", action="store_true",
                    help="edit: plan --manifest even if <out>/edit holds the job of another manifest file")
     a = p.parse_args(argv)
+    from flows.server import temporary_server
+
+    try:
+        with temporary_server():  # Prefect's temporary server, when one is needed, ends with this process
+            out = _run_stage(a)
+    except LcdError as e:  # e.g. another coordinator holds the out_root (lcd.jobs.lease): one line
+        print(f"python -m flows {a.stage}: error: {e}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
+def _run_stage(a: argparse.Namespace):
+    """The stage's flow, run in this process -> its result."""
     if a.stage == "edit":
         from flows.edit_batch import edit_batch
 
@@ -53,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         from flows.pipeline import pipeline
 
         out = pipeline(a.manifest, a.data, a.out, a.params)
-    print(out)
-    return 0
+    return out
 
 
 if __name__ == "__main__":

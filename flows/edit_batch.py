@@ -1,7 +1,8 @@
 """edit-batch: a manifest of edits -> shards -> edited PNGs, results/failures Parquet, artifacts.
 
 One entrypoint, two roles (two deployments in prefect.yaml, parameter variants of this flow):
-- coordinator (`shard_index` unset): reads the manifest once into a shard plan (lcd.jobs.plan),
+- coordinator (`shard_index` unset): takes the out_root's lease (lcd.jobs.lease: one coordinator
+  per out_root, a second waits `coordinator_wait_s` then refuses naming the first), reads the manifest once into a shard plan (lcd.jobs.plan),
   checks which shards have work left (tasks.edit.shards_to_run: a finished shard whose inputs,
   outputs and config are unchanged gets no run, so a resume starts no process), fans those out, waits, merges the shard tables, publishes the artifacts, and fails if any
   item is unaccounted for;
@@ -26,12 +27,14 @@ from prefect import flow, get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.runtime import flow_run as flow_run_ctx
-from prefect.states import Completed
+from prefect.states import Completed, Failed
 
 from flows.automations import ensure_zombie_automation
 from lcd.config import EditConfig
+from lcd.errors import CoordinatorBusy
 from lcd.io import storage
 from lcd.jobs.editing import Engine
+from lcd.jobs.lease import CoordinatorLease
 from tasks.edit import edit_shard, merge_shard_tables, plan_manifest, publish_artifacts, shards_to_run
 
 
@@ -121,6 +124,7 @@ def edit_batch(
     standin_batch_s: float = 0.0,
     replan: bool = False,
     skip_current_shards: bool = True,
+    coordinator_wait_s: float = 0.0,
 ) -> dict:
     """Edit every manifest item into `<out_root>/edits/<id>.png`; -> counts {edited, skipped, failed}.
 
@@ -131,10 +135,32 @@ def edit_batch(
     manifest even though `out_root` holds the job of another manifest file (refused otherwise:
     the two jobs would replace each other's tables). `skip_current_shards`: start no run for a
     shard that finished last time with nothing it depends on changed (checked here from its
-    ledger, its known hashes and one listing of edits/; its state reads "Current")."""
+    ledger, its known hashes and one listing of edits/; its state reads "Current").
+    `coordinator_wait_s`: one coordinator per out_root (lcd.jobs.lease): a second one waits this
+    long for the running one's lease, then fails with one line naming that run."""
     if shard_index is not None:  # shard role
         return edit_shard(manifest, out_root, shard_index, num_shards, params_path, edit, engine, concepts_root,
                           masks_store, standin_batch_s)
+    run = f"{flow_run_ctx.name or 'edit-batch'} ({flow_run_ctx.id or 'no flow run id'})"
+    lease = CoordinatorLease(out_root, run, wait_s=coordinator_wait_s)
+    try:
+        lease.acquire()
+    except CoordinatorBusy as e:  # one line in the run's state and logs, not a traceback; callers get `e`
+        get_run_logger().error(str(e))
+        return Failed(message=str(e), data=e)
+    with lease:
+        if lease.took_over:
+            get_run_logger().warning(f"took over the stale coordinator lease of {lease.took_over.get('run')!r}")
+        return _coordinate(manifest, out_root, params_path, num_shards, fan_out, shard_deployment, engine,
+                           concepts_root, masks_store, edit, contact_sheet_rows, shard_attempts, shard_heartbeat_s,
+                           shard_silent_after_s, standin_batch_s, replan, skip_current_shards)
+
+
+def _coordinate(manifest: str, out_root: str, params_path: str, num_shards: int, fan_out: str,
+                shard_deployment: str, engine: Engine, concepts_root: str | None, masks_store: str | None,
+                edit: EditConfig | None, contact_sheet_rows: int, shard_attempts: int, shard_heartbeat_s: int,
+                shard_silent_after_s: int, standin_batch_s: float, replan: bool, skip_current_shards: bool):
+    """The coordinator's steps, run while it holds the out_root's lease."""
     log = get_run_logger()
     # 1. read the manifest once into one plan file per shard; its bad entries are failures of this run
     plan = plan_manifest(manifest, out_root, num_shards, replan)

@@ -30,3 +30,8 @@ class ModelLoadError(LcdError):
 class NetworkError(LcdError):
     """A URL could not be read: no connection or answer in time, a body over its deadline or the
     byte limit, a connection closed early, an HTTP error (lcd.io.http)."""
+
+
+class CoordinatorBusy(LcdError):
+    """Another coordinator holds the out_root's lease (lcd.jobs.lease): this one waited its bound
+    and refuses, naming the running one."""

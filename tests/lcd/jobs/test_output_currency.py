@@ -29,6 +29,10 @@ SHARD = "00000-of-00001"
 
 @pytest.fixture
 def job(tmp_path):
+    return make_job(tmp_path)
+
+
+def make_job(tmp_path):
     """Eight items on four scenes (noop engine) -> (items, out_root)."""
     rng = np.random.default_rng(0)
     for k in range(4):
