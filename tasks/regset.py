@@ -15,6 +15,6 @@ from lcd.jobs.regsets import concept_regset
 def build_regset_task(concept_dir: str, out_dir: str, params_path: str) -> dict:
     """-> {out, images, downloaded, generated, failed_urls} of one concept's set."""
     params = load_params(params_path)
-    r = concept_regset(Path(concept_dir), Path(out_dir), params.regset, params.models)
+    r = concept_regset(Path(concept_dir), Path(out_dir), params.regset, params.models, params.io)
     return {"out": out_dir, "images": r.downloaded + r.generated + r.generated_cached, "downloaded": r.downloaded,
             "generated": r.generated + r.generated_cached, "failed_urls": r.failed}

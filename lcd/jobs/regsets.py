@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lcd.config import ModelsConfig
+from lcd.io.config import IoConfig
 from lcd.jobs.training import concept_spec
 from lcd.regset.build import RegsetReport, build_regset
 from lcd.regset.config import RegsetConfig
@@ -17,11 +18,13 @@ def build_concept_regset(concept_dir: str | Path, out_dir: str | Path, cfg: Regs
     return Path(out_dir)
 
 
-def concept_regset(concept_dir: str | Path, out_dir: str | Path, cfg: RegsetConfig, models: ModelsConfig) -> RegsetReport:
-    """As build_concept_regset; -> the build's counts (selected, downloaded, failed, generated)."""
+def concept_regset(concept_dir: str | Path, out_dir: str | Path, cfg: RegsetConfig, models: ModelsConfig,
+                   io_cfg: IoConfig | None = None) -> RegsetReport:
+    """As build_concept_regset; -> the build's counts (selected, downloaded, failed, generated).
+    `io_cfg` (params.yaml `io`) bounds its network reads."""
     from lcd.models.pipeline import load_sd
 
     spec = concept_spec(concept_dir)
     out = Path(out_dir)
     return build_regset(cfg.model_copy(update={"class_prompt": spec.class_word}), out, out.parent / ".cache",
-                        sd_ref=models.sd, load_pipeline=lambda: load_sd(models).lp)
+                        sd_ref=models.sd, load_pipeline=lambda: load_sd(models).lp, io_cfg=io_cfg)

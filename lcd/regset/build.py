@@ -9,6 +9,7 @@ from typing import Callable
 import numpy as np
 
 from lcd.errors import LcdError
+from lcd.io.config import IoConfig
 from lcd.models.loader import LoadedOpenClip, load_open_clip
 from lcd.io.hashing import sha256_file
 from lcd.models.sources import local_source
@@ -46,11 +47,13 @@ class RegsetReport:
         return asdict(self)
 
 
-def metadata_candidates(cfg: RegsetConfig, clip: LoadedOpenClip, cache: EmbeddingCache) -> Candidates:
-    """Read every shard, embed its captions (cache by shard hash), score against the prompt."""
+def metadata_candidates(cfg: RegsetConfig, clip: LoadedOpenClip, cache: EmbeddingCache,
+                        io_cfg: IoConfig | None = None) -> Candidates:
+    """Read every shard (by URL within `io_cfg`), embed its captions (cache by shard hash), score
+    against the prompt."""
     urls, caps, shard_names, embs = [], [], [], []
     for loc in expand_shards(cfg.shards):
-        shard = read_shard(loc, cfg.url_col, cfg.caption_col)
+        shard = read_shard(loc, cfg.url_col, cfg.caption_col, io_cfg)
         embs.append(cache.get_or_embed(shard.sha256, shard.captions, clip, cfg.caption_col, cfg.embed_batch_size))
         urls += shard.urls
         caps += shard.captions
@@ -74,12 +77,14 @@ def build_regset(
     sd_ref: str | None = None,
     load_pipeline: Callable[[], object] | None = None,
     clip: LoadedOpenClip | None = None,
+    io_cfg: IoConfig | None = None,
 ) -> RegsetReport:
     """Build the set in `out_dir` (layout in lcd/regset/manifest.py); caches live in `cache_dir`
     (embeddings/, downloads/, generated/) and make a rerun with the same inputs do no work.
 
     `sd_ref` + `load_pipeline` (-> LoadedPipeline) generate the shortfall; without them a
-    shortfall is an error when `cfg.generate_shortfall` is set.
+    shortfall is an error when `cfg.generate_shortfall` is set. `io_cfg` (params.yaml `io`) bounds
+    the network reads: shards by URL, and img2dataset's per-read timeout (download_timeout_s).
     """
     # 1. check inputs
     if cfg.generate_shortfall and (sd_ref is None or load_pipeline is None):
@@ -90,11 +95,11 @@ def build_regset(
     if clip is None and need_clip:
         clip = load_open_clip(cfg.clip_model)
     # 2. candidates with caption-to-prompt similarities; 3. caption filter: threshold, dedupe, top-N
-    cands, source = _candidates(cfg, clip, cache_dir, report)
+    cands, source = _candidates(cfg, clip, cache_dir, report, io_cfg)
     sel = select_captions(cands.similarity, cands.urls, cands.captions, threshold=cfg.threshold, top_n=cfg.top_n)
     report.above_threshold, report.duplicates, report.selected = sel.above, sel.duplicates, len(sel.indices)
     # 4. download (cached per URL) + decode check
-    entries, fetched_rows = _download(cfg, cands, sel.indices, source, cache_dir, report)
+    entries, fetched_rows = _download(cfg, cands, sel.indices, source, cache_dir, report, io_cfg)
     # 5. optional image-text re-check with the same CLIP
     if cfg.image_text_min is not None and entries:
         entries = recheck_image_text(entries, clip, cfg.image_text_min, report)
@@ -110,12 +115,12 @@ def build_regset(
     return report
 
 
-def _candidates(cfg: RegsetConfig, clip, cache_dir: Path, report: RegsetReport):
+def _candidates(cfg: RegsetConfig, clip, cache_dir: Path, report: RegsetReport, io_cfg: IoConfig | None = None):
     """-> (candidates with caption similarities, source name): LAION-style metadata scored with
     CLIP (embeddings cached), or a clip back's kNN answer."""
     cache = EmbeddingCache(cache_dir / "embeddings")
     if cfg.source == "metadata":
-        cands, source = metadata_candidates(cfg, clip, cache), "metadata"
+        cands, source = metadata_candidates(cfg, clip, cache, io_cfg), "metadata"
     else:
         cands = query_clip_back(cfg.backend_url, cfg.backend_index, cfg.class_prompt, cfg.backend_num_results)
         source = "clip_back"
@@ -124,13 +129,21 @@ def _candidates(cfg: RegsetConfig, clip, cache_dir: Path, report: RegsetReport):
     return cands, source
 
 
-def _download(cfg: RegsetConfig, cands, indices, source: str, cache_dir: Path, report: RegsetReport):
+def download_timeout_s(cfg: RegsetConfig, io_cfg: IoConfig | None) -> float:
+    """img2dataset's timeout: the stricter of regset.timeout_s and io.http_first_byte_timeout_s.
+    It is urllib's, per socket read, so it bounds the wait for an answer and every pause in a body,
+    not the whole transfer (img2dataset has no such setting)."""
+    return cfg.timeout_s if io_cfg is None else min(cfg.timeout_s, io_cfg.http_first_byte_timeout_s)
+
+
+def _download(cfg: RegsetConfig, cands, indices, source: str, cache_dir: Path, report: RegsetReport,
+              io_cfg: IoConfig | None = None):
     """Fetch the selected URLs with img2dataset (cached per URL) -> (entries that downloaded and
     decoded, img2dataset's rows). Dead links become report failures naming the URL."""
     store = DownloadStore(cache_dir / "downloads")
     fetched = store.fetch(
         [cands.urls[i] for i in indices], [cands.captions[i] for i in indices], image_size=cfg.image_size,
-        timeout_s=cfg.timeout_s, retries=cfg.retries, processes=cfg.processes, threads=cfg.threads,
+        timeout_s=download_timeout_s(cfg, io_cfg), retries=cfg.retries, processes=cfg.processes, threads=cfg.threads,
         min_image_size=cfg.min_image_size, retry_failed=cfg.retry_failed,
     )
     report.downloads_attempted, report.download_cache_hits = fetched.attempted, fetched.cached

@@ -1,7 +1,7 @@
 """Candidate (url, caption) pairs: LAION-style metadata Parquet shards, or a `clip back` backend.
 
-Shards may be a local file, a folder of *.parquet, a glob, or any fsspec URL; each is read once
-into memory and hashed (SHA-256 of its bytes), the hash keying its embedding cache entry. A
+Shards may be a local file, a folder of *.parquet, a glob, or any fsspec URL (an http(s) one
+read within the `io` section's deadlines and byte limit, lcd.io.http); each is read once into memory and hashed (SHA-256 of its bytes), the hash keying its embedding cache entry. A
 `clip back` is queried with clip-retrieval's own ClipClient in text modality, so its answers
 carry the caption-to-prompt cosine the metadata path computes locally.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from lcd.errors import LcdError
+from lcd.io.config import IoConfig
 
 
 @dataclass(frozen=True)
@@ -63,23 +64,27 @@ def expand_shards(specs: list[str]) -> list[str]:
     return out
 
 
-def _read_bytes(location: str) -> bytes:
+def _read_bytes(location: str, limits: IoConfig | None = None) -> bytes:
+    """A shard's bytes; a URL that hangs, breaks or names nothing is one LcdError naming it."""
     if "://" in location:
-        import fsspec
+        from lcd.io import storage
 
         try:
-            with fsspec.open(location, "rb") as f:
-                return f.read()
-        except Exception as e:
-            raise LcdError(f"{location}: cannot read shard: {type(e).__name__}: {e}", item=location) from None
+            return storage.read_bytes(location, limits)
+        except FileNotFoundError:
+            raise LcdError(f"{location}: cannot read shard: not found", item=location) from None
+        except LcdError as e:  # lcd.io.http / storage: the URL and what happened, one line
+            raise LcdError(f"cannot read shard {e}", item=location) from None
     return Path(location).read_bytes()
 
 
-def read_shard(location: str, url_col: str = "url", caption_col: str = "caption") -> Shard:
-    """Read one Parquet shard's url and caption columns. Missing columns name the shard."""
+def read_shard(location: str, url_col: str = "url", caption_col: str = "caption",
+               limits: IoConfig | None = None) -> Shard:
+    """Read one Parquet shard's url and caption columns. Missing columns name the shard. A URL
+    is read within `limits` (the `io` section)."""
     import pyarrow.parquet as pq
 
-    data = _read_bytes(location)
+    data = _read_bytes(location, limits)
     try:
         table = pq.read_table(io.BytesIO(data))
     except Exception as e:
