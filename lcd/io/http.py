@@ -106,6 +106,25 @@ class _Deadlined:
     def __init__(self, host, *, watch: _Watch, **kw):
         super().__init__(host, **kw)
         self._watch = watch
+        self._create_connection = self._connect_within  # http.client's hook for socket.create_connection
+
+    def _connect_within(self, address, timeout, source_address=None):
+        """socket.create_connection with the name lookup bounded too (getaddrinfo has no timeout
+        of its own: a dead resolver would hold the connect step for its retries)."""
+        host, port = address
+        last: OSError | None = None
+        for family, kind, proto, _, addr in _resolve(host, port, timeout):
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(self._watch.step_timeout(timeout))
+                if source_address:
+                    sock.bind(source_address)
+                sock.connect(addr)
+                return sock
+            except OSError as e:
+                sock.close()
+                last = e
+        raise last or OSError(f"no address for {host}")
 
     def connect(self):
         w = self._watch
@@ -115,6 +134,26 @@ class _Deadlined:
         self.sock.settimeout(w.step_timeout(w.limits.http_first_byte_timeout_s))
         w.attach(self.sock)
         w.step = "answer"
+
+
+def _resolve(host: str, port: int, timeout: float) -> list:
+    """getaddrinfo in a daemon thread, given up after `timeout` s (TimeoutError)."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+        except OSError as e:
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True, name="lcd-resolve")
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TimeoutError(f"no address for {host} in {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["infos"]
 
 
 class _HTTPConnection(_Deadlined, http.client.HTTPConnection):

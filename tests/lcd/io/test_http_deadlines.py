@@ -99,3 +99,40 @@ def test_the_default_limits_are_the_documented_ones():
         IoConfig(http_total_timeout_s=0)
     with pytest.raises(ValueError, match="extra"):
         IoConfig(http_timeout=3)
+
+
+@pytest.mark.parametrize("exc", ["ClientPayloadError", "ServerDisconnectedError", "FSTimeoutError", "TimeoutError",
+                                 "IncompleteRead"])
+def test_any_remote_filesystems_exception_is_one_network_error_naming_the_url(exc, monkeypatch):
+    """Object stores other than http(s) still go through fsspec; whatever their client raises
+    (aiohttp's payload error is not an OSError) is one NetworkError line, a missing object stays
+    FileNotFoundError."""
+    import http.client as hc
+
+    import aiohttp
+    import fsspec
+    from fsspec.exceptions import FSTimeoutError
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    make = {"ClientPayloadError": lambda: aiohttp.ClientPayloadError("Response payload is not completed"),
+            "ServerDisconnectedError": lambda: aiohttp.ServerDisconnectedError(),
+            "FSTimeoutError": lambda: FSTimeoutError(), "TimeoutError": lambda: TimeoutError(),
+            "IncompleteRead": lambda: hc.IncompleteRead(b"x" * 10, 90)}[exc]
+
+    class Flaky(MemoryFileSystem):  # a real fsspec filesystem whose transfers break as a network's do
+        protocol = "flaky"
+
+        def cat_file(self, path, start=None, end=None, **kw):
+            if "gone" in path:
+                raise FileNotFoundError(path)
+            raise make()
+
+        def info(self, path, **kw):
+            raise make()
+
+    fsspec.register_implementation("flaky", Flaky, clobber=True)
+    for call in (storage.read_bytes, storage.info):
+        with pytest.raises(NetworkError, match=rf"^flaky://b/x\.png: cannot read it \({exc}"):
+            call("flaky://b/x.png")
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes("flaky://b/gone.png")
