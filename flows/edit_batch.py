@@ -206,4 +206,7 @@ def _coordinate(manifest: str, out_root: str, params_path: str, num_shards: int,
 if __name__ == "__main__":
     import sys
 
-    print(edit_batch(sys.argv[1], sys.argv[2], fan_out="inline", num_shards=1))
+    from flows.server import temporary_server
+
+    with temporary_server():  # as `python -m flows`: a temporary server ends with this process
+        print(edit_batch(sys.argv[1], sys.argv[2], fan_out="inline", num_shards=1))

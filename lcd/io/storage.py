@@ -146,7 +146,7 @@ def list_names(folder: str | Path) -> set[str]:
 class Entry(NamedTuple):
     """What a look at a folder entry says without opening it: a regular file (locally by lstat,
     so a symlink, even to a file, is not; every object is), its size, and a stamp that changes
-    with its content (mtime_ns of a file, the ETag, else mtime, of an object)."""
+    with its content (mtime_ns:ctime_ns of a file, the ETag, else mtime, of an object)."""
 
     regular: bool
     size: int
@@ -163,8 +163,8 @@ def stat_entry(p: str | Path) -> Entry | None:
     p = normalize(p)
     try:
         if isinstance(p, Path):
-            st = os.lstat(p)
-            return Entry(stat.S_ISREG(st.st_mode), st.st_size, str(st.st_mtime_ns))
+            st = os.lstat(p)  # ctime too: a chmod, a rename over it or a reset mtime (os.utime) changes it
+            return Entry(stat.S_ISREG(st.st_mode), st.st_size, f"{st.st_mtime_ns}:{st.st_ctime_ns}")
         return _object_entry(info(p))
     except FileNotFoundError:
         return None

@@ -157,7 +157,7 @@ class CoordinatorLease:
     def _old_unreadable(self) -> bool:
         """An unreadable lease (foreign, or cut by a full disk) counts as stale once it is old."""
         entry = storage.stat_entry(self.path) if not storage.is_remote(self.path) else None
-        return entry is None or time.time() - int(entry.stamp) / 1e9 > self.stale_after_s
+        return entry is None or time.time() - int(entry.stamp.split(":")[0]) / 1e9 > self.stale_after_s
 
     def _read(self) -> tuple[dict | None, str | None]:
         """(the lease's JSON or None if unreadable, its version: mtime_ns locally, ETag remotely;

@@ -31,7 +31,7 @@ RESULTS_SCHEMA = pa.schema([
     # the output file as this run wrote or checked it (lcd.io.storage.Entry): a later run trusts the
     # row only while the file's size and stamp are unchanged, and re-checks the file otherwise
     ("output_size", pa.int64()),
-    ("output_stamp", pa.string()),  # mtime_ns of a file, ETag of an object
+    ("output_stamp", pa.string()),  # mtime_ns:ctime_ns of a file, ETag of an object
 ])
 FAILURES_SCHEMA = pa.schema([
     ("id", pa.string()),

@@ -161,3 +161,22 @@ def test_is_current_reads_the_header_the_end_and_the_hash(tmp_path):
     assert not is_current(tmp_path / "png-as.webp", "h1")
     _png(tmp_path, "nometa.png", meta={"other": 1})
     assert not is_current(tmp_path / "nometa.png", "h1")
+
+
+def test_a_same_size_replacement_with_its_mtime_put_back_is_still_redone(job):
+    """A rewrite that keeps the size and resets the mtime (os.utime) still changes the ctime,
+    which the ledger's stamp holds too: the output is re-checked, found foreign and redone."""
+    items, out = job
+    cfg = EditConfig(size=64, batch_size=4)
+    _run(items, out, cfg)
+    p = out / "edits" / "i0.png"
+    st = os.stat(p)
+    data = (out / "edits" / "i4.png").read_bytes()  # same scene and size: i4's metadata instead of i0's
+    assert len(data) == st.st_size
+    p.write_bytes(data)
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (os.stat(p).st_size, os.stat(p).st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert _check(items, out, cfg) is None
+    status = _run(items, out, cfg)
+    assert status.pop("i0") == "edited" and set(status.values()) == {"skipped"}
+    assert read_png_meta(p)["id"] == "i0"
