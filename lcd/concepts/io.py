@@ -419,6 +419,25 @@ def import_diffusers(folder: str | Path, card: dict[str, Any] | None = None,
         unet[f"{proc}.{_FROM_DIFFUSERS[sub]}"] = t.float()
     if not unet:
         raise ModelLoadError(f"{wf}: holds no Custom Diffusion K/V weights", item=str(wf))
+    names, rows = _token_rows(p, wf)
+    if tokens is not None:
+        if len(tokens) != len(rows):
+            raise ModelLoadError(f"{p}: {len(rows)} token file(s) but {len(tokens)} token name(s) given", item=str(p))
+        tokens = list(tokens)
+    else:
+        tokens = [t if CONCEPT_TOKEN.fullmatch(t) else f"[{re.sub(r'[^A-Za-z0-9_-]', '', t) or 'P'}]" for t in names]
+    method = "crossattn" if any(k.endswith("to_q.weight") for k in unet) else "kv"
+    meta = dict(card or {}, imported_from=str(p), source_format="diffusers custom_diffusion")
+    concept = Concept(tokens, torch.stack(rows), method, unet, 1.0, meta, str(p))
+    from lcd.concepts.validate import check_concept
+
+    check_concept(concept)  # what load_concept would refuse is not written
+    return concept
+
+
+def _token_rows(p: Path, wf: Path) -> tuple[list[str], list[torch.Tensor]]:
+    """The token embedding files beside `wf` (sorted) -> (their tokens, their rows (D,) float32),
+    all of one width."""
     names, rows = [], []
     for f in sorted(p.iterdir()):
         if f == wf or f.suffix not in (".safetensors", ".bin") or f.name.startswith("pytorch_"):
@@ -438,19 +457,7 @@ def import_diffusers(folder: str | Path, card: dict[str, Any] | None = None,
         rows.append(row.float().reshape(-1))
     if not names:
         raise ModelLoadError(f"{p}: no token embedding file (<token>.safetensors or .bin) beside {wf.name}", item=str(p))
-    if tokens is not None:
-        if len(tokens) != len(rows):
-            raise ModelLoadError(f"{p}: {len(rows)} token file(s) but {len(tokens)} token name(s) given", item=str(p))
-        tokens = list(tokens)
-    else:
-        tokens = [t if CONCEPT_TOKEN.fullmatch(t) else f"[{re.sub(r'[^A-Za-z0-9_-]', '', t) or 'P'}]" for t in names]
     if len({r.numel() for r in rows}) > 1:
         raise ModelLoadError(f"{p}: the token embedding files hold rows of different widths "
                              f"({sorted({r.numel() for r in rows})}); they are from different models", item=str(p))
-    method = "crossattn" if any(k.endswith("to_q.weight") for k in unet) else "kv"
-    meta = dict(card or {}, imported_from=str(p), source_format="diffusers custom_diffusion")
-    concept = Concept(tokens, torch.stack(rows), method, unet, 1.0, meta, str(p))
-    from lcd.concepts.validate import check_concept
-
-    check_concept(concept)  # what load_concept would refuse is not written
-    return concept
+    return names, rows
