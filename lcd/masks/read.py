@@ -1,8 +1,9 @@
 """Read API: (masks table, image_id, selection) -> the selected mask as an (H, W) bool array.
 
 This is what `lcd edit --masks FILE --select SPEC` and downstream stages call: rows of the image
-are read with a pyarrow filter, their RLEs decoded in one vectorised pass, and the selection
-applied. Text selection re-reads the image (checked against the stored SHA-256) for CLIP.
+are read with a pyarrow filter and checked (lcd.masks.rows), the selection applied to the stored
+columns, and only the selected mask decoded. Text selection re-reads the image (checked against
+the stored SHA-256) for CLIP.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import numpy as np
 
 from lcd.errors import InputImageError
 from lcd.masks.manifest import decode_image, fetch_bytes, sha256_bytes
+from lcd.masks.rle import decode_rle, rles_contain
 from lcd.masks.select import Selection, parse_selection, select_by_text, select_index
-from lcd.masks.store import MaskStore, read_masks, read_rows
+from lcd.masks.store import MaskStore, open_store, read_rows
 
 DIGEST_COLUMNS = ["image_sha256", "mask_id", "rle", "predicted_iou", "stability_score", "model"]
 
@@ -23,12 +25,20 @@ def stored_masks_digest(path: str | Path | MaskStore, image_id: str) -> str:
     """sha256 of what a selection on `image_id` can depend on: its stored rows (RLEs, scores,
     image and model hashes), in mask_id order. Recomputed masks -> a new digest, so an edit made
     from a `sam:` region is redone when the masks under it change. Raises LcdError when the
-    store has no rows for the image."""
+    store has no rows for the image. The JSON of the row list is hashed a batch of rows at a
+    time (the same bytes as one json.dumps of the list), so 10^5 masks cost no 10^5 dicts at once."""
     import hashlib
     import json
 
-    rows = read_rows(path, image_id, columns=DIGEST_COLUMNS).to_pylist()
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    table = read_rows(path, image_id, columns=DIGEST_COLUMNS)
+    digest = hashlib.sha256(b"[")
+    first = True
+    for batch in table.to_batches(max_chunksize=4096):
+        for row in batch.to_pylist():
+            digest.update((b"" if first else b", ") + json.dumps(row, sort_keys=True, default=str).encode())
+            first = False
+    digest.update(b"]")
+    return digest.hexdigest()
 
 
 def load_stored_image(row: dict, image: str | None = None) -> np.ndarray:
@@ -51,13 +61,15 @@ def select_region_mask(
     *,
     clip=None,
     image: np.ndarray | None = None,
+    max_pixels: int | None = None,
 ) -> np.ndarray:
     """The edit region from stored masks: `select_mask`, then holes filled and dilated per `cfg`
     (a MasksConfig: fill_holes, dilate_px, text_crop_margin). One function, so `lcd edit --masks`
     and edit-batch's `sam:` regions give the same region for the same rule."""
     from lcd.masks.postprocess import postprocess_mask
 
-    mask, _ = select_mask(path, image_id, select, clip=clip, image=image, text_margin=cfg.text_crop_margin)
+    mask, _ = select_mask(path, image_id, select, clip=clip, image=image, text_margin=cfg.text_crop_margin,
+                          max_pixels=max_pixels)
     return postprocess_mask(mask, fill=cfg.fill_holes, dilate_px=cfg.dilate_px)
 
 
@@ -69,26 +81,57 @@ def select_mask(
     clip=None,
     image: np.ndarray | None = None,
     text_margin: float = 0.1,
+    image_size: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """-> ((H, W) bool mask, its row as a dict without the RLE). `path`: a store folder, a part
     file, or a MaskStore opened once for many lookups.
 
+    The image's rows are checked before any decode (lcd.masks.rows: sizes, the pixel limit
+    `max_pixels`, the size of `image` or `image_size` (H, W) when given, counts and areas), the
+    rule is applied to the stored columns (area, scores, boxes; `point:` reads the run lengths),
+    and only the chosen mask is decoded; `text:` decodes one mask at a time for its crop.
     `clip` = (CLIPModel, CLIPProcessor) is needed for `text:` selections; `image` (H, W, 3) uint8
     skips re-reading the image for them.
     """
+    # 1. the rule, the rows, and their checks (nothing decoded yet)
     sel = parse_selection(select) if isinstance(select, str) else select
-    table, masks = read_masks(path, image_id)
-    cols = table.select(["mask_id", "area", "predicted_iou", "stability_score", "bbox"]).to_pydict()
-    bboxes = np.array(cols["bbox"], dtype=np.int64).reshape(-1, 4)
+    store = open_store(path)
+    if image is not None and image_size is None:
+        image_size = tuple(image.shape[:2])
+    table, rows = store.checked(image_id, image_size=image_size, max_pixels=max_pixels)
+    h, w = rows.height, rows.width
+
+    def decode(k: int) -> np.ndarray:
+        return decode_rle({"size": [h, w], "counts": rows.counts[k]}, f"{image_id}#{int(rows.mask_id[k])}")
+
+    # 2. boxes that the rows do not store, when the rule reads boxes: from their decoded mask, one at a time
+    bboxes = rows.bbox.copy()
+    if sel.kind in ("box", "text") and not rows.bbox_known.all():
+        for k in np.flatnonzero(~rows.bbox_known):
+            bboxes[k] = mask_bbox(decode(int(k)))
 
     def text_pick() -> int:
         img = image if image is not None else load_stored_image(table.slice(0, 1).to_pylist()[0])
+        masks = (decode(k) for k in range(len(rows.counts)))  # crops are made one mask at a time
         return select_by_text(img, masks, bboxes, sel.text, clip, text_margin)[0]
 
+    def point_hits(x: int, y: int) -> np.ndarray:
+        return rles_contain(rows.counts, h, w, y, x)
+
+    # 3. the rule on the columns, then the one mask it chose
     k = select_index(
-        sel, area=np.array(cols["area"]), predicted_iou=np.array(cols["predicted_iou"]),
-        stability=np.array(cols["stability_score"]), bboxes=bboxes, mask_ids=np.array(cols["mask_id"]),
-        masks=masks, text_pick=text_pick if clip is not None else None, name=image_id,
+        sel, area=rows.area, predicted_iou=rows.predicted_iou, stability=rows.stability, bboxes=bboxes,
+        mask_ids=rows.mask_id, shape=(h, w), point_hits=point_hits,
+        text_pick=text_pick if clip is not None else None, name=image_id,
     )
     row = table.slice(k, 1).drop(["rle"]).to_pylist()[0]
-    return np.ascontiguousarray(masks[k]), row
+    return np.ascontiguousarray(decode(k)), row
+
+
+def mask_bbox(mask: np.ndarray) -> list[int]:
+    """(H, W) bool -> XYWH box of its pixels ([0, 0, 0, 0] when empty), as SAM's records store it."""
+    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not ys.size:
+        return [0, 0, 0, 0]
+    return [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]

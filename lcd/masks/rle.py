@@ -11,7 +11,7 @@ Shapes: a mask is (H, W) bool; an RLE is {"size": [H, W], "counts": str}.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -62,6 +62,8 @@ def _string_to_numbers(s: bytes | str) -> np.ndarray:
     if ends.size == 0 or ends[-1] != c.size - 1:
         raise ValueError("RLE counts string ends inside a number")
     starts = np.concatenate(([0], ends[:-1] + 1))
+    if int((ends - starts).max()) >= _MAX_CHUNKS:  # a longer number would shift past 64 bits and wrap
+        raise ValueError(f"RLE counts string has a number longer than {_MAX_CHUNKS} characters")
     k = np.arange(c.size) - np.repeat(starts, ends - starts + 1)  # group index within its number
     vals = np.add.reduceat((c & 0x1F) << (5 * k), starts)
     last = c[ends]
@@ -69,17 +71,6 @@ def _string_to_numbers(s: bytes | str) -> np.ndarray:
     neg = (last & 0x10) != 0
     vals = np.where(neg, vals | (-1 << nbits), vals)  # sign-extend, as rleFrString does
     return vals
-
-
-def string_to_counts(s: bytes | str) -> np.ndarray:
-    """COCO counts string -> int64 run lengths (undoes the delta coding with two cumsums)."""
-    x = _string_to_numbers(s)
-    counts = x.copy()
-    if x.size > 3:
-        # counts[i] = x[i] + counts[i-2] for i > 2: chains 1,3,5,... and 2,4,6,... are cumsums
-        counts[1::2] = np.cumsum(x[1::2])
-        counts[2::2] = np.cumsum(x[2::2])
-    return counts
 
 
 def encode_rle(mask: np.ndarray) -> dict:
@@ -95,36 +86,87 @@ def encode_rles(masks: np.ndarray) -> list[dict]:
     return [encode_rle(m) for m in np.asarray(masks)]
 
 
-def _check_counts(counts: np.ndarray, h: int, w: int, name: str) -> None:
-    if (counts < 0).any() or int(counts.sum()) != h * w:
-        raise LcdError(
-            f"{name}: RLE counts sum to {int(counts.sum())} (or are negative) but size is {h}x{w}={h * w}",
-            item=name,
-        )
+WINDOW_CHARS = 1 << 18  # counts characters parsed at a time (~40 bytes of arrays each): bounded memory
+
+
+def iter_counts(s: bytes | str, window: int | None = None) -> Iterator[np.ndarray]:
+    """COCO counts string -> its int64 run lengths, `window` characters at a time (each window
+    cut after a number's last character), so a hostile string of any length needs arrays of
+    window size, never of its own. Raises ValueError for a malformed string."""
+    b = s.encode("ascii") if isinstance(s, str) else bytes(s)
+    pos, k = 0, 0  # chars consumed, counts yielded
+    carry = np.zeros(2, dtype=np.int64)  # last count of the odd chain and of the even (>= 2) chain
+    while pos < len(b):
+        end = min(pos + max(window or WINDOW_CHARS, 2 * _MAX_CHUNKS), len(b))
+        if end < len(b):
+            c = np.frombuffer(b, dtype=np.uint8, count=end - pos, offset=pos).astype(np.int64) - 48
+            ends = np.flatnonzero((c & 0x20) == 0)
+            if ends.size == 0:
+                raise ValueError(f"RLE counts string has a number longer than {_MAX_CHUNKS} characters")
+            end = pos + int(ends[-1]) + 1
+        x = _string_to_numbers(b[pos:end])
+        # counts[i] = x[i] + counts[i-2] for i > 2: the odd and the even (>= 2) positions are cumsums
+        g = k + np.arange(x.size)
+        counts = x.copy()
+        for parity, sel in ((1, g % 2 == 1), (0, (g % 2 == 0) & (g >= 2))):
+            if sel.any():
+                counts[sel] = np.cumsum(x[sel]) + carry[parity]
+                carry[parity] = counts[sel][-1]
+        yield counts
+        pos, k = end, k + x.size
+
+
+def string_to_counts(s: bytes | str) -> np.ndarray:
+    """COCO counts string -> int64 run lengths (undoes the delta coding with two cumsums)."""
+    parts = list(iter_counts(s))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def _bad_counts(name: str, h: int, w: int, total: int, negative: bool) -> LcdError:
+    why = "has a negative run length" if negative else f"counts sum to {total} but size is {h}x{w}={h * w}"
+    return LcdError(f"{name}: RLE {why}", item=name)
+
+
+def rle_summary(s: bytes | str, h: int, w: int, name: str = "rle") -> tuple[int, int]:
+    """Check a counts string against its size without decoding a pixel -> (runs, foreground
+    area). Run lengths must be non-negative and sum to exactly h*w; window-sized memory."""
+    runs, total, area = 0, 0, 0
+    try:
+        for counts in iter_counts(s):
+            if counts.size and int(counts.min()) < 0:
+                raise _bad_counts(name, h, w, total, True)
+            total += int(counts.sum())
+            area += int(counts[(runs + 1) % 2::2].sum())  # odd global positions are the 1-runs
+            runs += counts.size
+    except ValueError as e:
+        if isinstance(e, LcdError):
+            raise
+        raise LcdError(f"{name}: bad RLE counts: {e}", item=name) from None
+    if total != h * w:
+        raise _bad_counts(name, h, w, total, False)
+    return runs, area
 
 
 def decode_rle(rle: dict, name: str = "rle") -> np.ndarray:
-    """{"size": [H, W], "counts": str|bytes} -> (H, W) bool."""
+    """{"size": [H, W], "counts": str|bytes} -> (H, W) bool. The counts are checked (sum, sign)
+    before the H*W pixels are allocated; callers bound H*W (lcd.masks.rows.check_image_rows)."""
     h, w = (int(v) for v in rle["size"])
-    try:
-        counts = string_to_counts(rle["counts"])
-    except ValueError as e:
-        raise LcdError(f"{name}: bad RLE counts: {e}", item=name) from None
-    _check_counts(counts, h, w, name)
-    values = (np.arange(counts.size) % 2).astype(bool)
-    return np.repeat(values, counts).reshape(w, h).T
+    if h < 0 or w < 0:
+        raise LcdError(f"{name}: RLE size {h}x{w} is negative", item=name)
+    rle_summary(rle["counts"], h, w, name)
+    flat = np.empty(h * w, dtype=bool)
+    p, k = 0, 0
+    for counts in iter_counts(rle["counts"]):
+        n = int(counts.sum())
+        flat[p:p + n] = np.repeat(((k + np.arange(counts.size)) % 2).astype(bool), counts)
+        p, k = p + n, k + counts.size
+    return flat.reshape(w, h).T
 
 
-def decode_rles(counts: Sequence[str | bytes], height: int, width: int, names: Sequence[str] | None = None) -> np.ndarray:
-    """Many RLEs of one size -> (N, H, W) bool in one pass.
-
-    All strings are parsed together (one frombuffer, one reduceat); the delta chains are undone
-    with a segmented cumsum; the pixels come from one np.repeat. This is the read path's hot loop.
-    """
-    n = len(counts)
-    if n == 0:
-        return np.zeros((0, height, width), dtype=bool)
-    parts = [c.encode("ascii") if isinstance(c, str) else bytes(c) for c in counts]
+def _many_counts(parts: Sequence[bytes], names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Many counts strings parsed together -> (run lengths, the mask index of each, its position
+    within its mask): one frombuffer, one reduceat, the delta chains undone by a segmented cumsum."""
+    n = len(parts)
     lens = np.array([len(p) for p in parts], dtype=np.int64)
     try:
         # every number ends inside its own string, so parsing the concatenation is exact
@@ -152,6 +194,95 @@ def decode_rles(counts: Sequence[str | bytes], height: int, width: int, names: S
     offset = np.repeat(np.where(seg_start > 0, cs[seg_start - 1], 0), seg_len)
     cnt = np.empty_like(x)
     cnt[order] = cs - offset
+    return cnt, mask_idx, pos
+
+
+def _as_bytes(counts: Sequence[str | bytes]) -> list[bytes]:
+    return [c.encode("ascii") if isinstance(c, str) else bytes(c) for c in counts]
+
+
+def _groups(parts: list[bytes]) -> Iterator[tuple[int, int]]:
+    """[i, j) ranges of `parts`: runs of short strings of about WINDOW_CHARS characters in all,
+    parsed together; a string of WINDOW_CHARS or more alone (then parsed window by window)."""
+    i = 0
+    while i < len(parts):
+        j, chars = i, 0
+        while j < len(parts) and chars < WINDOW_CHARS and (j == i or len(parts[j]) < WINDOW_CHARS):
+            chars += len(parts[j])
+            j += 1
+            if chars >= WINDOW_CHARS:
+                break
+        yield i, j
+        i = j
+
+
+def rle_summaries(counts: Sequence[str | bytes], height: int, width: int,
+                  names: "Sequence[str] | Callable[[int], str] | None" = None) -> np.ndarray:
+    """Many counts strings of one size, checked as rle_summary does -> (N,) int64 foreground
+    areas, no pixel decoded. Short strings are parsed together in groups of about WINDOW_CHARS
+    characters (10^5 tiny masks: a few vectorised passes); a longer one alone, window by window.
+    `names`: each string's name for errors (a list, or index -> name)."""
+    parts = _as_bytes(counts)
+    areas = np.zeros(len(parts), dtype=np.int64)
+    name = names if callable(names) else (lambda i: names[i] if names else f"rle #{i}")  # noqa: E731
+    for i, j in _groups(parts):
+        if j == i + 1 and len(parts[i]) >= WINDOW_CHARS:
+            areas[i] = rle_summary(parts[i], height, width, name(i))[1]
+            continue
+        try:
+            cnt, mask_idx, pos = _many_counts(parts[i:j], None)
+        except LcdError:  # a malformed string in the group: find it and name it
+            for k in range(i, j):
+                rle_summary(parts[k], height, width, name(k))
+            raise
+        if cnt.size and (cnt < 0).any():
+            raise _bad_counts(name(i + int(mask_idx[np.flatnonzero(cnt < 0)[0]])), height, width, 0, True)
+        sums = np.bincount(mask_idx, weights=cnt, minlength=j - i)  # float64: exact below 2^53
+        bad = np.flatnonzero(sums != height * width)
+        if bad.size:
+            raise _bad_counts(name(i + int(bad[0])), height, width, int(sums[bad[0]]), False)
+        ones = pos % 2 == 1
+        areas[i:j] = np.bincount(mask_idx[ones], weights=cnt[ones], minlength=j - i).astype(np.int64)
+    return areas
+
+
+def rles_contain(counts: Sequence[str | bytes], height: int, width: int, y: int, x: int) -> np.ndarray:
+    """(N,) bool: which of these masks (checked first: rle_summaries) hold pixel (y, x), read off
+    the run lengths: the pixel's column-major index falls in a 1-run. No mask is decoded."""
+    parts = _as_bytes(counts)
+    flat = x * height + y
+    out = np.zeros(len(parts), dtype=bool)
+    for i, j in _groups(parts):
+        if j == i + 1 and len(parts[i]) >= WINDOW_CHARS:  # one long string, window by window
+            start, k = 0, 0
+            for c in iter_counts(parts[i]):
+                ends = start + np.cumsum(c)
+                if ends.size and ends[-1] > flat:
+                    out[i] = (k + int(np.searchsorted(ends, flat, side="right"))) % 2 == 1
+                    break
+                start, k = (int(ends[-1]) if ends.size else start), k + c.size
+            continue
+        cnt, mask_idx, pos = _many_counts(parts[i:j], None)
+        cs = np.cumsum(cnt)
+        first = pos == 0
+        base = np.repeat(cs[first] - cnt[first], np.bincount(mask_idx, minlength=j - i))
+        ends = cs - base
+        hit = (ends - cnt <= flat) & (flat < ends) & (pos % 2 == 1)
+        out[i + mask_idx[hit]] = True
+    return out
+
+
+def decode_rles(counts: Sequence[str | bytes], height: int, width: int, names: Sequence[str] | None = None) -> np.ndarray:
+    """Many RLEs of one size -> (N, H, W) bool in one pass.
+
+    All strings are parsed together (one frombuffer, one reduceat); the delta chains are undone
+    with a segmented cumsum; the pixels come from one np.repeat. Memory is N*H*W bytes: callers
+    that need one mask of many decode that one (lcd.masks.read.select_mask).
+    """
+    n = len(counts)
+    if n == 0:
+        return np.zeros((0, height, width), dtype=bool)
+    cnt, mask_idx, pos = _many_counts(_as_bytes(counts), names)
     sums = np.bincount(mask_idx, weights=cnt, minlength=n)
     bad = np.flatnonzero((sums != height * width))
     if bad.size or (cnt < 0).any():

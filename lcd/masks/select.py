@@ -90,13 +90,19 @@ def select_index(
     masks: np.ndarray | None = None,
     text_pick=None,
     name: str = "image",
+    shape: tuple[int, int] | None = None,
+    point_hits=None,
 ) -> int:
-    """Row index of the selected mask. `masks` (N, H, W) is needed for `point`; `text_pick` is a
-    callable () -> index for `text` (it needs the image and CLIP, see select_by_text)."""
+    """Row index of the selected mask, from the per-mask columns. `point` needs the masks' (H, W)
+    `shape` and `point_hits(x, y) -> (N,) bool` (which masks hold the pixel: read off the stored
+    run lengths, lcd.masks.rle.rles_contain), or `masks` (N, H, W) for both; `text_pick` is a
+    callable () -> index for `text` (it needs the image and CLIP, see select_by_text). A score
+    the rows do not store (NaN) ranks last for `best`."""
     n = len(area)
     if n == 0:
         raise SelectionError(f"{name}: has no stored masks to select from", item=name)
-    iou, stab = np.asarray(predicted_iou, float), np.asarray(stability, float)
+    iou, stab = np.nan_to_num(np.asarray(predicted_iou, float), nan=-np.inf), \
+        np.nan_to_num(np.asarray(stability, float), nan=-np.inf)
     if sel.kind == "largest":
         return int(np.argmax(area))
     if sel.kind == "best":
@@ -108,10 +114,10 @@ def select_index(
         return int(hit[0])
     if sel.kind == "point":
         x, y = int(sel.point[0]), int(sel.point[1])
-        h, w = masks.shape[1:]
+        h, w = masks.shape[1:] if masks is not None else shape
         if not (0 <= x < w and 0 <= y < h):
             raise SelectionError(f"{name}: point {sel.point} is outside the {w}x{h} image", item=name)
-        inside = np.flatnonzero(masks[:, y, x])
+        inside = np.flatnonzero(masks[:, y, x] if masks is not None else point_hits(x, y))
         if not inside.size:
             raise SelectionError(f"{name}: no stored mask contains point ({x}, {y})", item=name)
         return _best(iou, stab, inside)
@@ -179,7 +185,8 @@ def embed_text(clip, text: str) -> np.ndarray:
         return model.get_text_features(**inputs).float().cpu().numpy()[0]
 
 
-def select_by_text(image: np.ndarray, masks: np.ndarray, bboxes, text: str, clip, margin: float = 0.1) -> tuple[int, float]:
-    """(H, W, 3) image, (N, H, W) masks -> (index, cosine score) of the mask that best matches text."""
+def select_by_text(image: np.ndarray, masks, bboxes, text: str, clip, margin: float = 0.1) -> tuple[int, float]:
+    """(H, W, 3) image, (N, H, W) masks (or any iterable of (H, W) masks: a generator decoding one
+    at a time keeps one mask in memory) -> (index, cosine score) of the mask that best matches text."""
     crops = [mask_crop(image, m, b, margin) for m, b in zip(masks, bboxes)]
     return pick_by_text(embed_crops(clip, crops), embed_text(clip, text))

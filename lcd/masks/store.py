@@ -18,7 +18,7 @@ import functools
 import json
 import uuid
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,9 @@ import pyarrow.parquet as pq
 from lcd.errors import LcdError
 from lcd.io.atomic import atomic_path
 from lcd.masks.rle import decode_rles, encode_rle
+
+if TYPE_CHECKING:
+    from lcd.masks.rows import CheckedRows
 
 MASKS_DIR = "masks"
 FAILURES_FILE = "failures.parquet"
@@ -87,8 +90,14 @@ def image_rows(image_id: str, image: str, sha: str, width: int, height: int, rec
     return rows
 
 
+def _part_order(p: Path) -> tuple[int, str]:
+    """Parts sort by their sequence number as a number (part-100000 after part-99999), then name."""
+    seq = p.stem.split("-")[1] if p.stem.count("-") else ""
+    return (int(seq) if seq.isdigit() else -1, p.name)
+
+
 def part_paths(out: str | Path) -> list[Path]:
-    return sorted((Path(out) / MASKS_DIR).glob("part-*.parquet"))
+    return sorted((Path(out) / MASKS_DIR).glob("part-*.parquet"), key=_part_order)
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:
@@ -112,20 +121,21 @@ def dictionary_columns() -> tuple[str, ...]:
     return tuple(c for c in _leaf_paths(MASK_SCHEMA) if c != COUNTS_COLUMN)
 
 
-def write_part(out: str | Path, rows: list[dict], images: list[dict], config: dict, row_group_rows: int,
+def write_part(out: str | Path, rows: "list[dict] | pa.Table", images: list[dict], config: dict, row_group_rows: int,
                codec: str = "zstd", level: int | None = 19) -> Path:
-    """Write one part atomically: rows + the list of images it completes (in file metadata).
+    """Write one part atomically: rows (dicts, or a table of MASK_SCHEMA) + the list of images it
+    completes (in file metadata).
 
     codec/level: Parquet page compression (see MasksConfig.parquet_codec); a part is written once
     and read many times, so the default spends write time (zstd 19) for about 8% smaller counts.
     """
     parts = part_paths(out)
-    seq = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
+    seq = max(_part_order(parts[-1])[0] + 1, 0) if parts else 0
     # the random suffix keeps two runs writing into one folder from renaming over each other's part
     dest = Path(out) / MASKS_DIR / f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet"
     meta = {IMAGES_META: json.dumps(images).encode(), CONFIG_META: json.dumps(config, sort_keys=True).encode()}
     schema = MASK_SCHEMA.with_metadata(meta)
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = rows.cast(schema) if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_rows, compression=codec, compression_level=level,
                        use_dictionary=list(dictionary_columns()), write_statistics=list(dictionary_columns()),
@@ -190,17 +200,22 @@ def _part_files(path: str | Path) -> list[Path]:
         p = p / MASKS_DIR
     if not p.exists():
         raise LcdError(f"{path}: masks table not found", item=str(path))
-    files = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
+    files = sorted(p.glob("part-*.parquet"), key=_part_order) if p.is_dir() else [p]
     if not files:
         raise LcdError(f"{path}: no mask parts (part-*.parquet) in folder", item=str(path))
     return files
+
+
+# columns a reader can do without: read as null, the area is then taken from the counts and the box
+# from the decoded mask when a selection needs it (lcd.masks.rows)
+OPTIONAL_COLUMNS = frozenset({"area", "bbox"})
 
 
 def _schema_problem(schema: pa.Schema) -> str | None:
     """Why a part cannot serve MASK_SCHEMA reads (a missing column), or None. Column types are
     not compared here (writers name list children differently); a part whose columns do not cast
     fails its read, and is then skipped and recorded (MaskStore._read)."""
-    missing = [f.name for f in MASK_SCHEMA if f.name not in schema.names]
+    missing = [f.name for f in MASK_SCHEMA if f.name not in schema.names and f.name not in OPTIONAL_COLUMNS]
     return f"not a masks part: no column(s) {', '.join(map(repr, missing))}" if missing else None
 
 
@@ -278,27 +293,47 @@ class MaskStore:
                 self.bad[f] = f"{type(e).__name__}: {e}"
         return pa.concat_tables(tables) if tables else None
 
+    def _files_for(self, image_id: str) -> list[Path]:
+        """The parts an image's rows are read from: the newest part listing it, and unindexed ones."""
+        return sorted(set(self.by_image.get(image_id, [])[-1:] + self.unindexed) - set(self.bad), key=_part_order)
+
+    def source_of(self, image_id: str) -> str:
+        """Where an image's rows come from, for messages: its part, or the store when several."""
+        files = self._files_for(image_id)
+        return str(files[0]) if len(files) == 1 else str(self.path)
+
     def rows(self, image_id: str, columns: list[str] | None = None) -> pa.Table:
         """All mask rows of one image, in mask_id order, from the newest part that lists it (a
         re-run with other settings or new bytes stores the image again; the old rows stay in their
         part) and, within other tools' unindexed parts, its newest SHA-256 (see read_rows).
         Unreadable parts are skipped; if the image has no rows, the error names them."""
-        files = sorted(set(self.by_image.get(image_id, [])[-1:] + self.unindexed) - set(self.bad))
+        files = self._files_for(image_id)
         cols = None if columns is None else list(dict.fromkeys([*columns, "image_sha256", "mask_id"]))
         table = self._read(files, image_id, cols) if files else None
         if table is None or table.num_rows == 0:
             raise LcdError(f"{image_id}: no masks stored for this image_id in {self.path}{self._bad_note()}"
                            f"{self._id_hint(image_id)}", item=image_id)
-        shas = set(table.column("image_sha256").to_pylist())
-        if len(shas) > 1:  # the file changed between runs: the newest rows are the last part's
+        # the file changed between runs: the newest rows are the last part's
+        if pa.compute.count_distinct(table.column("image_sha256")).as_py() > 1:
             last = table.column("image_sha256")[table.num_rows - 1].as_py()
             table = table.filter(pa.compute.equal(table.column("image_sha256"), last))
         table = table.sort_by("mask_id")
         return table if columns is None else table.select(columns)
 
-    def masks(self, image_id: str) -> tuple[pa.Table, np.ndarray]:
-        """image_id -> (its rows, (N, H, W) bool masks in mask_id order)."""
+    def checked(self, image_id: str, image_size: tuple[int, int] | None = None,
+                max_pixels: int | None = None) -> tuple[pa.Table, "CheckedRows"]:
+        """image_id -> (its rows, CheckedRows): checked before any decode (lcd.masks.rows), errors
+        naming the part they come from."""
+        from lcd.masks.rows import check_image_rows
+
         table = self.rows(image_id)
+        return table, check_image_rows(table, where=self.source_of(image_id), image_id=image_id,
+                                       image_size=image_size, max_pixels=max_pixels)
+
+    def masks(self, image_id: str) -> tuple[pa.Table, np.ndarray]:
+        """image_id -> (its rows, (N, H, W) bool masks in mask_id order), all decoded: N*H*W bytes
+        (lcd.masks.read.select_mask decodes only the one it selects)."""
+        table, _ = self.checked(image_id)
         return table, decode_table_masks(table)
 
 
