@@ -9,7 +9,7 @@ The path picks the behaviour; `/<mode>/<anything>` works too, so a URL can end i
   huge     Content-Length 2,000,000,000, then close
   short    a PNG's Content-Length, half of its bytes, then close
   second   GET n. 1 served whole, every later GET cut short (HEAD answered whole)
-  404      Not Found;  loop  302 to itself;  ok  the PNG, well served
+  404      Not Found;  loop  302 to itself;  ftp  302 to an ftp:// URL;  ok  the PNG, well served
 """
 
 from __future__ import annotations
@@ -140,6 +140,8 @@ class HostileServer:
                 conn.sendall(body if n == 1 else body[: len(body) // 3])
         elif mode == "404":
             headers("404 Not Found", length=0)
+        elif mode == "ftp":
+            headers("302 Found", length=0, extra=f"Location: ftp://127.0.0.1:{self.port}/x.png\r\n")
         elif mode == "loop":
             headers("302 Found", length=0, extra=f"Location: http://127.0.0.1:{self.port}/loop/again\r\n")
         else:  # ok

@@ -182,6 +182,13 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(partial(_HTTPSConnection, watch=self._watch), req, context=self._context)
 
 
+class _NoFTP(urllib.request.FTPHandler):
+    """urllib follows a redirect to ftp:// with only a per-read timeout: refused here."""
+
+    def ftp_open(self, req):
+        raise urllib.error.URLError(f"redirect to {req.full_url} refused (only http and https are read)")
+
+
 @lru_cache(maxsize=1)
 def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
@@ -192,7 +199,7 @@ def _response(url: str, limits: IoConfig, method: str) -> Iterator[tuple[http.cl
     """The answer to `method url` (redirects followed: urllib's, at most 10) with its headers read;
     every failure up to there is a NetworkError (or HttpNotFound)."""
     w = _Watch(limits)
-    opener = urllib.request.build_opener(_HTTPHandler(w), _HTTPSHandler(w))
+    opener = urllib.request.build_opener(_HTTPHandler(w), _HTTPSHandler(w), _NoFTP())
     try:
         try:
             req = urllib.request.Request(url, method=method,
