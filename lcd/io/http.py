@@ -320,6 +320,29 @@ def _error(url: str, w: _Watch, e: BaseException, got: int | None = None, size: 
     return NetworkError(f"{url}: {what}", item=url)
 
 
+def call_within(fn, limits: IoConfig | None, url: str):
+    """`fn()` (a client library's request, e.g. clip-retrieval's, whose own timeout is an hour per
+    read) given up after `limits.http_total_timeout_s`: NetworkError naming `url`. The call goes on
+    in its daemon thread until its own timeout; its result is dropped. Its exceptions are raised here."""
+    limits = limits or IoConfig()
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True, name="lcd-call-within")
+    t.start()
+    t.join(limits.http_total_timeout_s)
+    if t.is_alive():
+        raise NetworkError(f"{url}: no complete answer in {limits.http_total_timeout_s:g} s", item=url)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def http_filesystem(limits: IoConfig | None = None):
     """fsspec's HTTP filesystem with aiohttp deadlines from `limits`: for what still goes through
     fsspec on an http(s) URL. fsspec caches instances by their arguments, so by the limits."""

@@ -10,6 +10,7 @@ import numpy as np
 
 from lcd.errors import LcdError
 from lcd.io.config import IoConfig
+from lcd.io.config import IoConfig
 from lcd.models.loader import LoadedOpenClip, load_open_clip
 from lcd.io.hashing import sha256_file
 from lcd.models.sources import local_source
@@ -122,7 +123,7 @@ def _candidates(cfg: RegsetConfig, clip, cache_dir: Path, report: RegsetReport, 
     if cfg.source == "metadata":
         cands, source = metadata_candidates(cfg, clip, cache, io_cfg), "metadata"
     else:
-        cands = query_clip_back(cfg.backend_url, cfg.backend_index, cfg.class_prompt, cfg.backend_num_results)
+        cands = query_clip_back(cfg.backend_url, cfg.backend_index, cfg.class_prompt, cfg.backend_num_results, io_cfg)
         source = "clip_back"
     report.candidates = len(cands.urls)
     report.embed_cache_hits, report.embed_cache_misses, report.embedded = cache.hits, cache.misses, cache.embedded

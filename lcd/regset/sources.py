@@ -18,6 +18,7 @@ import numpy as np
 
 from lcd.errors import LcdError
 from lcd.io.config import IoConfig
+from lcd.io.config import IoConfig
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,10 @@ def read_shard(location: str, url_col: str = "url", caption_col: str = "caption"
     )
 
 
-def query_clip_back(backend_url: str, index: str, prompt: str, num_results: int) -> Candidates:
-    """Ask a clip-retrieval backend for the captions nearest to `prompt` (text modality).
+def query_clip_back(backend_url: str, index: str, prompt: str, num_results: int,
+                    limits: IoConfig | None = None) -> Candidates:
+    """Ask a clip-retrieval backend for the captions nearest to `prompt` (text modality), within
+    `limits.http_total_timeout_s` (ClipClient's own timeout is an hour per read).
 
     Embedding-based dedupe, safety and aesthetic re-weighting are off so the backend returns
     raw caption cosines; our own filter then applies threshold, dedupe and top-N.
@@ -113,12 +116,16 @@ def query_clip_back(backend_url: str, index: str, prompt: str, num_results: int)
     import requests
     from clip_retrieval.clip_client import ClipClient, Modality
 
+    from lcd.io.http import call_within
+
     client = ClipClient(
         url=backend_url, indice_name=index, modality=Modality.TEXT, num_images=num_results,
         deduplicate=False, use_safety_model=False, use_violence_detector=False, aesthetic_weight=0.0,
     )
     try:
-        results = client.query(text=prompt)
+        results = call_within(lambda: client.query(text=prompt), limits, backend_url)
+    except LcdError:
+        raise
     except (requests.RequestException, ValueError) as e:
         raise LcdError(f"{backend_url}: clip back query failed: {type(e).__name__}: {e}", item=backend_url) from None
     if isinstance(results, dict):  # the backend answers errors as a JSON object

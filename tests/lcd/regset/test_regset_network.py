@@ -58,3 +58,20 @@ def test_img2dataset_gets_the_stricter_per_read_timeout():
     assert download_timeout_s(cfg, None) == 10
     assert download_timeout_s(cfg, IoConfig()) == 10  # io's 30 s first byte: regset's 10 s is stricter
     assert download_timeout_s(cfg, FAST) == 1
+
+
+@pytest.mark.slow  # importing clip-retrieval's client takes seconds
+def test_a_clip_back_that_never_answers_fails_in_the_total_deadline(srv):
+    """ClipClient's own timeout is 3600 s per read; the query is given up at io.http_total_timeout_s."""
+    from lcd.errors import NetworkError
+    from lcd.regset.sources import query_clip_back
+
+    import clip_retrieval.clip_client  # noqa: F401 - imported before the clock starts
+
+    url = srv.url("never/knn-service")
+    t0 = time.monotonic()
+    with pytest.raises(NetworkError, match=rf"^{url}: no complete answer in 2 s$"):
+        query_clip_back(url, "regset", "a dog", 10, FAST)
+    assert time.monotonic() - t0 < 2 + 1.0
+    with pytest.raises(LcdError, match=r"/404/knn-service: clip back query failed: JSONDecodeError"):
+        query_clip_back(srv.url("404/knn-service"), "regset", "a dog", 10, FAST)
