@@ -10,7 +10,6 @@ import numpy as np
 
 from lcd.errors import LcdError
 from lcd.io.config import IoConfig
-from lcd.io.config import IoConfig
 from lcd.models.loader import LoadedOpenClip, load_open_clip
 from lcd.io.hashing import sha256_file
 from lcd.models.sources import local_source

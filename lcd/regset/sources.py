@@ -18,7 +18,6 @@ import numpy as np
 
 from lcd.errors import LcdError
 from lcd.io.config import IoConfig
-from lcd.io.config import IoConfig
 
 
 @dataclass(frozen=True)
