@@ -13,6 +13,19 @@ import sys
 from lcd.errors import LcdError
 
 
+def _check_inputs(a: argparse.Namespace) -> None:
+    """The params file every stage reads, and edit's manifest, parsed before Prefect starts: a
+    hostile or broken file (too deep, binary, UTF-16, a repeated key) is one line here, not a
+    traceback in a failed flow run (lcd.io.documents)."""
+    from lcd.config import load_params
+
+    load_params(a.params)
+    if a.stage in ("edit", "pipeline"):
+        from lcd.jobs.manifest import check_manifest_file
+
+        check_manifest_file(a.manifest)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m flows")
     p.add_argument("stage", choices=["regset", "train", "masks", "edit", "evaluate", "nightly", "pipeline"])
@@ -24,6 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replan", action="store_true",
                    help="edit: plan --manifest even if <out>/edit holds the job of another manifest file")
     a = p.parse_args(argv)
+    try:
+        _check_inputs(a)
+    except Exception as e:  # noqa: BLE001 - before Prefect starts: one line, exit 2, as `lcd` does
+        from lcd.cli import user_error
+
+        msg = user_error(e)
+        if msg is None:
+            raise
+        print(f"python -m flows {a.stage}: error: {msg}", file=sys.stderr)
+        return 2
     from flows.server import temporary_server
 
     try:

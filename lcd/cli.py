@@ -1,7 +1,7 @@
 """`lcd` command line. Each subcommand lives in `lcd/commands/<name>.py` with `register(sub)`.
 
-Errors a user can cause (bad files, prompts, configs, weights) print one line and exit 2;
-anything else is a bug and keeps its traceback.
+Errors a user can cause (bad files, prompts, configs, weights) print one line and exit 2,
+whatever the file holds (`user_error`); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -59,7 +59,21 @@ def _params_everywhere(parser: argparse.ArgumentParser) -> None:
 
 
 def user_error(e: BaseException) -> str | None:
-    """One line for an error the user caused (a bad value, file or config), None for a bug."""
+    """One line for an error the user caused (a bad value, file or config), None for a bug.
+
+    Besides LcdError and bad option values, the exceptions a parser raises on a hostile file that
+    reached it unchecked (too deep, not UTF-8, too big, a refused pickle, a YAML or Arrow error)
+    are the file's fault too: one line, never a traceback for user input."""
+    from lcd.io.documents import one_line
+
+    msg = _user_error(e)
+    return None if msg is None else one_line(msg)
+
+
+def _user_error(e: BaseException) -> str | None:
+    import json
+    import pickle
+
     from pydantic import ValidationError
 
     if isinstance(e, LcdError):
@@ -68,10 +82,30 @@ def user_error(e: BaseException) -> str | None:
         first = e.errors()[0]
         loc = [str(x) for x in first["loc"]]
         name = "--" + loc[-1].replace("_px", "").replace("_", "-") if loc else e.title
-        got = "" if f"got {first.get('input')}" in first["msg"] else f"got {first.get('input')!r}; "
+        shown = repr(first.get("input"))
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        got = "" if f"got {first.get('input')}" in first["msg"] else f"got {shown}; "
         return f"{name}: {first['msg']} ({got}in {e.title}{'.' + '.'.join(loc) if loc else ''})"
     if isinstance(e, OSError):  # a path that is a folder, under a file, unreadable, a full disk
         return f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
+    if isinstance(e, RecursionError):
+        return "input nested too deeply to read (RecursionError)"
+    if isinstance(e, MemoryError):
+        return "out of memory reading the input (a file far larger than it claims?)"
+    if isinstance(e, UnicodeError):
+        return f"input is not UTF-8 text ({e.__class__.__name__}: {getattr(e, 'reason', e)})"
+    if isinstance(e, json.JSONDecodeError):
+        return f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
+    if isinstance(e, pickle.UnpicklingError):
+        from lcd.io.torchfile import error_line
+
+        return error_line(e)
+    if type(e).__module__.startswith("yaml"):
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return f"not valid YAML{at}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
+    if type(e).__module__.startswith("pyarrow"):  # ArrowInvalid from reading a CSV or Parquet file
+        return f"cannot read the table: {type(e).__name__}: {str(e)[:200]}"
     return None
 
 

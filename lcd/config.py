@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from lcd.config_base import StrictConfig
 from lcd.edit.config import EditConfig
 from lcd.errors import LcdError
+from lcd.io.documents import kind, load_yaml_file, one_line
 from lcd.evaluate.config import EvaluateConfig
 from lcd.io.config import IoConfig
 from lcd.masks.config import MasksConfig
@@ -39,21 +39,14 @@ class Params(StrictConfig):
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml; an unknown or invalid key is an error naming it."""
     p = Path(path)
-    if not p.exists():
-        raise LcdError(f"{p}: params file not found", item=str(p))
-    if not p.is_file():
-        raise LcdError(f"{p}: params file is not a regular file", item=str(p))
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        where = getattr(e, "problem_mark", None)
-        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
-        raise LcdError(f"{p}: not valid YAML{at}: {getattr(e, 'problem', None) or e}", item=str(p)) from None
+    # depth, alias-expansion and size limits, duplicate keys refused, binary / UTF-16 named (lcd.io.documents)
+    raw = load_yaml_file(p, "params file")
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
-        raise LcdError(f"{p}: params must be a mapping of sections, got {type(raw).__name__}", item=str(p))
+        raise LcdError(f"{p}: params must be a mapping of sections, got {kind(raw, 'YAML')}", item=str(p))
     try:
         return Params.model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        raise LcdError(f"{p}: {where}: {first['msg']}", item=f"{p}:{where}") from None
+        where = ".".join(str(x) for x in first["loc"]) or "params"
+        raise LcdError(f"{p}: {where}: {one_line(first['msg'], 300)}", item=f"{p}:{where}") from None

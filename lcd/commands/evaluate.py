@@ -99,11 +99,13 @@ def _loss_curves(path: str | None) -> dict[str, list[float]] | None:
 
     if path is None:
         return None
+    from lcd.io.documents import parse_json, read_document_bytes
+
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise LcdError(f"{p}: cannot read loss curves ({e})", item=str(p)) from None
+    try:  # size, nesting and repeated keys limited; binary and UTF-16 named (lcd.io.documents)
+        doc = parse_json(read_document_bytes(p, "loss curves file"), str(p))
+    except LcdError as e:
+        raise LcdError(f"{p}: cannot read loss curves ({str(e).removeprefix(f'{p}: ')})", item=str(p)) from None
     if not isinstance(doc, dict) or not all(isinstance(v, list) for v in doc.values()):
         raise LcdError(f"{p}: loss curves must be a JSON object of lists of numbers", item=str(p))
     return doc

@@ -306,10 +306,15 @@ def read_card(folder: str | Path) -> dict:
     path = Path(folder) / CARD_NAME
     if not path.exists():
         return {}
-    try:
-        card = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path}: card is not readable JSON: {e}", item=str(folder)) from None
+    from lcd.errors import LcdError
+    from lcd.io.documents import parse_json, read_document_bytes
+
+    try:  # size, nesting and repeated keys limited; binary and UTF-16 named (lcd.io.documents)
+        card = parse_json(read_document_bytes(path, "card"), str(path))
+    except LcdError as e:
+        why = str(e).removeprefix(f"{path}: ").removeprefix("not valid JSON: ")
+        raise ModelLoadError(f"{path}: card is not readable JSON: {why}",
+                             item=str(folder)) from None
     if not isinstance(card, dict):
         raise ModelLoadError(f"{path}: card must be a JSON object, got {type(card).__name__}", item=str(folder))
     for key, kind in (("base", dict), ("class_words", list), ("photos", list)):  # what readers index into
@@ -374,10 +379,11 @@ def export_diffusers(concept: Concept, unet, out_dir: str | Path) -> Path:
 
 
 def _one_line(e: Exception) -> str:
-    """`Type: first sentence of the message`: torch.load's refusals run to many lines, and go on
-    to suggest weights_only=False, which would run whatever code the file holds."""
-    first = next(iter(str(e).strip().splitlines()), "")
-    return f"{type(e).__name__}: {first.split('. ')[0] if len(first) > 160 else first}"
+    """`Type: reason` (lcd.io.torchfile.error_line): torch.load's refusals run to many lines, and
+    go on to suggest weights_only=False, which would run whatever code the file holds."""
+    from lcd.io.torchfile import error_line
+
+    return error_line(e)
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -385,7 +391,11 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    import warnings
+
+    with warnings.catch_warnings():  # torch's unpickler warns on stderr about files it then refuses
+        warnings.simplefilter("ignore")
+        return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
 def import_diffusers(folder: str | Path, card: dict[str, Any] | None = None,

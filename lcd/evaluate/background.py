@@ -111,10 +111,12 @@ def load_lpips(net: str = "alex", backbone: str = "random", linear: str | None =
 
 def _load_backbone(pnet, path: str) -> None:
     """Copy torchvision `features.N.<param>` tensors into lpips' `sliceK.N.<param>` (same index N)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelLoadError(f"{path}: cannot read LPIPS backbone weights: {e}", item=path) from None
+    from lcd.io.torchfile import load_weights
+
+    state = load_weights(path, "LPIPS backbone weights")  # a refused pickle: one line naming the file
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path}: LPIPS backbone weights must be a state dict, got a {type(state).__name__}",
+                             item=path)
     target = pnet.state_dict()
     new = {}
     for key in target:

@@ -79,7 +79,12 @@ def read_results_table(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise LcdError(f"{p}: edit results table not found", item=str(p))
-    table = pq.read_table(p)
+    try:
+        table = pq.read_table(p)
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file: one line naming it
+        from lcd.io.documents import one_line
+
+        raise LcdError(f"{p}: cannot read the results table: {one_line(str(e), 300)}", item=str(p)) from None
     need = {"image", "region", "concept", "prompt", "output"}
     if not need <= set(table.column_names):
         raise LcdError(f"{p}: results table lacks columns {sorted(need - set(table.column_names))}", item=str(p))

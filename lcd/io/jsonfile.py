@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from lcd.errors import LcdError
+from lcd.io.documents import MAX_DOC_BYTES, load_json_file
 
 
-def read_json(path: str | Path, expect: type, what: str) -> Any:
+def read_json(path: str | Path, expect: type, what: str, max_bytes: int = MAX_DOC_BYTES) -> Any:
     """Parse `path` and check its top-level type is `expect` (dict or list).
 
-    Raises LcdError "<path>: not valid JSON (...)" or "<path>: must be a JSON <what>".
+    Raises LcdError "<path>: not valid JSON (...)", "<path>: not UTF-8 text ..." or
+    "<path>: must be a JSON <what>, got <kind>"; nesting, size and repeated keys are limited as
+    in `lcd.io.documents`.
     """
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise LcdError(f"{p}: not valid JSON ({e.msg})", item=str(p)) from None
-    except UnicodeDecodeError:  # a Parquet table, an image, UTF-16 text: not the JSON file asked for
-        raise LcdError(f"{p}: not valid JSON (not UTF-8 text; a binary file such as Parquet?)", item=str(p)) from None
-    if not isinstance(doc, expect):
-        raise LcdError(f"{p}: must be a JSON {what}", item=str(p))
-    return doc
+    return load_json_file(path, expect, what, max_bytes)

@@ -11,7 +11,6 @@ a failure row naming the line, and the other items run.
 from __future__ import annotations
 
 import codecs
-import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +22,7 @@ from pydantic import Field, ValidationError, model_validator
 from lcd.config_base import StrictConfig
 from lcd.io import storage
 from lcd.errors import LcdError
+from lcd.io.documents import json_value, kind, one_line
 
 ITEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # matched whole (fullmatch): no trailing newline
 
@@ -66,17 +66,22 @@ def _default_id(raw: dict, index: int) -> str:
 Entry = tuple[int, "dict | None", "str | None"]  # (index, parsed object or None, parse error or None)
 
 
-def text_entries(text: str, fmt: str = "jsonl") -> Iterator[Entry]:
-    """Manifest text -> (index, object, error) per entry, in order; blank JSONL lines are skipped."""
+MAX_JSON_MANIFEST_BYTES = 256 << 20  # a .json list is parsed whole; larger jobs are JSON Lines or Parquet
+MAX_LINE_BYTES = 1 << 20  # one JSON Lines entry; a line longer than this is that entry's failure
+
+
+def text_entries(text: str | bytes, fmt: str = "jsonl", name: str = "manifest") -> Iterator[Entry]:
+    """Manifest text -> (index, object, error) per entry, in order; blank JSONL lines are skipped.
+    A `.json` manifest that does not parse (too deep, not UTF-8, a repeated key) is an LcdError
+    naming `name`; a bad JSON Lines line is that entry's error."""
     if fmt not in ("jsonl", "json"):
         raise LcdError(f"manifest format must be 'jsonl' or 'json', got {fmt!r}", item="manifest")
     if fmt == "json":
-        try:
-            entries = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise LcdError(f"manifest is not valid JSON: {e}", item="manifest") from None
+        entries, why = json_value(text)
+        if why is not None:
+            raise LcdError(f"{name}: manifest is {why}", item=name)
         if not isinstance(entries, list):
-            raise LcdError(f"a .json manifest must be a list of objects, got {type(entries).__name__}", item="manifest")
+            raise LcdError(f"{name}: a .json manifest must be a list of objects, got {kind(entries)}", item=name)
         yield from ((i, e, None) for i, e in enumerate(entries))
         return
     for i, line in enumerate(l for l in text.splitlines() if l.strip()):
@@ -84,10 +89,10 @@ def text_entries(text: str, fmt: str = "jsonl") -> Iterator[Entry]:
 
 
 def _json_line(i: int, line: str | bytes) -> Entry:
-    try:
-        return i, json.loads(line), None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return i, None, f"line {i + 1}: not valid JSON ({getattr(e, 'msg', None) or e})"
+    obj, why = json_value(line)
+    if why is not None:
+        return i, None, f"line {i + 1}: {why.replace('(line 1, column', '(column')}"
+    return i, obj, None
 
 
 def validate_entries(entries: Iterable[Entry], seen: set[str] | None = None) -> Iterator[ManifestItem | ManifestFailure]:
@@ -108,7 +113,10 @@ def validate_entries(entries: Iterable[Entry], seen: set[str] | None = None) -> 
         except ValidationError as e:
             first = e.errors()[0]
             where = ".".join(str(x) for x in first["loc"]) or "item"
-            yield ManifestFailure(str(raw.get("id", fallback)), f"entry {i}: {where}: {first['msg']}")
+            got = "" if first["type"] == "missing" or not first["loc"] else f" (got {one_line(repr(first.get('input')), 60)})"
+            fid = str(raw.get("id", fallback))
+            fid = fid if len(fid) <= 128 and fid.isprintable() else fallback  # it names a table row
+            yield ManifestFailure(fid, f"entry {i}: {where}: {one_line(first['msg'], 200)}{got}")
             continue
         if item.id in seen:
             yield ManifestFailure(item.id, f"entry {i}: duplicate id {item.id!r} (ids name output files)")
@@ -141,7 +149,10 @@ def file_entries(path: str | Path, batch_rows: int = 65536) -> Iterator[Entry]:
         raise LcdError(f"{p}: manifest not found", item=str(p))
     fmt = manifest_format(str(p))
     if fmt == "json":
-        yield from text_entries(storage.read_bytes(p).decode("utf-8", errors="replace"), "json")
+        if isinstance(p, Path) and p.stat().st_size > MAX_JSON_MANIFEST_BYTES:
+            raise LcdError(f"{p}: a .json manifest of {p.stat().st_size:,} bytes is over the limit of "
+                           f"{MAX_JSON_MANIFEST_BYTES:,}; write it as JSON Lines (.jsonl) or Parquet", item=str(p))
+        yield from text_entries(storage.read_bytes(p), "json", str(p))
     elif fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -149,22 +160,50 @@ def file_entries(path: str | Path, batch_rows: int = 65536) -> Iterator[Entry]:
             try:
                 pf = pq.ParquetFile(f)
             except Exception as e:  # noqa: BLE001 - not Parquet at all: one line naming the file
-                raise LcdError(f"{p}: cannot read the Parquet manifest: {e}", item=str(p)) from None
+                raise LcdError(f"{p}: cannot read the Parquet manifest: {one_line(str(e), 300)}", item=str(p)) from None
             i = 0
-            for batch in pf.iter_batches(batch_size=batch_rows):
-                for row in batch.to_pylist():
-                    yield i, row, None
-                    i += 1
+            try:
+                for batch in pf.iter_batches(batch_size=batch_rows):
+                    for row in batch.to_pylist():
+                        yield i, row, None
+                        i += 1
+            except Exception as e:  # noqa: BLE001 - a torn or corrupt row group: the rows before it stand
+                raise LcdError(f"{p}: cannot read the Parquet manifest after row {i}: {one_line(str(e), 300)}",
+                               item=str(p)) from None
     else:
-        with storage.open_read(p) as f:
-            i = 0
-            for line in f:
-                if i == 0 and line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-                    raise LcdError(f"{p}: manifest is UTF-16 (byte-order mark); JSON Lines must be UTF-8: "
-                                   "save it as UTF-8", item=str(p))
-                if line.strip():
-                    yield _json_line(i, line)
-                    i += 1
+        yield from _jsonl_entries(p)
+
+
+def _jsonl_entries(p) -> Iterator[Entry]:
+    """JSON Lines entries, a line at a time and at most MAX_LINE_BYTES held: a 10 GB file without a
+    newline is one failed entry, not a MemoryError. A file that is UTF-16 or binary from its first
+    line (a Parquet or image file named .jsonl) is refused whole, naming it."""
+    with storage.open_read(p) as f:
+        i = 0
+        while line := f.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                    pass  # skip the rest of the long line
+                yield i, None, f"line {i + 1}: longer than {MAX_LINE_BYTES:,} bytes"
+                i += 1
+                continue
+            if i == 0 and line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise LcdError(f"{p}: manifest is UTF-16 (byte-order mark); JSON Lines must be UTF-8: "
+                               "save it as UTF-8", item=str(p))
+            if i == 0 and b"\x00" in line:
+                raise LcdError(f"{p}: manifest is a binary file (NUL byte in its first line), not JSON Lines",
+                               item=str(p))
+            if line.strip():
+                yield _json_line(i, line)
+                i += 1
+
+
+def check_manifest_file(path: str | Path) -> None:
+    """The file-level checks of `file_entries` up to its first entry (found, a `.json` list that
+    parses, a Parquet footer that reads, JSON Lines that are not UTF-16 or binary): for an entry
+    point to refuse a broken manifest in one line before it starts a run."""
+    for _ in file_entries(path, batch_rows=1):
+        break
 
 
 def read_manifest(path: str | Path) -> tuple[list[ManifestItem], list[ManifestFailure]]:

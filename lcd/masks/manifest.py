@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import stat
 from dataclasses import dataclass
@@ -33,30 +32,107 @@ class ManifestItem:
 
 
 def read_manifest(path: str | Path) -> list[ManifestItem]:
-    """CSV or Parquet manifest -> items. A missing `image` column or a repeated id is an error."""
+    """CSV or Parquet manifest -> items. A missing `image` column, a column of the wrong type, an
+    empty image cell or a repeated id is an error naming the file (and the row); a CSV must be
+    UTF-8 text (a binary file or a NUL byte is named, its bytes never echoed)."""
+    import pyarrow as pa
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
+
+    from lcd.io.documents import one_line
 
     p = Path(path)
     if not p.exists():
         raise LcdError(f"{p}: manifest not found", item=str(p))
+    if not p.is_file():
+        raise LcdError(f"{p}: manifest is not a regular file", item=str(p))
+    parquet = p.suffix == ".parquet"
+    if not parquet:
+        _check_csv_text(p)
+    text_cols = {c: pa.string() for c in ("image", "image_id", "prompts")}  # "001" stays an id, not 1
     try:
-        table = pq.read_table(p) if p.suffix == ".parquet" else pcsv.read_csv(p)
-    except Exception as e:
-        raise LcdError(f"{p}: cannot read manifest as {'Parquet' if p.suffix == '.parquet' else 'CSV'}: {e}", item=str(p)) from None
+        table = pq.read_table(p) if parquet else pcsv.read_csv(p, convert_options=pcsv.ConvertOptions(column_types=text_cols))
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a broken file; the file's fault
+        raise LcdError(f"{p}: cannot read manifest as {'Parquet' if parquet else 'CSV'}: {_table_error(e)}",
+                       item=str(p)) from None
     cols = table.column_names
     if "image" not in cols:
-        raise LcdError(f"{p}: manifest needs an 'image' column (path or URL); has {cols}", item=str(p))
-    images = [str(v) for v in table.column("image").to_pylist()]
-    ids = [str(v) for v in table.column("image_id").to_pylist()] if "image_id" in cols else [image_stem(i) for i in images]
+        raise LcdError(f"{p}: manifest needs an 'image' column (path or URL); has {one_line(str(cols), 200)}",
+                       item=str(p))
+    for name in ("image", "prompts") + (() if "image_id" not in cols or _integer(table.schema.field("image_id").type)
+                                        else ("image_id",)):
+        if name in cols and not _texty(table.schema.field(name).type):
+            raise LcdError(f"{p}: column {name!r} must hold text, got {table.schema.field(name).type}", item=str(p))
+    images = table.column("image").to_pylist()
+    given = table.column("image_id").to_pylist() if "image_id" in cols else [None] * len(images)
     prompts = table.column("prompts").to_pylist() if "prompts" in cols else [None] * len(images)
+    ids = []
+    for row, (im, gid) in enumerate(zip(images, given)):
+        if not im or not str(im).strip():
+            raise LcdError(f"{p}: row {row + 1}: image is empty (a path or URL is needed)", item=str(p))
+        ids.append(str(gid) if gid not in (None, "") else image_stem(im))
     seen: set[str] = set()
     for i in ids:
         if i in seen:
-            raise LcdError(f"{p}: image_id {i!r} appears more than once (ids default to file stems: give an "
-                           "image_id column when two images share a stem)", item=i)
+            raise LcdError(f"{p}: image_id {one_line(repr(i), 80)} appears more than once (ids default to file stems: "
+                           "give an image_id column when two images share a stem)", item=i)
         seen.add(i)
     return [ManifestItem(i, im, pr if pr else None) for i, im, pr in zip(ids, images, prompts)]
+
+
+def _texty(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t) or (
+        pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type)))
+
+
+def _integer(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t)
+
+
+def _check_csv_text(p: Path, chunk: int = 1 << 20) -> None:
+    """A CSV manifest is UTF-8 text, checked in chunks before pyarrow reads it (pyarrow's parse
+    errors echo the offending row raw, NUL bytes and all)."""
+    import codecs
+
+    from lcd.io.documents import text_problem
+
+    dec = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(p, "rb") as f:
+        while data := f.read(chunk):
+            if offset == 0 and (problem := text_problem(data[:4])) and "byte-order mark" in problem:
+                raise LcdError(f"{p}: CSV manifest {problem}", item=str(p))
+            nul = data.find(b"\x00")
+            if nul >= 0:
+                raise LcdError(f"{p}: CSV manifest is not UTF-8 text: a binary file (NUL byte at offset {offset + nul})",
+                               item=str(p))
+            try:
+                dec.decode(data)
+            except UnicodeDecodeError as e:
+                raise LcdError(f"{p}: CSV manifest is not UTF-8 text (bytes {e.object[e.start:e.start + 4]!r} near "
+                               f"offset {offset + e.start})", item=str(p)) from None
+            offset += len(data)
+    try:
+        dec.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise LcdError(f"{p}: CSV manifest is not UTF-8 text (it ends inside a character)", item=str(p)) from None
+
+
+def _table_error(e: Exception) -> str:
+    """pyarrow's message in one line, the row it quotes cut to a short repr."""
+    import re
+
+    from lcd.io.documents import one_line
+
+    text = str(e).strip()
+    m = re.match(r"(CSV parse error: [^:\n]*?): (.*)", text, re.S)
+    if m:
+        return f"{m[1]} (row starting {m[2][:24]!r})"
+    return one_line(text, 300)
 
 
 def image_stem(image: str) -> str:
@@ -68,14 +144,20 @@ def parse_prompts_json(raw: str | None, name: str) -> list[dict]:
     """The `prompts` cell -> list of prompt objects (validated later against the image size)."""
     from lcd.masks.predict import PromptError
 
+    from lcd.io.documents import json_value, kind
+
     if raw is None:
         return []
-    try:
-        val = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise PromptError(f"{name}: prompts is not valid JSON ({e.msg} at {e.pos})", item=name) from None
+    if not isinstance(raw, (str, bytes)):
+        raise PromptError(f"{name}: prompts must be JSON text (a list of objects), got {kind(raw)}", item=name)
+    val, why = json_value(raw)  # nesting and repeated keys limited, one line either way
+    if why is not None:
+        raise PromptError(f"{name}: prompts is {why}", item=name)
     if not isinstance(val, list):
-        raise PromptError(f"{name}: prompts must be a JSON list of objects, got {type(val).__name__}", item=name)
+        raise PromptError(f"{name}: prompts must be a JSON list of objects, got {kind(val)}", item=name)
+    bad = next((i for i, x in enumerate(val) if not isinstance(x, dict)), None)
+    if bad is not None:
+        raise PromptError(f"{name}: prompts[{bad}] must be a JSON object, got {kind(val[bad])}", item=name)
     return val
 
 

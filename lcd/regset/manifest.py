@@ -81,5 +81,15 @@ def write_regset(out_dir: str | Path, entries: list[RegsetEntry], downloads: lis
 
 
 def read_manifest(out_dir: str | Path) -> list[dict]:
-    """Manifest rows (MANIFEST_SCHEMA dicts) of a finished regset folder."""
-    return pq.read_table(Path(out_dir) / MANIFEST_FILE).to_pylist()
+    """Manifest rows (MANIFEST_SCHEMA dicts) of a finished regset folder; a missing, torn or
+    foreign file is one LcdError line naming it."""
+    from lcd.errors import LcdError
+    from lcd.io.documents import one_line
+
+    p = Path(out_dir) / MANIFEST_FILE
+    if not p.is_file():
+        raise LcdError(f"{p}: regset manifest not found (build the regset first)", item=str(p))
+    try:
+        return pq.read_table(p, schema=MANIFEST_SCHEMA).to_pylist()
+    except Exception as e:  # noqa: BLE001 - pyarrow's errors for a broken or foreign table
+        raise LcdError(f"{p}: cannot read the regset manifest: {one_line(str(e), 300)}", item=str(p)) from None

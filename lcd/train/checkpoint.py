@@ -23,6 +23,8 @@ import torch
 
 from lcd.errors import LcdError
 from lcd.io.atomic import write_text_atomic
+from lcd.io.documents import load_json_file
+from lcd.io.torchfile import load_weights
 
 RNG_KEY = "__rng__.torch_generator"
 
@@ -66,7 +68,7 @@ def load_checkpoint(path: Path, fp: str) -> tuple[dict[str, torch.Tensor], dict,
     """-> (trained tensors, optimizer state dict, torch generator state, state.json dict)."""
     from safetensors.torch import load_file
 
-    state = json.loads((path / "state.json").read_text())
+    state = load_json_file(path / "state.json", dict, "object")  # a torn or foreign file: one line naming it
     if state.get("fingerprint") != fp:
         raise LcdError(
             f"{path}: checkpoint was made with different training settings (fingerprint "
@@ -75,7 +77,7 @@ def load_checkpoint(path: Path, fp: str) -> tuple[dict[str, torch.Tensor], dict,
         )
     tensors = load_file(str(path / "trainable.safetensors"))
     gen_state = tensors.pop(RNG_KEY)
-    opt = torch.load(str(path / "optimizer.pt"), map_location="cpu", weights_only=True)
+    opt = load_weights(path / "optimizer.pt", "the optimizer state")  # a refused pickle: one line naming it
     return tensors, opt, gen_state, state
 
 

@@ -7,7 +7,6 @@ loss mask (1, S/8, S/8) float32 in {0, 1}, caption str). All randomness comes fr
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -91,23 +90,38 @@ def reg_set_pairs(folder: str | Path, default_caption: str) -> list[tuple[Path, 
     if (root / "manifest.parquet").exists():
         import pyarrow.parquet as pq
 
-        table = pq.read_table(root / "manifest.parquet")
+        try:
+            table = pq.read_table(root / "manifest.parquet")
+        except Exception as e:  # noqa: BLE001 - a torn or foreign table: one line naming it
+            from lcd.io.documents import one_line
+
+            raise LcdError(f"{root}/manifest.parquet: cannot read: {one_line(str(e), 300)}",
+                           item=str(root / "manifest.parquet")) from None
         missing = [c for c in ("path", "caption") if c not in table.column_names]
         if missing:
             raise LcdError(f"{root}/manifest.parquet: missing column(s) {missing}", item=str(root / "manifest.parquet"))
         pairs = [(_under(root, r["path"]), r["caption"] or default_caption) for r in table.select(["path", "caption"]).to_pylist()]
     elif (root / "images.txt").exists() and (root / "caption.txt").exists():
-        paths = [ln.strip() for ln in (root / "images.txt").read_text().splitlines() if ln.strip()]
-        caps = [ln.strip() for ln in (root / "caption.txt").read_text().splitlines() if ln.strip()]
+        paths = [ln.strip() for ln in _text(root / "images.txt").splitlines() if ln.strip()]
+        caps = [ln.strip() for ln in _text(root / "caption.txt").splitlines() if ln.strip()]
         if len(paths) != len(caps):
             raise LcdError(f"{root}: images.txt has {len(paths)} lines but caption.txt {len(caps)}", item=str(root))
         pairs = [(_under(root, p), c) for p, c in zip(paths, caps)]
     elif (root / "manifest.jsonl").exists():
-        for i, ln in enumerate((root / "manifest.jsonl").read_text().splitlines()):
+        from lcd.io.documents import json_value, kind
+
+        for i, ln in enumerate(_text(root / "manifest.jsonl").splitlines()):
             if ln.strip():
-                rec = json.loads(ln)
+                rec, why = json_value(ln)  # nesting and repeated keys limited: one line, not a traceback
+                where, item = f"{root}/manifest.jsonl:{i + 1}", str(root / "manifest.jsonl")
+                if why is not None:
+                    raise LcdError(f"{where}: {why}", item=item)
+                if not isinstance(rec, dict):
+                    raise LcdError(f"{where}: must be a JSON object, got {kind(rec)}", item=item)
                 if "image" not in rec:
-                    raise LcdError(f"{root}/manifest.jsonl:{i + 1}: no 'image' field", item=str(root / "manifest.jsonl"))
+                    raise LcdError(f"{where}: no 'image' field", item=item)
+                if not isinstance(rec["image"], str) or not isinstance(rec.get("caption") or "", str):
+                    raise LcdError(f"{where}: 'image' and 'caption' must be strings", item=item)
                 pairs.append((_under(root, rec["image"]), rec.get("caption") or default_caption))
     else:
         for f in image_files(root):
@@ -116,6 +130,13 @@ def reg_set_pairs(folder: str | Path, default_caption: str) -> list[tuple[Path, 
     if not pairs:
         raise InputImageError(f"{root}: regularization set has no images", item=str(root))
     return pairs
+
+
+def _text(path: Path) -> str:
+    """A listing's text; not UTF-8 (a binary or UTF-16 file) is one LcdError line naming it."""
+    from lcd.io.documents import decode_text, read_document_bytes
+
+    return decode_text(read_document_bytes(path, "listing", 1 << 30), str(path))
 
 
 def _under(root: Path, p: str) -> Path:
