@@ -133,19 +133,25 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _run_split_on_oom(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig,
-                      prompts: PromptCache) -> list[np.ndarray | EditResultError]:
-    """`_run_batch`, and when the accelerator runs out of memory, the two halves in turn (down to
-    one item, which re-raises): a batch size that is too big costs a retry, not the batch."""
+def _run_split(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig,
+               prompts: PromptCache) -> list[np.ndarray | Exception]:
+    """`_run_batch`, made to fail item by item: when the accelerator runs out of memory, the two
+    halves in turn (a batch size that is too big costs a retry, not the batch); when anything
+    else raises, each item alone, so an item the model cannot take fails alone. An item that
+    fails alone gets its exception (traceback dropped: its frames hold the batch's tensors) in
+    place of its crop; finish_item raises it."""
     try:
         return _run_batch(lp, prepared, cfg, prompts)
-    except RuntimeError as e:  # torch.OutOfMemoryError is one
-        if len(prepared) == 1 or not _is_oom(e):
-            raise
+    except Exception as e:  # noqa: BLE001 - torch.OutOfMemoryError is a RuntimeError
+        if len(prepared) == 1:
+            return [e.with_traceback(None)]
+        oom = _is_oom(e)
+    if not oom:
+        return [x for p in prepared for x in _run_split(lp, [p], cfg, prompts)]
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     k = len(prepared) // 2
-    return _run_split_on_oom(lp, prepared[:k], cfg, prompts) + _run_split_on_oom(lp, prepared[k:], cfg, prompts)
+    return _run_split(lp, prepared[:k], cfg, prompts) + _run_split(lp, prepared[k:], cfg, prompts)
 
 
 @dataclass
@@ -169,12 +175,12 @@ def prepare_item(item: EditItem, cfg: EditConfig) -> Prepared:
 
 
 def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConfig,
-                 prompts: PromptCache | None = None) -> list[np.ndarray | EditResultError | None]:
+                 prompts: PromptCache | None = None) -> list[np.ndarray | Exception | None]:
     """The model (GPU) part: denoise the non-empty items in batches of `cfg.batch_size` (resolved
-    when "auto"); -> one (S, S, 3) uint8 crop per item (None for empty masks; an EditResultError,
-    returned not raised so the batch's other items go on, for one whose result is broken:
-    finish_item raises it). `prompts` caches text embeddings across calls (one per shard and
-    model); None: a cache for this call."""
+    when "auto"); -> one (S, S, 3) uint8 crop per item (None for empty masks; an exception,
+    returned not raised so the batch's other items go on, for one whose edit raised alone or
+    whose result is broken, an EditResultError: finish_item raises it). `prompts` caches text
+    embeddings across calls (one per shard and model); None: a cache for this call."""
     apply_speed_settings(lp, cfg)
     prompts = prompts or PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder)
     batch = resolve_batch_size(lp, cfg)
@@ -182,17 +188,17 @@ def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConf
     todo = [i for i, p in enumerate(prepared) if p.box is not None]
     for start in range(0, len(todo), batch):
         idx = todo[start : start + batch]
-        out = _run_split_on_oom(lp, [prepared[i] for i in idx], cfg, prompts)
+        out = _run_split(lp, [prepared[i] for i in idx], cfg, prompts)
         for i, crop in zip(idx, out):
             crops[i] = crop
     return crops
 
 
-def finish_item(lp: LoadedPipeline, p: Prepared, crop: np.ndarray | EditResultError | None, cfg: EditConfig,
+def finish_item(lp: LoadedPipeline, p: Prepared, crop: np.ndarray | Exception | None, cfg: EditConfig,
                 extra_meta: dict[str, Any] | None = None) -> EditResult:
     """Paste the generated crop back at full resolution (CPU) -> the result with its metadata.
-    Raises the EditResultError run_prepared gave in place of a broken crop."""
-    if isinstance(crop, EditResultError):
+    Raises the exception run_prepared gave in place of the crop of an item that failed."""
+    if isinstance(crop, Exception):
         raise crop
     it = p.item
     if p.box is None:

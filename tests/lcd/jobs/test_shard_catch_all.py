@@ -24,7 +24,7 @@ from lcd.jobs import tables
 from lcd.jobs.editing import default_loader, run_edit_shard
 from lcd.jobs.manifest import read_manifest
 
-CFG = EditConfig(steps=2, size=64, batch_size=2, dilate_px=1, feather_px=1)
+CFG = EditConfig(steps=2, size=64, batch_size=3, dilate_px=1, feather_px=1)
 SHARD = "00000-of-00001"
 D = 32
 KV = [f"{b}.transformer_blocks.0.attn2.{p}" for b in ("down_blocks.1.attentions.0", "mid_block.attentions.0")
@@ -313,3 +313,31 @@ def test_paths_that_are_not_utf8_do_not_lose_the_shards_tables(scene):
     assert dict(zip(res.column("id").to_pylist(), res.column("image").to_pylist()))["odd"].endswith("t\\udcff.png")
     (f,) = _failures_table(root).values()
     assert f["id"] == "gone" and f["message"].endswith("g\\udcff.png: file not found"), f
+
+
+def test_an_item_the_model_cannot_take_fails_alone_not_its_batch(scene, tiny_dir):
+    """Fault injection on a real text encoder: it raises on one prompt's tokens. The batch of
+    three is retried item by item: the other two are edited, as they would be alone."""
+    root = scene
+    items = _items(root, [_line("a"), _line("boom", "a boom dog"), _line("c", "a cat")])
+    models = ModelsConfig(sd=str(tiny_dir / "sd"))
+    real = default_loader(models, CFG.scheduler)
+
+    def fragile(cdir):
+        lp, tokens = real(cdir)
+        enc = lp.pipe.text_encoder
+        forward, boom = enc.forward, lp.pipe.tokenizer("boom", add_special_tokens=False).input_ids[0]
+
+        def encode(input_ids, *a, **k):
+            if (input_ids == boom).any():
+                raise ValueError("the encoder cannot take this prompt")
+            return forward(input_ids, *a, **k)
+
+        enc.forward = encode
+        return lp, tokens
+
+    rep = _run(root, items, models=models, loader=fragile)
+    assert sorted(r["id"] for r in rep.results if r["status"] == "edited") == ["a", "c"]
+    (f,) = rep.failures
+    assert (f["id"], f["stage"], f["error"]) == ("boom", "edit", "ValueError")
+    assert f["message"] == "boom: unexpected ValueError: the encoder cannot take this prompt"
