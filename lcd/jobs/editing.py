@@ -96,10 +96,11 @@ class ShardContext:
 
 
 def failure_message(err: BaseException, about: str) -> str:
-    """One line: an LcdError's message (its lines joined); anything else, which validation did
-    not foresee (one catch-all per item step), as '<about>: unexpected <Type>: <first line>'."""
+    """One line: an LcdError's or OSError's message (a full disk, a permission: foreseen; its
+    lines joined); anything else, which validation did not foresee (one catch-all per item
+    step), as '<about>: unexpected <Type>: <first line>'."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    if isinstance(err, LcdError):
+    if isinstance(err, (LcdError, OSError)):
         return " ".join(lines) or type(err).__name__
     first = lines[0][:300] if lines else ""
     return f"{about}: unexpected {type(err).__name__}{': ' + first if first else ''}"
@@ -419,7 +420,6 @@ def _save_batch(ctx: ShardContext, ready: list[Ready], outs: list, seconds: floa
             return _save(ctx, it, h, ei, res, seconds)
         except Exception as e:  # noqa: BLE001 - _save records OSError itself; anything else, by its type
             return None, ctx.failure(it.id, "write", e)
-
 
     done = ctx.io_map(save_one, list(zip(ready, outs)))
     return [r for r, _ in done if r is not None], [f for _, f in done if f is not None]

@@ -341,3 +341,15 @@ def test_an_item_the_model_cannot_take_fails_alone_not_its_batch(scene, tiny_dir
     (f,) = rep.failures
     assert (f["id"], f["stage"], f["error"]) == ("boom", "edit", "ValueError")
     assert f["message"] == "boom: unexpected ValueError: the encoder cannot take this prompt"
+
+
+def test_failure_messages_are_one_line_and_say_when_nobody_foresaw_the_error():
+    from lcd.errors import LcdError
+    from lcd.jobs.editing import failure_message
+
+    assert failure_message(LcdError("a.png: bad\n  header"), "x") == "a.png: bad header"
+    assert failure_message(OSError(28, "No space left on device", "out/a.png"), "x") == \
+        "[Errno 28] No space left on device: 'out/a.png'"
+    assert failure_message(KeyError("lora_B"), "c/dog") == "c/dog: unexpected KeyError: 'lora_B'"
+    assert failure_message(RuntimeError(""), "x") == "x: unexpected RuntimeError"
+    assert len(failure_message(RuntimeError("y" * 1000 + "\nz"), "x")) < 340
