@@ -203,5 +203,10 @@ def check_against_base(concept, unet, text_encoder) -> None:
 
 
 def _short(v: Any) -> str:
-    r = repr(v)
+    """`v` for a one-line message: its repr cut at 60 characters (a nested list too deep to repr
+    is named by its type)."""
+    try:
+        r = repr(v)
+    except RecursionError:
+        return f"a deeply nested {type(v).__name__}"
     return r if len(r) <= 60 else r[:57] + "..."
