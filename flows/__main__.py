@@ -13,6 +13,16 @@ import sys
 from lcd.errors import LcdError
 
 
+def _check_models(a: argparse.Namespace) -> None:
+    """The SD folder a stage loads names no code (lcd.models.trust), checked before any run: a
+    refused folder is one line here, not a failure row per item after a started run."""
+    if a.stage in ("edit", "train", "nightly", "pipeline") and not (a.stage == "edit" and a.engine == "noop"):
+        from lcd.config import load_params
+        from lcd.models.loader import check_local_models
+
+        check_local_models(load_params(a.params).models, ("sd",))
+
+
 def _check_inputs(a: argparse.Namespace) -> None:
     """The params file every stage reads, and edit's manifest, parsed before Prefect starts: a
     hostile or broken file (too deep, binary, UTF-16, a repeated key) is one line here, not a
@@ -39,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         _check_inputs(a)
+        _check_models(a)
     except Exception as e:  # noqa: BLE001 - before Prefect starts: one line, exit 2, as `lcd` does
         from lcd.cli import user_error
 

@@ -37,7 +37,12 @@ def checkpoint_shapes(path: str | Path) -> dict[str, torch.Tensor]:
 
         with safe_open(str(p), framework="pt") as f:
             return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-    state = torch.load(str(p), map_location="cpu", weights_only=True, mmap=True)
+    import zipfile
+
+    from lcd.io.torchfile import load_weights
+
+    # mmap needs torch's zip format; a legacy pickle (older .ckpt) is read whole, still weights-only
+    state = load_weights(p, "the checkpoint's tensors", mmap=zipfile.is_zipfile(p))
     state = state.get("state_dict", state)
     return {k: torch.empty(v.shape, device="meta") for k, v in state.items() if isinstance(v, torch.Tensor)}
 
@@ -47,11 +52,14 @@ def single_file_kind(path: str | Path) -> str:
     says to set `models.sd_single_file_config`."""
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
+    from lcd.io.torchfile import error_line
+
     try:
         model_type = infer_diffusers_model_type(checkpoint_shapes(path))
-    except Exception as e:
-        raise ModelLoadError(f"{path}: cannot read the checkpoint's tensors: {type(e).__name__}: {e}",
-                             item=str(path)) from None
+    except ModelLoadError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a torn header, a dict that is no state dict: one line
+        raise ModelLoadError(f"{path}: cannot read the checkpoint's tensors: {error_line(e)}", item=str(path)) from None
     if model_type not in _KIND_OF_TYPE:
         raise ModelLoadError(
             f"{path}: a {model_type!r} checkpoint; lcd bundles configs for SD1.5 and SD1.5-inpainting only: "

@@ -3,18 +3,24 @@
 Each loader takes a reference (hub id, local folder or checkpoint file), a dtype and a device,
 and returns the model plus the `ModelSource` that pins it. Pickled checkpoints are only read with
 `weights_only=True` (diffusers' own `load_state_dict` does so for `.ckpt`; SAM below likewise),
-so a checkpoint can never execute code.
+so a checkpoint can never execute code; and every folder's configs are checked
+(lcd.models.trust) before diffusers or transformers reads them, so a folder cannot name a
+module to import either. `trust_remote_code` is never passed.
 """
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import torch
 
 from lcd.errors import ModelLoadError
+from lcd.io.torchfile import error_line, load_weights
+from lcd.models.trust import check_open_clip_config, check_sd_folder, check_transformers_folder
 from lcd.models.sources import SINGLE_FILE_SUFFIXES, ModelSource, is_hub_id, local_source
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -59,15 +65,51 @@ def _hub_snapshot(ref: str, revision: str | None, patterns: list[str]) -> tuple[
     return path, ModelSource(ref=ref, kind="hub", revision=path.name)
 
 
-def resolve(ref: str | Path, revision: str | None = None, patterns: list[str] | None = None):
-    """Reference -> (local path, ModelSource). Missing local paths are a clear error."""
+def resolve(ref: str | Path, revision: str | None = None, patterns: list[str] | None = None,
+            check: Callable[[Path], None] | None = None):
+    """Reference -> (local path, ModelSource). Missing local paths are a clear error. `check`
+    runs on the local path (a hub snapshot once downloaded) before it is hashed or loaded."""
     ref = str(ref)
     if is_hub_id(ref):
-        return _hub_snapshot(ref, revision, patterns or SD_WEIGHT_PATTERNS)
+        path, source = _hub_snapshot(ref, revision, patterns or SD_WEIGHT_PATTERNS)
+        if check is not None:
+            check(path)
+        return path, source
     p = Path(ref)
     if not p.exists():
         raise ModelLoadError(f"{ref}: model path not found (and not a hub id 'owner/name')", item=ref)
+    if check is not None:
+        check(p)
     return p, local_source(p)
+
+
+def check_sd_reference(path: Path) -> None:
+    """A diffusers folder names only known libraries and classes (lcd.models.trust); a single
+    file holds tensors only (read with weights_only / safetensors)."""
+    if path.is_dir():
+        check_sd_folder(path)
+
+
+def check_local_models(models, names: tuple[str, ...] = ("sd",)) -> None:
+    """Check the local folders a `ModelsConfig` names for `names` ("sd": the SD reference and its
+    single-file config; "clip") before a run starts, so a folder naming code is refused once, in
+    one line, not per item. Hub ids are checked once downloaded, by the loaders themselves."""
+    refs = {"sd": [(models.sd, check_sd_reference), (models.sd_single_file_config, check_sd_folder)],
+            "clip": [(models.clip, lambda p: check_transformers_folder(p, "CLIP"))]}
+    for name in names:
+        for ref, check in refs[name]:
+            if ref is not None and Path(ref).exists():
+                check(Path(ref))
+
+
+@contextmanager
+def quiet_unpickler() -> Iterator[None]:
+    """Hide torch's weights-only unpickler warning ("Detected pickle protocol 4 ..."), raised
+    while diffusers reads a `.ckpt` (with weights_only=True): read or refused in one line, with
+    no warning line before it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        yield
 
 
 @dataclass
@@ -112,15 +154,16 @@ def load_sd_pipeline(
 
     torch_dtype = to_dtype(dtype)
     device = check_device(device)
-    path, source = resolve(ref, revision)
+    path, source = resolve(ref, revision, check=check_sd_reference)
     dlogging.disable_progress_bar()  # batch logs, not terminal bars
     try:
-        pipe = _load_single_file(path, ref, torch_dtype, single_file_config) if path.is_file() \
-            else _load_folder(path, ref, torch_dtype)
+        with quiet_unpickler():  # diffusers reads a .ckpt with weights_only=True too
+            pipe = _load_single_file(path, ref, torch_dtype, single_file_config) if path.is_file() \
+                else _load_folder(path, ref, torch_dtype)
     except ModelLoadError:
         raise
     except Exception as e:
-        raise ModelLoadError(f"{ref}: failed to load Stable Diffusion: {type(e).__name__}: {e}", item=str(ref)) from e
+        raise ModelLoadError(f"{ref}: failed to load Stable Diffusion: {error_line(e)}", item=str(ref)) from e
     finally:
         dlogging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
@@ -156,13 +199,13 @@ def resolve_vae_dtype(vae_dtype: str, dtype: torch.dtype, vae_config) -> torch.d
 
 def _load_folder(path: Path, ref, torch_dtype):
     """A diffusers pipeline folder (model_index.json), whatever scheduler and extras it lists."""
-    import json
-
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
+
+    from lcd.models.trust import read_config
 
     if not (path / "model_index.json").exists():
         raise ModelLoadError(f"{ref}: not a diffusers pipeline folder (no model_index.json)", item=str(ref))
-    unet_cfg = json.loads((path / "unet" / "config.json").read_text())
+    unet_cfg = read_config(path / "unet" / "config.json")
     cls = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
     return cls.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True,
                                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -179,10 +222,11 @@ def _load_single_file(path: Path, ref, torch_dtype, single_file_config):
     kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "local_files_only": True, "safety_checker": None,
                               "feature_extractor": None, "requires_safety_checker": False}
     if single_file_config is not None:
-        cfg_path, _ = resolve(single_file_config)
+        cfg_path, _ = resolve(single_file_config, check=check_sd_folder)
         return _from_single_file(StableDiffusionPipeline, path, str(cfg_path), kwargs)
     kind = single_file_kind(path)
     with bundled_config_dir(kind) as cfg_dir:
+        check_sd_folder(cfg_dir)  # shipped with lcd, checked all the same
         cls = StableDiffusionInpaintPipeline if kind == "sd15-inpaint" else StableDiffusionPipeline
         return _from_single_file(cls, path, str(cfg_dir), kwargs)
 
@@ -231,21 +275,24 @@ def load_sam(checkpoint: str | Path, model_type: str, *, device: str | torch.dev
         path = files[0]
         source = local_source(path) if source.kind != "hub" else source
     sam = _sam_builders()[model_type](checkpoint=None)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a torn or foreign file: its own fault, in one line
+            raise ModelLoadError(f"{path}: cannot read SAM checkpoint: {error_line(e)}", item=str(path)) from None
+    else:  # weights_only: a pickle naming anything but tensors is refused (lcd.io.torchfile)
+        state = load_weights(path, "SAM checkpoint")
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path}: not a SAM state dict (a {type(state).__name__})", item=str(path))
+    try:
         sam.load_state_dict(state)
     except RuntimeError as e:
         raise ModelLoadError(
-            f"{checkpoint}: weights do not fit SAM type {model_type!r}: {str(e).splitlines()[0]}",
-            item=str(checkpoint),
+            f"{path}: weights do not fit SAM type {model_type!r}: {str(e).strip().splitlines()[0]}",
+            item=str(path),
         ) from None
-    except Exception as e:
-        raise ModelLoadError(f"{checkpoint}: cannot read SAM checkpoint: {e}", item=str(checkpoint)) from None
     return sam.to(device).eval(), source
 
 
@@ -256,12 +303,13 @@ def load_clip(ref: str | Path, *, revision: str | None = None, dtype="float32", 
     from transformers import CLIPModel, CLIPProcessor
 
     device = check_device(device)
-    path, source = resolve(ref, revision, patterns=["*.json", "*.txt", "*.safetensors"])
+    path, source = resolve(ref, revision, patterns=["*.json", "*.txt", "*.safetensors"],
+                           check=lambda p: check_transformers_folder(p, "CLIP"))
     try:
         model = CLIPModel.from_pretrained(str(path), torch_dtype=to_dtype(dtype), local_files_only=True)
         processor = CLIPProcessor.from_pretrained(str(path), local_files_only=True)
     except Exception as e:
-        raise ModelLoadError(f"{ref}: failed to load CLIP: {type(e).__name__}: {e}", item=str(ref)) from e
+        raise ModelLoadError(f"{ref}: failed to load CLIP: {error_line(e)}", item=str(ref)) from e
     return model.to(device).eval(), processor, source
 
 
@@ -274,14 +322,15 @@ def load_dino(ref: str | Path, *, revision: str | None = None, dtype="float32", 
     """
     from transformers import AutoImageProcessor, ViTModel
 
-    path, source = resolve(ref, revision, patterns=["*.json", "*.txt", "*.safetensors", "*.bin"])
+    path, source = resolve(ref, revision, patterns=["*.json", "*.txt", "*.safetensors", "*.bin"],
+                           check=lambda p: check_transformers_folder(p, "DINO ViT"))
     try:
         model = ViTModel.from_pretrained(
             str(path), torch_dtype=to_dtype(dtype), local_files_only=True, add_pooling_layer=False
         )
         processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
     except Exception as e:
-        raise ModelLoadError(f"{ref}: failed to load DINO ViT: {type(e).__name__}: {e}", item=str(ref)) from e
+        raise ModelLoadError(f"{ref}: failed to load DINO ViT: {error_line(e)}", item=str(ref)) from e
     return model.to(device).eval(), processor, source
 
 
@@ -318,6 +367,7 @@ def register_open_clip(ref: str | Path) -> tuple[str, str]:
                 f"{ref}: an open_clip folder needs exactly one <ARCH>.json and one weights file "
                 f"(found {len(configs)} configs, {len(weights)} weight files)", item=str(ref),
             )
+        check_open_clip_config(configs[0])
         open_clip.add_model_config(configs[0])
         return configs[0].stem, str(weights[0].resolve())
     arch, _, pretrained = str(ref).partition("/")
