@@ -262,7 +262,9 @@ def child_bomb(files: Path, root: Path) -> dict:
     return {"edited": [r["id"] for r in rep.results], "failed": {f["id"]: f["message"][-80:] for f in rep.failures}}
 
 
-FAMILIES = {"network": hostile.child_network, "outputs": hostile.child_outputs, "concepts": hostile.child_concepts}
+FAMILIES = {"network": hostile.child_network, "outputs": hostile.child_outputs, "concepts": hostile.child_concepts,
+            "coordinators": hostile.child_coordinators, "orphans": hostile.child_orphans}
+FULL_ONLY = {"coordinators", "orphans"}  # each starts Prefect servers: a minute or two apiece on 2 cores
 
 
 # --- the CLI cases ----------------------------------------------------------------------------
@@ -421,6 +423,8 @@ def main() -> None:
     children = [("batch", me + ["--child", "batch", "--files", str(env_root), "--root", str(root / "batch")] + q, False),
                 ("bomb batch", me + ["--child", "bomb", "--files", str(env_root), "--root", str(root / "bomb")], True)]
     for name in FAMILIES:
+        if a.quick and name in FULL_ONLY:
+            continue
         children.append((name, me + ["--child", name, "--files", str(env_root), "--root", str(root / name)], False))
         (root / name).mkdir()
     (root / "batch").mkdir(), (root / "bomb").mkdir()
@@ -472,6 +476,10 @@ def main() -> None:
                 summary["deadline_s"] = got["deadline_s"]
             if name == "masks":
                 summary["peak_rss_mb"] = max(summary["peak_rss_mb"], r["rss_mb"])
+            if name == "orphans":
+                summary["orphaned_processes"] = got.get("orphaned_processes", 1)
+            if name == "coordinators":
+                summary["two_coordinators_edits"] = f"{got.get('edits_total')} of {got.get('good_items')}"
             row["notes"] = got or r["stderr"][-800:]
         elif exits.get(name, 2) != 2:  # an entry point that ends a job (its items fail), not a CLI error
             summary["inputs_tried"] += 1

@@ -24,7 +24,14 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from lcd.errors import LcdError
+
 PR_SET_PDEATHSIG = 1
+MIN_STARTUP_S = 120.0  # the longest the temporary server is waited for, at the least
+
+
+class ServerStartError(LcdError):
+    """The temporary Prefect server did not come up: one line, exit 2 (python -m flows)."""
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> bool:
@@ -69,21 +76,27 @@ def temporary_server(startup_s: float | None = None) -> Iterator[str | None]:
     from prefect.context import refresh_global_settings_context
     from prefect.settings import get_current_settings
 
-    timeout = startup_s or get_current_settings().server.ephemeral.startup_timeout_seconds
+    # Prefect's own default (20 s) is spent by a fresh database's migrations on a busy 2-core machine
+    timeout = startup_s or max(get_current_settings().server.ephemeral.startup_timeout_seconds, MIN_STARTUP_S)
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
     proc, url = None, ""
     try:
-        for _ in range(3):  # a port taken between its choice and the bind: another one
+        for _ in range(3):  # a port taken between its choice and the bind (the server exits): another one
             port = _free_port()
             url = f"http://127.0.0.1:{port}/api"
             proc = subprocess.Popen([sys.executable, "-m", "flows.server", str(os.getpid()), *_server_command(port)],
                                     env=env, cwd=os.getcwd())
             if _wait_healthy(proc, url, timeout):
                 break
+            exited = proc.poll() is not None
             _stop(proc)
             proc = None
+            if not exited:  # alive but silent for the whole wait: another port would not help
+                break
         if proc is None:
-            raise RuntimeError(f"the temporary Prefect server did not answer on {url} within {timeout:.0f} s")
+            raise ServerStartError(f"the temporary Prefect server did not answer on {url} within {timeout:.0f} s "
+                                   "(set PREFECT_API_URL to a running server, or "
+                                   "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS higher)")
         print(f"Started a temporary Prefect server on {url[:-4]} (pid {proc.pid}; it ends with this process)",
               file=sys.stderr)
         os.environ["PREFECT_API_URL"] = url

@@ -88,3 +88,24 @@ def test_sigkill_of_python_m_flows_edit_leaves_no_server(tmp_path):
             proc.kill()
         log.close()
     assert "Started a temporary Prefect server" in (tmp_path / "flows.log").read_text()
+
+
+def test_a_server_that_does_not_come_up_is_one_line_and_left_stopped(tmp_path):
+    """A temporary server that is not healthy within the wait (0.5 s here; at least 120 s by
+    default, since a fresh database's migrations take longer than Prefect's 20 s on a busy
+    machine) is one LcdError line, and its process is stopped, not left behind."""
+    code = ("import psutil, sys\n"
+            "from flows.server import temporary_server\n"
+            "try:\n"
+            "    with temporary_server(startup_s=0.5):\n"
+            "        pass\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, '|', e)\n"
+            "print('children', len(psutil.Process().children(recursive=True)))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "ph"), PYTHONPATH=str(REPO), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("ServerStartError | the temporary Prefect server did not answer on http://127.0.0.1:")
+    assert "within 0 s" in lines[0] or "within 1 s" in lines[0]
+    assert lines[-1] == "children 0", r.stdout + r.stderr[-2000:]
