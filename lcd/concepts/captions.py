@@ -30,7 +30,9 @@ def read_captions(path: str | Path) -> list[str]:
     p = Path(path)
     if not p.is_file():
         raise LcdError(f"{p}: caption file not found", item=str(p))
-    caps = [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
+    from lcd.io.documents import read_text_file
+
+    caps = [ln.strip() for ln in read_text_file(p, "caption file", 1 << 30).splitlines() if ln.strip()]
     if not caps:
         raise LcdError(f"{p}: caption file has no captions", item=str(p))
     return caps

@@ -146,7 +146,9 @@ def read_dreambench(root: str | Path) -> DreamBench:
     classes: dict[str, str] = {}
     lists: dict[str, list[str]] = {"object": [], "live": []}
     section = None
-    for line in f.read_text().splitlines():
+    from lcd.io.documents import read_text_file
+
+    for line in read_text_file(f, "DreamBench prompts file").splitlines():  # binary / UTF-16: one line naming it
         line = line.strip()
         if line == "Object Prompts":
             section = "object"

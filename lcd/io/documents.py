@@ -277,6 +277,12 @@ def load_yaml_file(path: str | Path, what: str, max_bytes: int = MAX_DOC_BYTES) 
     return parse_yaml(read_document_bytes(p, what, max_bytes), str(p))
 
 
+def read_text_file(path: str | Path, what: str, max_bytes: int = MAX_DOC_BYTES) -> str:
+    """A small UTF-8 text file (captions, listings, prompt tables); LcdError naming it when it is
+    missing, not a regular file, over `max_bytes`, binary, UTF-16 or not UTF-8."""
+    return decode_text(read_document_bytes(path, what, max_bytes), str(path))
+
+
 def one_line(message: str, limit: int = 500) -> str:
     """`message` as one printable line of at most `limit` characters: its lines joined by " / ",
     control characters and raw bytes shown escaped."""

@@ -63,7 +63,7 @@ def load_concept_photos(
                 item=str(f),
             )
         side = f.with_suffix(".txt")
-        caption = side.read_text().strip() if side.exists() else template.format(token=token, class_word=class_word)
+        caption = _text(side, "caption file").strip() if side.exists() else template.format(token=token, class_word=class_word)
         if token not in caption:
             raise LcdError(f"{side}: caption {caption!r} does not contain the concept token {token}", item=str(side))
         out.append(Example(img, caption, str(f), sha256_file(f)))
@@ -126,17 +126,17 @@ def reg_set_pairs(folder: str | Path, default_caption: str) -> list[tuple[Path, 
     else:
         for f in image_files(root):
             side = f.with_suffix(".txt")
-            pairs.append((f, side.read_text().strip() if side.exists() else default_caption))
+            pairs.append((f, _text(side, "caption file").strip() if side.exists() else default_caption))
     if not pairs:
         raise InputImageError(f"{root}: regularization set has no images", item=str(root))
     return pairs
 
 
-def _text(path: Path) -> str:
-    """A listing's text; not UTF-8 (a binary or UTF-16 file) is one LcdError line naming it."""
-    from lcd.io.documents import decode_text, read_document_bytes
+def _text(path: Path, what: str = "listing") -> str:
+    """A listing's or caption's text; not UTF-8 (a binary or UTF-16 file) is one LcdError line naming it."""
+    from lcd.io.documents import read_text_file
 
-    return decode_text(read_document_bytes(path, "listing", 1 << 30), str(path))
+    return read_text_file(path, what, 1 << 30)
 
 
 def _under(root: Path, p: str) -> Path:

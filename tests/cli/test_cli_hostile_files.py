@@ -331,3 +331,28 @@ def test_real_processes_print_one_line_and_exit_2(tmp_path, ok_params):
         line = _one_line(r.stderr)
         assert says in line, (argv, line)
     assert not marker.exists()
+
+
+def test_training_listings_and_captions_name_the_file(tmp_path):
+    """Regularization listings and caption files: binary, UTF-16, a line that is not an object,
+    deep nesting, a caption of the wrong type; each one LcdError line naming the file."""
+    from lcd.concepts.captions import read_captions
+    from lcd.errors import LcdError
+    from lcd.train.data import reg_set_pairs
+
+    cases = [("images.txt", bytes(range(256)), "images.txt: not UTF-8 text: a binary file"),
+             ("manifest.jsonl", b"5\n", r"manifest.jsonl:1: must be a JSON object, got a number"),
+             ("manifest.jsonl", b'{"image": "a.png"}\n' + b"[" * 100_000 + b"\n",
+              r"manifest.jsonl:2: not valid JSON: nested deeper than 64 levels"),
+             ("manifest.jsonl", b'{"image": "a.png", "caption": ["x"]}\n', "manifest.jsonl:1: 'image' and 'caption' must be strings"),
+             ("manifest.parquet", b"PAR1" + bytes(40), r"manifest.parquet: cannot read: ")]
+    for i, (name, content, says) in enumerate(cases):
+        d = tmp_path / f"reg{i}"
+        d.mkdir()
+        _write(d / name, content)
+        if name == "images.txt":
+            _write(d / "caption.txt", "a dog\n")
+        with pytest.raises(LcdError, match=says):
+            reg_set_pairs(d, "a dog")
+    with pytest.raises(LcdError, match=r"caps.txt: is UTF-16 text \(byte-order mark\); save it as UTF-8"):
+        read_captions(_write(tmp_path / "caps.txt", "a dog\n".encode("utf-16")))
