@@ -1,8 +1,9 @@
 """Bulk masks: every image of a manifest -> SAM masks in Parquet parts, failures on the side.
 
 One bad image (missing, corrupt, not an image, bad prompt) is recorded in the failures table and
-the batch goes on. Finished images are flushed every `images_per_part` images as one atomic part,
-so a kill loses at most the images since the last flush, and a re-run skips what is stored.
+the batch goes on. Each finished image is stored at once (a one-image checkpoint part), and every
+`images_per_part` images the checkpoints are merged into one part, so a kill loses at most the
+image in flight, and a re-run skips what is stored.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from lcd.io.config import IoConfig
 from lcd.masks.config import MasksConfig
 from lcd.masks.manifest import ManifestItem, decode_image, fetch_bytes, parse_prompts_json, sha256_bytes
 from lcd.masks.predict import MaskPredictor, MaskRecord, parse_prompt
-from lcd.masks.store import done_images, image_rows, settings_key, write_failures, write_part
+from lcd.masks.store import done_images, image_rows, read_failures, settings_key, write_failures, write_part
 from lcd.progress import Progress
 
 
@@ -55,27 +56,61 @@ def text_records(image: np.ndarray, records: list[MaskRecord], prompts, clip, cf
     return out
 
 
+CHECKPOINT_CODEC, CHECKPOINT_LEVEL = "zstd", 1  # short-lived one-image parts: write fast
+
+
 @dataclass
 class _PartBuffer:
-    """Rows of the images computed since the last part was written (lcd.masks.store layout)."""
+    """Rows of the images computed since the last part was written (lcd.masks.store layout).
+
+    Each finished image is stored at once as a one-image checkpoint part (fast zstd), so a kill
+    loses only the image in flight; every `images_per_part` images (and at the end) the buffered
+    images are written again as one part at the configured codec, and their checkpoints removed.
+    The part comes after its checkpoints, so a kill between the two leaves the same rows twice,
+    and readers take the newest (the part)."""
 
     out: Path
     cfg: MasksConfig
     summary: MasksSummary
+    failed_before: set[str] = field(default_factory=set)  # ids with a row in failures.parquet
     rows: list[dict] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     attempted: list[str] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    stored_rows: int = 0  # rows[:stored_rows] are in checkpoints already
+
+    def store_image(self) -> None:
+        """After an image is buffered: a part when the buffer is full, else its checkpoint."""
+        c = self.cfg
+        if len(self.images) >= c.images_per_part:
+            self.flush()
+            return
+        self.checkpoints.append(write_part(self.out, self.rows[self.stored_rows:], self.images[-1:], c.model_dump(),
+                                           c.row_group_rows, CHECKPOINT_CODEC, CHECKPOINT_LEVEL))
+        self.stored_rows = len(self.rows)
+        if self.failed_before.intersection(self.attempted):  # a stored image must not stay listed as failed
+            self._write_failures()
 
     def flush(self) -> None:
-        """Write the buffered images as one part (atomically) and the failures seen with them."""
+        """Write the buffered images as one part (atomically), drop their checkpoints, and write
+        the failures seen with them."""
         c = self.cfg
         if self.images:
             self.summary.parts.append(str(write_part(self.out, self.rows, self.images, c.model_dump(),
                                                      c.row_group_rows, c.parquet_codec, c.parquet_level)))
+        for p in self.checkpoints:
+            p.unlink(missing_ok=True)
         if self.attempted:
-            write_failures(self.out, self.failures, self.attempted)
-        self.rows.clear(), self.images.clear(), self.failures.clear(), self.attempted.clear()
+            self._write_failures()
+        self.rows.clear(), self.images.clear(), self.checkpoints.clear()
+        self.stored_rows = 0
+
+    def _write_failures(self) -> None:
+        write_failures(self.out, self.failures, self.attempted)
+        self.failed_before.difference_update(self.attempted)
+        self.failed_before.update(f["image_id"] for f in self.failures)
+        self.failures.clear(), self.attempted.clear()
 
 
 def compute_masks(
@@ -93,7 +128,8 @@ def compute_masks(
 
     `model` is the SAM source row ({type, ref, sha256, revision}); `clip` is (model, processor)
     for text prompts (an image with text prompts and no clip fails with a clear error).
-    `after_image(image_id)` is called after each image is buffered (progress, tests).
+    `after_image(image_id)` is called after each image is stored (progress, tests): a kill
+    after it loses none of the images reported so far.
     Images by URL are read within `io_cfg` (params.yaml `io`: connect, first-byte and whole-transfer
     deadlines, byte limit): a URL that hangs costs at most its deadline, then fails alone.
     An image is skipped only when stored with the same bytes, result settings
@@ -104,16 +140,16 @@ def compute_masks(
     done = done_images(Path(out))
     predictor = MaskPredictor(sam, cfg)
     summary = MasksSummary()
-    buf = _PartBuffer(Path(out), cfg, summary)
+    buf = _PartBuffer(Path(out), cfg, summary, set(read_failures(out).column("image_id").to_pylist()))
     progress = Progress("masks", len(items), unit="images")
     settings = cfg.result_settings()  # what, beside bytes, weights and prompts, decides a re-run
     for item in items:
-        if _one_image(item, done, buf, predictor, clip, cfg, model, settings, io_cfg) and after_image is not None:
-            after_image(item.image_id)
+        if _one_image(item, done, buf, predictor, clip, cfg, model, settings, io_cfg):
+            # 5. store the image now (a checkpoint part; a whole part every images_per_part images)
+            buf.store_image()
+            if after_image is not None:
+                after_image(item.image_id)
         progress.advance()
-        # 5. flush a whole part atomically every images_per_part images
-        if len(buf.images) >= cfg.images_per_part:
-            buf.flush()
     buf.flush()
     summary.encoder_passes = predictor.predictor.encoder_passes
     progress.close(f"{summary.done} computed ({summary.recomputed} under changed settings), {summary.skipped} "
