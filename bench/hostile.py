@@ -411,3 +411,78 @@ def child_orphans(files: Path, root: Path) -> dict:
     res["good_items_lost"] += n - len(after)
     res["unaccounted"] += res["rewritten_after_resume"]
     return res
+
+
+# --- masks-store rows that lie ----------------------------------------------------------------
+
+def _store_row(image_id: str, h: int, w: int, counts: str, area: int, bbox: list[int], mask_id: int = 0) -> dict:
+    """One row of lcd.masks.store.MASK_SCHEMA, written as another tool (or an attacker) could."""
+    return {"image_id": image_id, "image": f"{image_id}.png", "image_sha256": "ab" * 32, "width": w, "height": h,
+            "mask_id": mask_id, "source": "auto", "prompt_index": None, "multimask_index": None, "prompt": None,
+            "rle": {"size": [h, w], "counts": counts}, "bbox": bbox, "area": area, "predicted_iou": 0.9,
+            "stability_score": 0.95, "model": {"type": "vit_tiny", "ref": "r", "sha256": "s", "revision": None}}
+
+
+def child_masks(files: Path, root: Path) -> dict:
+    """A masks store holding good rows for three scenes, rows that claim 10^9 x 10^9 and 40,000 x
+    40,000 pixels, a size other than the image's, counts that do not sum or run negative, and
+    10^5 tiny masks for one more scene; one noop shard selects `sam:largest` for each: the bad
+    ones fail naming the store, the good ones (the 10^5-mask scene among them) are edited, and
+    the child's peak RSS (reliability.py's peak_rss_mb) stays small."""
+    import numpy as np
+    from PIL import Image
+
+    from lcd.config import EditConfig, ModelsConfig
+    from lcd.jobs.editing import run_edit_shard
+    from lcd.jobs.manifest import ManifestItem
+    from lcd.masks.rle import counts_to_string, encode_rle
+    from lcd.masks.store import write_part
+
+    h, w = 32, 32
+    scenes = root / "scenes"
+    scenes.mkdir()
+    rows = []
+    sq = np.zeros((h, w), bool)
+    sq[8:24, 8:24] = True
+    good = ["good0", "good1", "good2", "many"]
+    for g in good[:3]:
+        rows.append(_store_row(g, h, w, encode_rle(sq)["counts"], int(sq.sum()), [8, 8, 16, 16]))
+    for k in range(100_000):  # 10^5 one-pixel masks (and one 16x16) for one image
+        y, x = divmod(k % (h * w), w)
+        rows.append(_store_row("many", h, w, counts_to_string(np.array([y * w + x, 1, h * w - y * w - x - 1])),
+                               1, [x, y, 1, 1], k))
+    rows.append(_store_row("many", h, w, encode_rle(sq)["counts"], int(sq.sum()), [8, 8, 16, 16], 100_000))
+    bad = {
+        "giant": _store_row("giant", 10**9, 10**9, "0", 0, [0, 0, 1, 1]),
+        "big40k": _store_row("big40k", 40_000, 40_000, counts_to_string(np.array([40_000**2 - 100, 100])), 100,
+                             [0, 0, 1, 1]),
+        "othersize": _store_row("othersize", 16, 16, encode_rle(sq[:16, :16])["counts"], 64, [8, 8, 8, 8]),
+        "short": _store_row("short", h, w, counts_to_string(np.array([h * w - 1])), 0, [0, 0, 0, 0]),
+        "negative": _store_row("negative", h, w, counts_to_string(np.array([h * w + 5, -5])), 0, [0, 0, 0, 0]),
+    }
+    rows += list(bad.values())
+    ids = list(dict.fromkeys(r["image_id"] for r in rows))
+    n_masks = {i: sum(r["image_id"] == i for r in rows) for i in ids}
+    listing = [{"image_id": i, "image_sha256": "ab" * 32, "width": w, "height": h, "n_masks": n_masks[i],
+                "settings": "k"} for i in ids]
+    store = root / "store"
+    write_part(store, rows, listing, {}, 4096, codec="zstd", level=1)
+    del rows
+    rng = np.random.default_rng(0)
+    for i in ids:
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(scenes / f"{i}.png")
+    items = [ManifestItem(id=f"e-{i}", image=str(scenes / f"{i}.png"), select="sam:largest", prompt="a dog")
+             for i in ids]
+    res = {"inputs": len(bad), "good_items": len(good), "good_items_lost": 0, "unaccounted": 0, "escaped": 0}
+    try:
+        rep = run_edit_shard(items, out_root=root / "out", cfg=EditConfig(size=64), models=ModelsConfig(),
+                             engine="noop", masks_store=store)
+    except Exception as e:  # noqa: BLE001 - an exception out of the shard is what this counts
+        res.update(escaped=1, good_items_lost=len(good), error=f"{type(e).__name__}: {e}"[:300])
+        return res
+    edited = {r["id"] for r in rep.results if r["status"] == "edited"}
+    failed = {f["id"]: f["message"] for f in rep.failures}
+    res["good_items_lost"] = sum(f"e-{g}" not in edited for g in good)
+    res["unaccounted"] = sum(f"e-{b}" not in failed or str(store) not in failed[f"e-{b}"] for b in bad)
+    res["failures"] = {i: m[-150:] for i, m in failed.items()}
+    return res

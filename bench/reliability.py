@@ -263,7 +263,7 @@ def child_bomb(files: Path, root: Path) -> dict:
 
 
 FAMILIES = {"network": hostile.child_network, "outputs": hostile.child_outputs, "concepts": hostile.child_concepts,
-            "coordinators": hostile.child_coordinators, "orphans": hostile.child_orphans}
+            "masks": hostile.child_masks, "coordinators": hostile.child_coordinators, "orphans": hostile.child_orphans}
 FULL_ONLY = {"coordinators", "orphans"}  # each starts Prefect servers: a minute or two apiece on 2 cores
 
 
