@@ -9,6 +9,7 @@ The path picks the behaviour; `/<mode>/<anything>` works too, so a URL can end i
   huge     Content-Length 2,000,000,000, then close
   short    a PNG's Content-Length, half of its bytes, then close
   second   GET n. 1 served whole, every later GET cut short (HEAD answered whole)
+  hop      302 to `never`;  dripheaders  header bytes one at a time;  chunkcut  chunked, cut short
   404      Not Found;  loop  302 to itself;  ftp  302 to an ftp:// URL;  ok  the PNG, well served
 """
 
@@ -140,6 +141,17 @@ class HostileServer:
                 conn.sendall(body if n == 1 else body[: len(body) // 3])
         elif mode == "404":
             headers("404 Not Found", length=0)
+        elif mode == "hop":  # a redirect to a server that never answers: the deadline spans both
+            headers("302 Found", length=0, extra=f"Location: http://127.0.0.1:{self.port}/never/x.png\r\n")
+        elif mode == "dripheaders":  # header lines a byte every drip_s: no single read ever times out
+            conn.sendall(b"HTTP/1.1 200 OK\r\n")
+            for ch in b"X-Slow: " + b"a" * 1000:
+                if self._wait(self.drip_s / 5):
+                    return
+                conn.sendall(bytes([ch]))
+        elif mode == "chunkcut":  # chunked encoding, cut inside a chunk
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                         + f"{len(body):x}\r\n".encode() + body[:100])
         elif mode == "ftp":
             headers("302 Found", length=0, extra=f"Location: ftp://127.0.0.1:{self.port}/x.png\r\n")
         elif mode == "loop":

@@ -208,6 +208,8 @@ def _response(url: str, limits: IoConfig, method: str) -> Iterator[tuple[http.cl
         except Exception as e:  # noqa: BLE001 - every failure of the boundary becomes one named error
             raise _error(url, w, e) from None
         with r:
+            if w.timed_out():  # the watchdog cut the headers short: http.client took EOF for their end
+                raise _error(url, w, TimeoutError())
             w.step = "body"
             yield r, w
     finally:

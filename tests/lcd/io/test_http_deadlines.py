@@ -40,6 +40,9 @@ def _timed(fn, *a):
     ("huge", r"size 2,000,000,000 over the limit of 50,000,000 bytes \(io.http_max_bytes\)$", 0.5),
     ("short", r"connection closed after 2,\d{3} of 5,\d{3} bytes$", 0.5),
     ("loop", r"redirect loop or too many redirects \(last: HTTP 302\)$", 0.5),
+    ("hop", r"no answer in 1 s$", 1.0),
+    ("dripheaders", r"no complete answer in 2 s$", 2.0),
+    ("chunkcut", r"connection closed after 100 bytes$", 0.5),
     ("ftp", r"cannot open it \(redirect to ftp://127\.0\.0\.1:\d+/x\.png refused \(only http and https are read\)\)$", 0.5),
 ])
 def test_each_misbehaviour_fails_in_time_with_a_line_naming_the_url(srv, mode, message, deadline):
