@@ -52,7 +52,7 @@ def counts_to_string(counts: np.ndarray) -> str:
 
 def _string_to_numbers(s: bytes | str) -> np.ndarray:
     """Counts string -> the raw (still delta-coded) signed numbers, vectorised over chars."""
-    b = np.frombuffer(s.encode("ascii") if isinstance(s, str) else s, dtype=np.uint8)
+    b = np.frombuffer(s.encode("utf-8", "replace") if isinstance(s, str) else s, dtype=np.uint8)
     if b.size == 0:
         return np.zeros(0, dtype=np.int64)
     c = b.astype(np.int64) - 48
@@ -93,7 +93,7 @@ def iter_counts(s: bytes | str, window: int | None = None) -> Iterator[np.ndarra
     """COCO counts string -> its int64 run lengths, `window` characters at a time (each window
     cut after a number's last character), so a hostile string of any length needs arrays of
     window size, never of its own. Raises ValueError for a malformed string."""
-    b = s.encode("ascii") if isinstance(s, str) else bytes(s)
+    b = s.encode("utf-8", "replace") if isinstance(s, str) else bytes(s)
     pos, k = 0, 0  # chars consumed, counts yielded
     carry = np.zeros(2, dtype=np.int64)  # last count of the odd chain and of the even (>= 2) chain
     while pos < len(b):
@@ -198,7 +198,7 @@ def _many_counts(parts: Sequence[bytes], names: Sequence[str] | None) -> tuple[n
 
 
 def _as_bytes(counts: Sequence[str | bytes]) -> list[bytes]:
-    return [c.encode("ascii") if isinstance(c, str) else bytes(c) for c in counts]
+    return [c.encode("utf-8", "replace") if isinstance(c, str) else bytes(c) for c in counts]
 
 
 def _groups(parts: list[bytes]) -> Iterator[tuple[int, int]]:

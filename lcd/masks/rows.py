@@ -45,6 +45,8 @@ class CheckedRows:
 
 
 def _mp(pixels: int) -> str:
+    if pixels < 1e6:
+        return f"{pixels} pixels"
     return f"{pixels / 1e6:.0f} MP" if pixels < 1e12 else f"{pixels:.3g} pixels"
 
 
@@ -86,8 +88,8 @@ def _first(bad: np.ndarray) -> int:
 def _size(table: pa.Table, label) -> tuple[int, int, pa.Array]:
     """The rows' common (H, W), from RLE sizes that agree with the width/height columns -> (H, W,
     the counts column)."""
-    if "rle" not in table.column_names:
-        raise _Bad("no rle column")
+    if "rle" not in table.column_names or table.num_rows == 0:
+        raise _Bad("no mask rows" if table.num_rows == 0 else "no rle column")
     rle = table.column("rle").combine_chunks()
     counts = rle.field("counts")
     size, size_ok = _ints(pa.table({"size": rle.field("size")}), "size", 2)

@@ -73,6 +73,7 @@ def bad_rows() -> dict[str, tuple[list[dict], str]]:
         "negative": ([row("negative", counts=neg, area=0, bbox=[0, 0, 0, 0])], r"RLE has a negative run length"),
         "garbage": ([row("garbage", counts="~~~~", area=0)], r"bad RLE counts: .*outside ASCII 48\.\.111"),
         "longnum": ([row("longnum", counts="o" * 12 + "0", area=0)], r"number longer than 8 characters"),
+        "unicode": ([row("unicode", counts="4\u00e9", area=0)], r"bad RLE counts: .*outside ASCII 48\.\.111"),
         "liar": ([row("liar", 0), row("liar", 1, area=5000)], r"mask 1: stored area 5000 is outside 0\.\.3072"),
         "liar2": ([row("liar2", 0, area=7)], r"mask 0: stored area 7 but its RLE covers 100 pixels"),
         "sizes": ([row("sizes", 0), row("sizes", 1, size=[H, W + 1], counts=counts_to_string(np.array([H * (W + 1)])),
@@ -148,7 +149,7 @@ def test_read_api_refuses_bad_rows_before_decoding(hostile):
     # the API without the image's size still has the pixel limit, and the caller's own limit
     with pytest.raises(MaskRowError, match="above the limit of 200 MP"):
         select_mask(s, "big40k", "largest")
-    with pytest.raises(MaskRowError, match=r"good0': stored mask size 64x48 is 0 MP, above the limit of 0 MP"):
+    with pytest.raises(MaskRowError, match=r"good0': stored mask size 64x48 is 3072 pixels, above the limit of 1000 pixels"):
         select_mask(s, "good0", "largest", max_pixels=1000)
     with pytest.raises(LcdError, match="above the limit"):
         s.masks("giant")  # the decode-everything API checks too
