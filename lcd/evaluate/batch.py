@@ -48,6 +48,12 @@ def score_entries(
             missing = [k for k in ENTRY_KEYS if not isinstance(e, dict) or k not in e]
             if missing:
                 raise LcdError(f"{name}: entry lacks {', '.join(missing)}", item=name)
+            wrong = next((k for k in (*ENTRY_KEYS, "class_word", "method")
+                          if e.get(k) is not None and not isinstance(e[k], str)), None)
+            if wrong is not None:  # a number or list as a path would be a TypeError that sinks the batch
+                from lcd.io.documents import kind
+
+                raise LcdError(f"{name}: entry {i}: {wrong} must be a string, got {kind(e[wrong])}", item=name)
             if e["concept"] not in photos:
                 photos[e["concept"]] = [load_image(p) for p in concept_photos(e["concept"])]
             rec = EditRecord(name, load_image(e["edit"]), load_image(e["reference"]), load_mask(e["mask"]),

@@ -356,3 +356,17 @@ def test_training_listings_and_captions_name_the_file(tmp_path):
             reg_set_pairs(d, "a dog")
     with pytest.raises(LcdError, match=r"caps.txt: is UTF-16 text \(byte-order mark\); save it as UTF-8"):
         read_captions(_write(tmp_path / "caps.txt", "a dog\n".encode("utf-16")))
+
+
+def test_evaluate_entries_of_the_wrong_type_are_failure_rows():
+    """`lcd evaluate edits` entries: a number or a list where a path is expected is that entry's
+    failure (was a TypeError out of `in photos` / the image reader, sinking the whole run)."""
+    from lcd.evaluate.batch import score_entries
+    from lcd.evaluate.config import EvaluateConfig
+
+    ok = {"edit": "e.png", "reference": "r.png", "mask": "m.png", "prompt": "a dog", "concept": "c"}
+    rows, failures = score_entries([{**ok, "edit": 5}, {**ok, "concept": ["c"]}, {**ok, "method": {"a": 1}}],
+                                   EvaluateConfig(), None, None)
+    assert rows == [] and [f["error"] for f in failures] == [
+        "5: entry 0: edit must be a string, got a number", "e.png: entry 1: concept must be a string, got a list",
+        "e.png: entry 2: method must be a string, got an object"]
