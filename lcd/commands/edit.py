@@ -60,8 +60,8 @@ def run(args) -> int:
     if (args.select or args.image_id) and not args.masks:
         raise LcdError("--select/--image-id need --masks (they pick a region from a masks table)", item="select")
     _check_concepts(args.concept)
-    image = load_image(args.image, int(cfg.max_image_mp * 1e6))
-    mask = load_mask(args.mask) if args.mask else _stored_mask(args, params, image)
+    image = load_image(args.image, int(cfg.max_image_mp * 1e6), limits=params.io)  # a URL: within params' io
+    mask = load_mask(args.mask, limits=params.io) if args.mask else _stored_mask(args, params, image)
     check_mask_fits(image, mask, args.image, args.mask or args.masks)
     sd = load_sd(params.models, concepts=args.concept, scheduler=cfg.scheduler, ref=args.model, device=args.device)
     for w in sd.warnings:
