@@ -37,7 +37,9 @@ def _check_inputs(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m flows")
+    from lcd.cli import OneLineParser  # a usage error in one line, as `lcd` prints it
+
+    p = OneLineParser(prog="python -m flows")
     p.add_argument("stage", choices=["regset", "train", "masks", "edit", "evaluate", "nightly", "pipeline"])
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--data", default="data")

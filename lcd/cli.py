@@ -35,9 +35,19 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
         return help + " (default: %(default)s)"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error in one line (the command, the problem, where the help is), exit 2: argparse
+    prints the usage block first, ten lines for `lcd edit`. Subcommand parsers inherit it."""
+
+    def error(self, message: str):
+        from lcd.io.documents import one_line
+
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lcd", description="LCDiffusion: local customized image editing",
-                                     formatter_class=DefaultsHelpFormatter)
+    parser = OneLineParser(prog="lcd", description="LCDiffusion: local customized image editing",
+                           formatter_class=DefaultsHelpFormatter)
     parser.add_argument("--params", default=None, help=PARAMS_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in sorted(pkgutil.iter_modules(lcd.commands.__path__), key=lambda m: m.name):

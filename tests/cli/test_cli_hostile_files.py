@@ -370,3 +370,19 @@ def test_evaluate_entries_of_the_wrong_type_are_failure_rows():
     assert rows == [] and [f["error"] for f in failures] == [
         "5: entry 0: edit must be a string, got a number", "e.png: entry 1: concept must be a string, got a list",
         "e.png: entry 2: method must be a string, got an object"]
+
+
+def test_usage_errors_are_one_line(capsys):
+    """argparse's own errors (a bad int, an unknown choice, a missing option) print the usage block
+    first; `lcd` and `python -m flows` print one line and exit 2."""
+    from flows.__main__ import main as flows_main
+
+    for run, argv, says in [(lcd_main, ["edit", "--steps", "abc"], "lcd edit: error: argument --steps: invalid int value: 'abc'"),
+                            (lcd_main, ["bogus"], "lcd: error: argument command: invalid choice: 'bogus'"),
+                            (lcd_main, ["masks"], "lcd masks: error: the following arguments are required: masks_command"),
+                            (flows_main, ["bogus"], "python -m flows: error: argument stage: invalid choice: 'bogus'")]:
+        with pytest.raises(SystemExit) as e:
+            run(argv)
+        assert e.value.code == 2
+        line = _one_line(capsys.readouterr().err)
+        assert line.startswith(says) and line.endswith(" --help)"), line
