@@ -126,7 +126,12 @@ def select_mask(
         text_pick=text_pick if clip is not None else None, name=image_id,
     )
     row = table.slice(k, 1).drop(["rle"]).to_pylist()[0]
-    return np.ascontiguousarray(decode(k)), row
+    mask = np.ascontiguousarray(decode(k))
+    if row.get("area") is None:  # a row without them (another writer): what the mask says
+        row["area"] = int(rows.area[k])
+    if row.get("bbox") is None:
+        row["bbox"] = mask_bbox(mask)
+    return mask, row
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
