@@ -32,7 +32,7 @@ from lcd.io.config import IoConfig
 from lcd.io.encode import SUFFIX
 from lcd.io.hashing import hash_log, hash_rows, remember_hashes
 from lcd.io.images import load_image, save_output, save_png
-from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin
+from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin, prefetch_remote_hashes
 from lcd.jobs import tables
 from lcd.jobs.layout import (EDITS_DIR, REGIONS_DIR, is_current, output_name, output_path, output_stats,
                               region_path, usable)
@@ -107,6 +107,7 @@ def failure_message(err: BaseException, about: str) -> str:
 
 
 Pending = tuple[ManifestItem, str, "Path | None"]  # item, input_hash, concept folder
+URL_THREADS = 16  # inputs by URL hashed at once (waits on the network, not on CPUs)
 PipelineLoader = Callable[[Path | None], tuple[object, list[str]]]
 
 
@@ -266,11 +267,14 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root,
         listing = _present_outputs(ctx, items)
     clip_pin = model_pin(ctx.models.clip, None) if any(map(needs_text_clip, items)) else None
     tree_hashes: dict[Path, str] = {}
+    # inputs by URL hashed all at once: a shard of hanging URLs waits about one deadline, not one each
+    failed_urls = {} if stop_early else prefetch_remote_hashes(items, ctx.io, URL_THREADS)
     pending: list[Pending] = []
     for it in items:
         try:
             cdir = concept_path(it.concept, concepts_root)
-            h = item_hash(it, config_fp, cdir, ctx.masks_store, clip_pin, ctx.masks_cfg, tree_hashes, limits=ctx.io)
+            h = item_hash(it, config_fp, cdir, ctx.masks_store, clip_pin, ctx.masks_cfg, tree_hashes, limits=ctx.io,
+                          failed_urls=failed_urls)
         except Exception as e:  # noqa: BLE001 - LcdError from validation, anything else by its type
             if stop_early:
                 return None

@@ -57,7 +57,9 @@ def concept_path(concept: str | None, concepts_root: str | Path | None) -> Path 
     return Path(concepts_root) / concept
 
 
-def _file_hash(p: str, limits: IoConfig | None = None) -> str:
+def _file_hash(p: str, limits: IoConfig | None = None, failed: dict[str, LcdError] | None = None) -> str:
+    if failed and p in failed:  # its read already failed in prefetch_remote_hashes: not waited for again
+        raise failed[p]
     try:
         return sha256_file(p, limits=limits)
     except FileNotFoundError as e:
@@ -66,6 +68,30 @@ def _file_hash(p: str, limits: IoConfig | None = None) -> str:
         raise InputImageError(f"{p}: file not found", item=p) from None
     except OSError as e:  # unreadable (permissions, I/O error): this item fails, not the shard
         raise InputImageError(f"{p}: cannot read: {e.strerror or e}", item=p) from None
+
+
+def prefetch_remote_hashes(items: list[ManifestItem], limits: IoConfig | None, threads: int) -> dict[str, LcdError]:
+    """Hash every remote input (image, mask) of `items` at once, `threads` at a time: a shard whose
+    URLs hang waits about one deadline (io.http_*), not one per URL in turn. The hashes land in the
+    memo (lcd.io.hashing) for item_hash; -> {URL: the LcdError its read raised}, for item_hash
+    to raise again without a second wait."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    urls = sorted({ref for it in items for ref in (it.image, it.mask) if ref and storage.is_remote(ref)})
+    if len(urls) < 2:
+        return {}
+
+    def one(url: str) -> tuple[str, LcdError | None]:
+        try:
+            _file_hash(url, limits)
+        except LcdError as e:
+            return url, e
+        except Exception:  # noqa: BLE001 - not ours to word: item_hash meets it again, in its own catch-all
+            pass
+        return url, None
+
+    with ThreadPoolExecutor(min(threads, len(urls)), thread_name_prefix="lcd-hash") as pool:
+        return {u: e for u, e in pool.map(one, urls) if e is not None}
 
 
 def check_concept_dir(name: str | None, concept_dir: Path) -> None:
@@ -87,11 +113,12 @@ def check_concept_dir(name: str | None, concept_dir: Path) -> None:
 def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
               masks_store: "str | Path | MaskStore | None" = None, clip_pin: str | None = None,
               masks_cfg: MasksConfig | None = None, tree_hashes: dict[Path, str] | None = None,
-              limits: IoConfig | None = None) -> str:
+              limits: IoConfig | None = None, failed_urls: dict[str, LcdError] | None = None) -> str:
     """sha256 over the item's input bytes and fields; raises InputImageError naming a missing file.
     `tree_hashes` memoises concept-folder hashes across the items of one shard: a concept's
     weights (and its checkpoints) are read once per shard, not once per item. Inputs by URL are
-    read within `limits` (the `io` section): a URL that hangs or breaks is a NetworkError."""
+    read within `limits` (the `io` section): a URL that hangs or breaks is a NetworkError;
+    `failed_urls` (prefetch_remote_hashes) are raised again without a second read."""
     concept_sha = None
     if concept_dir is not None:
         memo = tree_hashes if tree_hashes is not None else {}
@@ -104,8 +131,8 @@ def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
                                f"{e.strerror or e}", item=str(concept_dir)) from None
         concept_sha = memo[concept_dir]
     payload = {
-        "image": _file_hash(item.image, limits),
-        "region": _file_hash(item.mask, limits) if item.mask else region_fingerprint(item, masks_store, clip_pin, masks_cfg),
+        "image": _file_hash(item.image, limits, failed_urls),
+        "region": _file_hash(item.mask, limits, failed_urls) if item.mask else region_fingerprint(item, masks_store, clip_pin, masks_cfg),
         "concept": concept_sha,
         "prompt": item.prompt,
         "seed": item.seed,
