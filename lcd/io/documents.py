@@ -149,6 +149,8 @@ def json_value(text: str | bytes, max_depth: int = MAX_DEPTH) -> tuple[Any, str 
         return None, f"not valid JSON: duplicate key {e.args[0]!r} in one object"
     except RecursionError:
         return None, f"not valid JSON: nested deeper than {max_depth} levels"
+    except ValueError as e:  # an integer of more than 4,300 digits (Python's limit on int parsing)
+        return None, f"not valid JSON: {str(e).split(';')[0]}"
     if nesting_depth_over(doc, max_depth):
         return None, f"not valid JSON: nested deeper than {max_depth} levels"
     return doc, None
@@ -221,6 +223,10 @@ class _LimitedLoader(yaml.SafeLoader):
                            mark.line + 1)
         return node
 
+    def construct_object(self, node, deep=False):
+        self.last_mark = node.start_mark  # where a value that fails to construct (ValueError) is
+        return super().construct_object(node, deep)
+
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
             first: dict[Any, int] = {}
@@ -236,6 +242,17 @@ class _LimitedLoader(yaml.SafeLoader):
                     raise _Refused(f"duplicate key {key!r} (first at line {line})", key_node.start_mark.line + 1)
                 first[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
+
+
+def _construct_int(loader: _LimitedLoader, node) -> int:
+    """Integers of at most 400 characters: `0b` + 20,000 digits parses, then cannot be printed or
+    saved (Python refuses int -> str past 4,300 digits) wherever the config is written."""
+    if len(node.value) > 400:
+        raise _Refused(f"an integer of {len(node.value):,} characters (at most 400)", node.start_mark.line + 1)
+    return loader.construct_yaml_int(node)
+
+
+_LimitedLoader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 def parse_yaml(text: str | bytes, name: str, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> Any:
@@ -266,6 +283,11 @@ def parse_yaml(text: str | bytes, name: str, max_depth: int = MAX_DEPTH, max_nod
         raise LcdError(f"{name}: not valid YAML: {one_line(str(e))}", item=name) from None
     except RecursionError:  # a limit above the interpreter's: still one line
         raise LcdError(f"{name}: not valid YAML: nested too deeply", item=name) from None
+    except (ValueError, TypeError, OverflowError) as e:  # a scalar its tag cannot hold: month 13, a 5,000-digit int
+        mark = getattr(loader, "last_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise LcdError(f"{name}: not valid YAML{at}: cannot read a value: {one_line(str(e).split(';')[0], 200)}",
+                       item=name) from None
     finally:
         if loader is not None:
             loader.dispose()

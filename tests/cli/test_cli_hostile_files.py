@@ -47,6 +47,8 @@ PARAMS = {  # name -> (file content, what the one line must say after the file n
     "two documents": ("edit: {}\n---\nedit: {}\n", ": not valid YAML (line 2, column 1): expected a single document"),
     "unclosed": ("edit: {size: 64\n", ": not valid YAML (line 2, column 1):"),
     "a list": ("- 1\n- 2\n", ": params must be a mapping of sections, got a list"),
+    "month 13": ("edit:\n  steps: 2020-13-45\n", ": not valid YAML (line 2, column 10): cannot read a value: month must be in 1..12"),
+    "huge integer": ("edit:\n  steps: 0b" + "1" * 20_000 + "\n", " line 2: an integer of 20,002 characters (at most 400)"),
     "unknown section": ("edits: {}\n", ": edits: Extra inputs are not permitted"),
     "wrong type": ("edit:\n  steps: [1, 2]\n", ": edit.steps: Input should be a valid integer"),
 }

@@ -71,3 +71,12 @@ def test_file_readers_name_the_file_and_refuse_what_is_not_a_document(tmp_path):
 def test_one_line_escapes_raw_bytes_and_joins_lines():
     assert one_line("a\n\n  b\x00c\n") == "a / b\\x00c"
     assert len(one_line("x" * 1000, 50)) == 50
+
+
+def test_scalars_that_cannot_be_held_are_one_line():
+    with pytest.raises(LcdError, match=r"^f: not valid YAML \(line 2, column 4\): cannot read a value: month must be in 1..12$"):
+        parse_yaml("x: 1\na: 2020-13-45\n", "f")
+    with pytest.raises(LcdError, match=r"^f line 1: an integer of 502 characters \(at most 400\)$"):
+        parse_yaml("a: 0x" + "f" * 500, "f")
+    assert parse_yaml("a: -0x1f\n", "f") == {"a": -31}
+    assert json_value("[" + "9" * 5000 + "]")[1].startswith("not valid JSON: Exceeds the limit (4300 digits)")
