@@ -20,7 +20,8 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def _rows(rep, root: Path) -> tuple[list, list]:
-    res = [{k: (v.replace(str(root), "<out>") if k == "output" else v) for k, v in r.items() if k != "seconds"}
+    res = [{k: (v.replace(str(root), "<out>") if k == "output" else v) for k, v in r.items()
+            if k not in ("seconds", "output_stamp")}  # the stamp is the file's own mtime/ctime
            for r in rep.results]
     return res, rep.failures
 
