@@ -177,7 +177,7 @@ def load_json_file(path: str | Path, expect: type | tuple[type, ...], what: str,
 # --- YAML --------------------------------------------------------------------------------------
 
 class _Refused(Exception):
-    """Raised inside the loader; `load_yaml` adds the file name."""
+    """Raised inside the loader; `parse_yaml` adds the file name."""
 
     def __init__(self, message: str, line: int | None = None):
         super().__init__(message)
@@ -194,6 +194,7 @@ class _LimitedLoader(yaml.SafeLoader):
         self._max_depth, self._max_nodes = max_depth, max_nodes
         self._depth = 0
         self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (values when expanded, height)
+        self.last_mark = None  # of the node constructed last: where a ValueError from a constructor is
 
     def compose_node(self, parent, index):
         self._depth += 1
@@ -224,7 +225,7 @@ class _LimitedLoader(yaml.SafeLoader):
         return node
 
     def construct_object(self, node, deep=False):
-        self.last_mark = node.start_mark  # where a value that fails to construct (ValueError) is
+        self.last_mark = node.start_mark
         return super().construct_object(node, deep)
 
     def construct_mapping(self, node, deep=False):
@@ -239,7 +240,8 @@ class _LimitedLoader(yaml.SafeLoader):
                 except TypeError:
                     continue  # unhashable: SafeConstructor refuses it below
                 if line is not None:
-                    raise _Refused(f"duplicate key {key!r} (first at line {line})", key_node.start_mark.line + 1)
+                    raise _Refused(f"duplicate key {one_line(repr(key), 80)} (first at line {line})",
+                                   key_node.start_mark.line + 1)
                 first[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep)
 
