@@ -70,7 +70,13 @@ def hash_log() -> Iterator[set]:
     try:
         yield used
     finally:
-        _LOGS.remove(used)
+        # by identity: list.remove compares sets by value, and two shards' scopes in one process
+        # (threads) may hold equal sets; removing the other's left it collecting, and this one's
+        # later removal raised ValueError out of the shard
+        for i, s in enumerate(_LOGS):
+            if s is used:
+                del _LOGS[i]
+                break
 
 
 def hash_rows(keys) -> list[dict]:

@@ -48,3 +48,25 @@ def test_a_wrong_remembered_row_for_another_stamp_is_never_used(tmp_path):
     st = os.stat(a)
     hashing.remember_hashes([{"path": str(a), "size": 3, "stamp": str(st.st_mtime_ns + 1), "sha256": "0" * 64}])
     assert hashing.sha256_file(a) != "0" * 64
+
+
+def test_hash_log_scopes_with_equal_sets_close_in_any_order(tmp_path):
+    """Two shards run as threads of one process open two scopes that collect the same keys (equal
+    sets); closing them in either order must close each one's own scope, never raise."""
+    from lcd.io.hashing import _LOGS, hash_log, sha256_file
+
+    f = tmp_path / "a.bin"
+    f.write_bytes(b"x")
+    outer = hash_log()
+    first = outer.__enter__()
+    inner = hash_log()
+    second = inner.__enter__()
+    sha256_file(f)
+    assert first == second and first is not second
+    inner.__exit__(None, None, None)  # the later one closes first: its own set leaves, not the equal older one
+    assert len(_LOGS) == 1 and _LOGS[0] is first
+    (tmp_path / "b.bin").write_bytes(b"y")
+    sha256_file(tmp_path / "b.bin")  # only the open scope collects it
+    assert len(first) == 2 and len(second) == 1
+    outer.__exit__(None, None, None)
+    assert _LOGS == []
