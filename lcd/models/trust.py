@@ -86,14 +86,28 @@ def _refuse(path: Path | str, reason: str) -> ModelLoadError:
     return ModelLoadError(f"{path}: {reason}", item=str(path))
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object hook: a key given twice is an error (which of two entries would a loader take?)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k[:60]!r}")
+        out[k] = v
+    return out
+
+
 def read_config(path: Path) -> dict:
-    """A model config file -> its JSON object; one-line errors for a file that is too large,
-    not UTF-8, not JSON, nested too deep, or not an object."""
+    """A model config file -> its JSON object; one-line errors for a file that is not a regular
+    file (a FIFO, /dev/zero), too large, not UTF-8, not JSON, nested too deep, with a key given
+    twice, or not an object. At most MAX_CONFIG_BYTES + 1 bytes are ever read."""
     try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise _refuse(path, f"{size:,} bytes, over the {MAX_CONFIG_BYTES:,} a model config may hold")
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        if not path.is_file():
+            raise _refuse(path, "not a regular file" if path.exists() else "missing")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise _refuse(path, f"{path.stat().st_size:,} bytes, over the {MAX_CONFIG_BYTES:,} a model config may hold")
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
     except ModelLoadError:
         raise
     except UnicodeDecodeError:
@@ -190,6 +204,11 @@ def _check_entry(index: Path, name: str, value) -> tuple[str, str] | None:
     return library, cls
 
 
+def _present(path: Path) -> bool:
+    """There, as a file or anything else (a dangling link, a FIFO: read_config refuses those)."""
+    return path.exists() or path.is_symlink()
+
+
 def _no_python(folder: Path) -> None:
     """diffusers loads `<component>/<library>.py` and custom pipeline files: a model folder holds none."""
     for f in sorted(folder.glob("*.py")) + sorted(folder.glob("*.pyc")):
@@ -202,7 +221,7 @@ def check_sd_folder(folder: str | Path) -> None:
     config, and no Python files. Raises ModelLoadError (one line, naming the file and entry)."""
     folder = Path(folder)
     index = folder / MODEL_INDEX
-    if not index.is_file():
+    if not _present(index):
         raise _refuse(folder, f"not a diffusers pipeline folder (no {MODEL_INDEX})")
     data = read_config(index)
     # 1. the pipeline class: a name diffusers ships, never [module, class] (a custom pipeline file)
@@ -224,7 +243,7 @@ def check_sd_folder(folder: str | Path) -> None:
             continue  # diffusers says which component is missing
         _no_python(sub)
         file, fields = _COMPONENT_CONFIGS[name]
-        if (sub / file).exists():
+        if _present(sub / file):
             check_config(sub / file, fields)
 
 
@@ -236,7 +255,7 @@ def check_transformers_folder(folder: str | Path, kind: str) -> None:
         return  # a file: transformers says it is not a folder
     _no_python(folder)
     for file, fields in TRANSFORMERS_FOLDERS[kind].items():
-        if (folder / file).exists():
+        if _present(folder / file):
             check_config(folder / file, fields)
 
 

@@ -144,6 +144,31 @@ def test_a_model_index_that_is_not_a_json_object_is_one_line(sd_folder, name, co
     assert msg.startswith(f"{sd_folder / 'model_index.json'}: ") and needle in msg and "\n" not in msg, msg
 
 
+def test_a_key_given_twice_is_refused(sd_folder):
+    text = (sd_folder / "model_index.json").read_text().rstrip().rstrip("}")
+    (sd_folder / "model_index.json").write_text(text + ', "unet": ["mal.sd.unet.payload", "UNet2DConditionModel"]}')
+    with pytest.raises(ModelLoadError, match=r"model_index\.json: not valid JSON \(duplicate key 'unet'\)$"):
+        check_sd_folder(sd_folder)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "dangling link", "folder"])
+def test_a_config_that_is_no_regular_file_is_refused_unread(sd_folder, kind):
+    """A FIFO or /dev/zero would block or never end a read: refused by what it is, never opened."""
+    import os
+
+    target = sd_folder / "unet" / "config.json"
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "folder":
+        target.mkdir()
+    else:
+        target.symlink_to("/dev/zero" if kind == "/dev/zero" else sd_folder / "nowhere.json")
+    want = "missing" if kind == "dangling link" else "not a regular file"
+    with pytest.raises(ModelLoadError, match=rf"unet/config\.json: {want}$"):
+        check_sd_folder(sd_folder)
+
+
 def test_a_huge_config_is_refused_by_its_size_unread(sd_folder):
     with open(sd_folder / "unet" / "config.json", "ab") as f:
         f.truncate(MAX_CONFIG_BYTES + 1)
