@@ -9,7 +9,8 @@ The path picks the behaviour; `/<mode>/<anything>` works too, so a URL can end i
   huge     Content-Length 2,000,000,000, then close
   short    a PNG's Content-Length, half of its bytes, then close
   second   GET n. 1 served whole, every later GET cut short (HEAD answered whole)
-  hop      302 to `never`;  dripheaders  header bytes one at a time;  chunkcut  chunked, cut short
+  hop      302 to `never`;  redirbomb  302 to `ok` with an endless body of its own
+  dripheaders  header bytes one at a time;  chunkcut  chunked, cut inside a chunk
   404      Not Found;  loop  302 to itself;  ftp  302 to an ftp:// URL;  ok  the PNG, well served
 """
 
@@ -152,6 +153,11 @@ class HostileServer:
         elif mode == "chunkcut":  # chunked encoding, cut inside a chunk
             conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                          + f"{len(body):x}\r\n".encode() + body[:100])
+        elif mode == "redirbomb":  # a redirect whose own body never ends
+            headers("302 Found", length=None, extra=f"Location: http://127.0.0.1:{self.port}/ok/x.png\r\n")
+            while not self._stop.is_set():
+                conn.sendall(b"\0" * 65536)
+                time.sleep(0.005)
         elif mode == "ftp":
             headers("302 Found", length=0, extra=f"Location: ftp://127.0.0.1:{self.port}/x.png\r\n")
         elif mode == "loop":

@@ -182,6 +182,17 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(partial(_HTTPSConnection, watch=self._watch), req, context=self._context)
 
 
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, but a redirect's body is never read (urllib reads it whole, and it may
+    never end: memory and the deadline spent on nothing)."""
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        fp.read = lambda *a, **k: b""
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
 class _NoFTP(urllib.request.FTPHandler):
     """urllib follows a redirect to ftp:// with only a per-read timeout: refused here."""
 
@@ -199,7 +210,7 @@ def _response(url: str, limits: IoConfig, method: str) -> Iterator[tuple[http.cl
     """The answer to `method url` (redirects followed: urllib's, at most 10) with its headers read;
     every failure up to there is a NetworkError (or HttpNotFound)."""
     w = _Watch(limits)
-    opener = urllib.request.build_opener(_HTTPHandler(w), _HTTPSHandler(w), _NoFTP())
+    opener = urllib.request.build_opener(_HTTPHandler(w), _HTTPSHandler(w), _Redirects(), _NoFTP())
     try:
         try:
             req = urllib.request.Request(url, method=method,

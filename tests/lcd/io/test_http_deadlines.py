@@ -70,6 +70,12 @@ def test_a_second_download_cut_short_is_a_network_error_not_a_payload_exception(
     assert isinstance(err, NetworkError) and "connection closed after 1,958 of 5,876 bytes" in str(err)
 
 
+def test_a_redirect_is_followed_without_reading_its_body(srv):
+    t0 = time.monotonic()
+    assert http.fetch(srv.url("redirbomb/x.png"), FAST) == srv.body  # its endless body never read
+    assert time.monotonic() - t0 < 0.5
+
+
 def test_a_404_is_a_missing_file_and_good_urls_read_whole(srv):
     err, _ = _timed(http.fetch, srv.url("404/x.png"), FAST)
     assert isinstance(err, FileNotFoundError) and str(err) == f"{srv.url('404/x.png')}: HTTP 404 Not Found"
