@@ -53,9 +53,8 @@ def _sha256_remote(url: str, chunk: int, limits: IoConfig | None) -> str:
         raise LcdError(f"{url}: not an object (a prefix?); expected a file", item=url)
     def compute() -> str:
         h = hashlib.sha256()
-        with storage.open_read(url, limits) as f:
-            while block := f.read(chunk):
-                h.update(block)
+        for block in storage.iter_bytes(url, limits, chunk):  # streamed: a large body is never held whole
+            h.update(block)
         return h.hexdigest()
     return _memo((url, int(meta.get("size") or 0), str(meta.get("ETag") or meta.get("mtime") or meta.get("LastModified"))),
                  compute)

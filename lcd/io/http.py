@@ -230,31 +230,37 @@ def _response(url: str, limits: IoConfig, method: str) -> Iterator[tuple[http.cl
 def fetch(url: str, limits: IoConfig | None = None) -> bytes:
     """The body of GET `url` within `limits` (default IoConfig()): NetworkError naming the URL
     and what went wrong, HttpNotFound for a 404/410."""
+    return b"".join(iter_body(url, limits))
+
+
+def iter_body(url: str, limits: IoConfig | None = None, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The body of GET `url` in blocks of at most `chunk` bytes, under the same limits and errors
+    as fetch, without holding it (a hash streams a large body)."""
     limits = limits or IoConfig()
     with _response(url, limits, "GET") as (r, w):
         size = content_length(r)
         cap = limits.http_max_bytes
         if size is not None and size > cap:
             raise NetworkError(f"{url}: size {size:,} over the limit of {cap:,} bytes (io.http_max_bytes)", item=url)
-        buf = bytearray()
+        got = 0
         while True:
             try:
                 if w.sock is not None:
                     w.sock.settimeout(w.step_timeout(limits.http_first_byte_timeout_s))
-                block = r.read1(min(CHUNK, cap + 1 - len(buf)))
+                block = r.read1(min(chunk, cap + 1 - got))
             except Exception as e:  # noqa: BLE001
-                raise _error(url, w, e, got=len(buf), size=size) from None
+                raise _error(url, w, e, got=got, size=size) from None
             if w.timed_out():  # the watchdog shut the socket: what was read is not the whole body
-                raise _error(url, w, TimeoutError(), got=len(buf), size=size)
+                raise _error(url, w, TimeoutError(), got=got, size=size)
             if not block:
                 break
-            buf += block
-            if len(buf) > cap:
+            got += len(block)
+            if got > cap:
                 raise NetworkError(f"{url}: body over the limit of {cap:,} bytes (io.http_max_bytes; "
                                    "no Content-Length)", item=url)
-        if size is not None and len(buf) < size:
-            raise NetworkError(f"{url}: connection closed after {len(buf):,} of {size:,} bytes", item=url)
-        return bytes(buf)
+            yield block
+        if size is not None and got < size:
+            raise NetworkError(f"{url}: connection closed after {got:,} of {size:,} bytes", item=url)
 
 
 def head(url: str, limits: IoConfig | None = None) -> dict:

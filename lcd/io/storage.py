@@ -23,7 +23,7 @@ import io
 import os
 import stat
 from pathlib import Path
-from typing import IO, Iterable, NamedTuple
+from typing import IO, Iterable, Iterator, NamedTuple
 
 from lcd.errors import LcdError, NetworkError
 from lcd.io import http
@@ -114,6 +114,18 @@ def not_found_message(err: FileNotFoundError) -> str:
     if cause is not None and not isinstance(cause, FileNotFoundError):
         return f"cannot reach it ({type(cause).__name__}: {cause})"
     return "file not found"
+
+
+def iter_bytes(p: str | Path, limits: IoConfig | None = None, chunk: int = 1 << 22) -> Iterator[bytes]:
+    """The bytes of a file or URL in blocks (an http(s) one streamed within `limits`): what a hash
+    reads, without holding a large body."""
+    p = normalize(p)
+    if not isinstance(p, Path) and http.is_http(p):
+        yield from http.iter_body(p, limits, chunk)
+        return
+    with open_read(p, limits) as f:
+        while block := f.read(chunk):
+            yield block
 
 
 def read_bytes(p: str | Path, limits: IoConfig | None = None) -> bytes:

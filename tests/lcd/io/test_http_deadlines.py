@@ -146,3 +146,15 @@ def test_any_remote_filesystems_exception_is_one_network_error_naming_the_url(ex
             call("flaky://b/x.png")
     with pytest.raises(FileNotFoundError):
         storage.read_bytes("flaky://b/gone.png")
+
+
+def test_a_hash_streams_the_body_in_blocks_under_the_same_limits(srv):
+    import hashlib
+
+    from lcd.io.hashing import sha256_file
+
+    blocks = list(storage.iter_bytes(srv.url("ok/x.png"), FAST, chunk=1000))
+    assert b"".join(blocks) == srv.body and max(map(len, blocks)) <= 1000 and len(blocks) >= 6
+    assert sha256_file(srv.url("ok/h.png"), limits=FAST) == hashlib.sha256(srv.body).hexdigest()
+    err, took = _timed(sha256_file, srv.url("slow/h.png"), 1 << 22, FAST)
+    assert isinstance(err, NetworkError) and "body exceeded 2 s" in str(err) and took < 2 + MARGIN
