@@ -308,7 +308,7 @@ def child_concepts(files: Path, root: Path) -> dict:
         res["good_items_lost"] += sum(rows.get(g) != want for g in good)
         bad = [f"c-{c}" for c in why if c != "good-lora"]
         res["unaccounted"] += sum(i not in fails or i in rows for i in bad)
-        res["failures"][run] = {i: m[-160:] for i, m in fails.items()}
+        res["failures"][run] = {i: m[:200] for i, m in fails.items()}  # the start names the file
     return res
 
 

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         with temporary_server():  # Prefect's temporary server, when one is needed, ends with this process
             out = _run_stage(a)
     except LcdError as e:  # e.g. another coordinator holds the out_root (lcd.jobs.lease): one line
-        print(f"python -m flows {a.stage}: error: {e}", file=sys.stderr)
+        from lcd.cli import user_error
+
+        print(f"python -m flows {a.stage}: error: {user_error(e)}", file=sys.stderr)
         return 2
     print(out)
     return 0

@@ -9,6 +9,7 @@ pickle goes through `load_weights` so the refusal is one line naming the file an
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ def error_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     first = lines[0] if lines else ""
     if isinstance(e, pickle.UnpicklingError) and first.startswith("Weights only load failed"):
-        rest = []  # the reason: "Unsupported operand 149", "...unsupported GLOBAL posix.system..."
+        # the reason: after "WeightsUnpickler error:" (same line or the next), or a line of its own
+        # ("Trying to load unsupported GLOBAL posix.system ...", "Unsupported operand 149"); torch's
+        # numbered advice ("(1) In PyTorch 2.6 ...", "(2) Alternatively ...") and links are not reasons
+        rest = []
         for ln in lines[1:]:
-            if ln.startswith("Check the documentation"):
-                continue
             if "WeightsUnpickler error:" in ln:
                 ln = ln.split("WeightsUnpickler error:", 1)[1].strip()
+            elif re.match(r"\(\d\)|Check the documentation|Please file an issue", ln):
+                continue
             if ln:
                 rest.append(ln)
         why = rest[0].split(". ")[0][:200] if rest else ""
