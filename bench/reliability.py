@@ -96,7 +96,8 @@ def bad_entries(root: Path) -> list:
         it("long-name", image="x" * 4000 + ".png"), it("url-refused", image="http://127.0.0.1:9/x.png"),
         it("concept-dev", concept="/dev"), it("concept-devnull", concept="/dev/null"),
         it("concept-file", concept=str(root / "s0.png")), it("concept-photos", concept=str(root / "photos")),
-        it("concept-missing", concept="nope"),
+        it("concept-missing", concept="nope"), it("surrogate", image="s\udcff.png"),
+        it("surrogate-prompt", prompt="a \ud800 dog"),
     ]
 
 

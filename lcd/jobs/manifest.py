@@ -47,6 +47,16 @@ class ManifestItem(StrictConfig):
         for name in ("image", "mask", "concept"):  # the OS refuses such a path with a ValueError, not an OSError
             if "\x00" in (getattr(self, name) or ""):
                 raise ValueError(f"{name} path contains a NUL byte: {getattr(self, name)!r}")
+        for name in ("image", "mask", "select", "concept", "prompt"):
+            # a lone surrogate ("s\udcff.png" in JSON) is no UTF-8 text: the plan, every table and
+            # the PNG metadata could not hold it (pyarrow raised out of write_plan, sinking the job)
+            v = getattr(self, name) or ""
+            if not v.isascii():
+                try:
+                    v.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise ValueError(f"{name} is not UTF-8 text (a lone surrogate {v[e.start]!r} at "
+                                     f"position {e.start}): {v[:80]!r}") from None
         return self
 
 

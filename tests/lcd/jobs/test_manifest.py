@@ -129,3 +129,25 @@ def test_resolved_paths_depend_on_their_own_base_and_default_ids_on_the_entry():
                                  (2, {"id": None, "image": "dir/cat.png", "mask": "m.png", "prompt": "x"}, None)]))
     assert out[0].id == "000000-cat" and out[1].id == "given"
     assert out[2].__class__.__name__ == "ManifestFailure" and "id" in out[2].message
+
+
+def test_text_that_is_not_utf8_is_a_manifest_failure_and_the_plan_is_written(tmp_path):
+    """A lone surrogate ("s\\udcff.png" in JSON) in a path or the prompt is that entry's failure:
+    before, it passed validation and pyarrow raised out of write_plan, sinking the whole job."""
+    from lcd.jobs.plan import write_plan
+
+    lines = [{"id": "a", "image": "s0.png", "select": "box:0,0,8,8", "prompt": "x"},
+             {"id": "b", "image": "s\udcff.png", "select": "box:0,0,8,8", "prompt": "x"},
+             {"id": "c", "image": "s0.png", "mask": "m\udcff.png", "prompt": "x"},
+             {"id": "d", "image": "s0.png", "select": "box:0,0,8,8", "prompt": "x", "concept": "k\udc80"}]
+    items, failures = parse_manifest("\n".join(json.dumps(x) for x in lines))
+    assert [it.id for it in items] == ["a"]
+    msgs = {f.id: f.message for f in failures}
+    assert set(msgs) == {"b", "c", "d"}
+    assert "image is not UTF-8 text (a lone surrogate '\\udcff' at position 1)" in msgs["b"]
+    assert "mask is not UTF-8 text" in msgs["c"] and "concept is not UTF-8 text" in msgs["d"]
+    assert all(m.encode("utf-8") for m in msgs.values())  # the failures table can hold them
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(x) for x in lines))
+    write_plan(manifest, tmp_path / "out", 1)  # raised UnicodeEncodeError before
+    assert list((tmp_path / "out").rglob("*.parquet"))
