@@ -72,9 +72,10 @@ class PrefectEnv:
             raise AssertionError(f"prefect {' '.join(args)} -> {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         return out
 
-    def start_worker(self, log: Path) -> subprocess.Popen:
+    def start_worker(self, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+        """A process worker on `gpu`; `env` replaces the server's environment (e.g. another import path)."""
         f = open(log, "a")
-        return subprocess.Popen([*PREFECT, "worker", "start", "--pool", "gpu", "--type", "process"], env=self.env,
+        return subprocess.Popen([*PREFECT, "worker", "start", "--pool", "gpu", "--type", "process"], env=env or self.env,
                                 cwd=REPO, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
     kill_tree = staticmethod(kill_tree)

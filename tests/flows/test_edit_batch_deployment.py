@@ -151,3 +151,39 @@ def test_worker_sigkilled_mid_shard_its_shard_is_rescheduled_and_nothing_is_lost
 def test_nightly_deployment_has_the_0200_schedule(prefect_server):
     out = prefect_server.cli("deployment", "inspect", "nightly-concepts/nightly").stdout
     assert "0 2 * * *" in out and "'active': True" in out.replace('"', "'")
+
+
+def test_a_model_folder_naming_its_own_code_runs_none_through_the_deployment(prefect_server, edit_job, tmp_path,
+                                                                             tiny_dir):
+    """edit-batch/default on a process worker whose import path holds a model folder that names
+    its own module as the UNet's library (`evilsd.unet.payload`): the payload never runs, and
+    every item is a failure row naming model_index.json and 'unet' (lcd.models.trust)."""
+    import json
+    import os
+    import shutil
+
+    params, make_manifest = edit_job
+    evil = tmp_path / "evilsd"
+    shutil.copytree(tiny_dir / "sd", evil)
+    index = json.loads((evil / "model_index.json").read_text())
+    index["unet"] = ["evilsd.unet.payload", "UNet2DConditionModel"]
+    (evil / "model_index.json").write_text(json.dumps(index))
+    marker = tmp_path / "PWNED"
+    (evil / "unet" / "payload.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    params.write_text(params.read_text().replace(str(tiny_dir / "sd"), str(evil)))
+    manifest, out = make_manifest(2, bad=False), tmp_path / "out"
+    env = {**prefect_server.env, "PYTHONPATH": os.pathsep.join([str(tmp_path), prefect_server.env.get("PYTHONPATH", "")])}
+    worker = prefect_server.start_worker(tmp_path / "worker.log", env)
+    try:
+        res = _run(prefect_server, manifest, out, params)
+    finally:
+        prefect_server.stop_worker(worker)
+    watched = res.stdout + res.stderr
+    assert not marker.exists(), "the model folder's code ran in the deployment"
+    assert "Completed with 2 of 2 failed" in watched, watched[-3000:]
+    failures = pq.read_table(out / "failures.parquet").to_pylist()
+    assert sorted(f["id"] for f in failures) == ["item000", "item001"]
+    for f in failures:
+        assert "model_index.json: component 'unet' names library 'evilsd.unet.payload'" in f["message"], f
+        assert "refusing to import code from a model folder" in f["message"] and "\n" not in f["message"]
+
