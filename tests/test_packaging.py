@@ -172,3 +172,128 @@ def test_fresh_venv_resolves_the_declared_deps_and_runs_the_wheel(wheel, tmp_pat
     assert i.returncode == 0, i.stderr[-3000:]
     got = json.loads(i.stdout.strip().splitlines()[-1])
     assert got["n"] == len(mods) > 100 and got["lcd"].startswith(str(site))
+
+
+# --- the lock as pip constraints (`pip install -c requirements.lock ".[test]"`, README "Dependencies") ---
+
+LOCK_LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[A-Za-z0-9.+!_-]+)\s*(;[^#]*)?(#.*)?$")
+
+
+def lock_lines() -> list[str]:
+    return [ln.strip() for ln in (REPO / "requirements.lock").read_text().splitlines()
+            if ln.strip() and not ln.strip().startswith("#")]
+
+
+def declared_requirements() -> list:
+    """pyproject's dependencies and its `test` extra (what `".[test]"` installs), as Requirements."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["test"]]
+
+
+def test_lock_lines_are_exact_pins_without_extras():
+    """pip refuses a constraints file with extras ("Constraints cannot have extras") or with
+    anything but a name and a specifier; exact pins make it a lock in both uses (-r and -c)."""
+    bad = [ln for ln in lock_lines() if "[" in ln.split("#")[0] or not LOCK_LINE.match(ln)]
+    assert not bad, f"requirements.lock lines that are not 'name==version' (no extras, no ranges): {bad}"
+    names = [canon(LOCK_LINE.match(ln)["name"]) for ln in lock_lines()]
+    assert len(names) == len(set(names)), f"pinned twice: {sorted({n for n in names if names.count(n) > 1})}"
+
+
+def test_every_declared_dependency_and_every_requested_extra_is_pinned_in_the_lock():
+    """Each dependency of pyproject (and of its `test` extra) is pinned in the lock at a version
+    its specifier admits; an extra pyproject asks for (moto[server]) is spelled out in the lock:
+    every requirement that extra adds (from the pinned release's own metadata) is pinned too."""
+    from importlib.metadata import distribution
+
+    from packaging.requirements import Requirement
+
+    pins = lock_pins()
+    missing, outside, extra_missing = [], [], []
+    for req in declared_requirements():
+        name = canon(req.name)
+        if name not in pins:
+            missing.append(str(req))
+            continue
+        if not req.specifier.contains(pins[name], prereleases=True):
+            outside.append(f"{req} (lock pins {pins[name]})")
+        for extra in req.extras:
+            dist = distribution(req.name)
+            assert dist.version == pins[name], f"{req.name}: installed {dist.version}, lock pins {pins[name]}"
+            for r in map(Requirement, dist.requires or []):
+                if r.marker is not None and r.marker.evaluate({"extra": extra}) \
+                        and not r.marker.evaluate({"extra": ""}) and canon(r.name) not in pins:
+                    extra_missing.append(f"{req.name}[{extra}] -> {r}")
+    assert not missing, f"declared in pyproject but not pinned in requirements.lock: {missing}"
+    assert not outside, f"the lock's pin is outside pyproject's specifier: {outside}"
+    assert not extra_missing, f"an extra's requirements the lock does not pin: {extra_missing}"
+    assert any(r.extras for r in declared_requirements()), "pyproject's test extra lost moto[server]"
+
+
+def readme_constraints_command() -> list[str]:
+    """The README's install line between the install-constraints markers -> pip's arguments."""
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- install-constraints:start -->", 1)[1].split("<!-- install-constraints:end -->", 1)[0]
+    first = next(ln for ln in block.split("```bash\n", 1)[1].splitlines() if ln.strip())
+    args = shlex.split(first, comments=True)
+    assert args[:2] == ["pip", "install"] and ["-c", "requirements.lock"] == args[2:4], first
+    return args[2:]
+
+
+def _placeholder_wheel(folder: Path, name: str, version: str) -> Path:
+    """An empty wheel (metadata only) of `name`, for a requirement the environment lacks on purpose."""
+    folder.mkdir(parents=True, exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    whl = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr(f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return whl
+
+
+def _pip_dry_run(src: Path, args: list[str], links: Path, report: Path) -> subprocess.CompletedProcess:
+    """pip's resolver on `args` in `src`, offline and hermetic: no index, no pip config, only the
+    installed (lock-pinned) set and `links`; the project's metadata built without isolation."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k != "PYTHONPATH"}
+    env |= {"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation",
+           "--find-links", str(links), "--report", str(report), *args]
+    return subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow
+def test_readme_constraints_install_resolves_offline_and_the_old_lock_form_is_refused(tmp_path):
+    """The README's `pip install -c requirements.lock ".[test]"`, run through pip's resolver
+    (--dry-run) on a copy of the sources: it resolves with every locked package satisfied by the
+    installed, pinned release (with no index, any other version would fail), so it would install
+    only the project. The same command with a lock line carrying an extra (the defect) is refused,
+    which shows the check can fail."""
+    args = readme_constraints_command()
+    src = tmp_path / "src"
+    for name in PACKAGES:
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "requirements.lock"):
+        shutil.copy(REPO / name, src / name)
+    # img2dataset requires the `dataclasses` backport, which scripts/install.sh removes on purpose
+    links = tmp_path / "links"
+    _placeholder_wheel(links, "dataclasses", "0.6")
+    proc = _pip_dry_run(src, args, links, tmp_path / "report.json")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    would = {canon(i["metadata"]["name"]): i["metadata"]["version"] for i in report["install"]}
+    assert would.pop("lcdiffusion") == "0.1.0"
+    assert set(would) <= REMOVED_ON_PURPOSE, f"not satisfied by the installed, pinned set: {would}"
+    assert "Would install" in proc.stdout
+    # the defect: an extra in the constraints file
+    lock = (src / "requirements.lock").read_text()
+    with_extra = re.sub(r"(?m)^moto==", "moto[server]==", lock)
+    assert with_extra != lock
+    (src / "requirements.lock").write_text(with_extra)
+    bad = _pip_dry_run(src, args, links, tmp_path / "bad.json")
+    assert bad.returncode != 0 and "Constraints cannot have extras" in bad.stderr, bad.stderr[-2000:]
