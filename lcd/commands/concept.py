@@ -126,7 +126,11 @@ def run_export(args) -> int:
     check_format(args.format)  # before any model loads
     concept = load_concept(args.concept)
     lp = _load_base(args, [concept])
-    print(json.dumps(dict(export_concept(concept, lp.pipe.unet, args.out, args.format, args.name), out=args.out)))
+    res = export_concept(concept, lp.pipe.unet, args.out, args.format, args.name, tokenizer=lp.pipe.tokenizer)
+    print(f"{args.format}: {res['note']}")  # the one line on what reads it, and whether exactly
+    for tool, prompt in res["prompt"].items():
+        print(f"{tool} prompt: {prompt}")
+    print(json.dumps(dict(res, out=args.out)))
     return 0
 
 

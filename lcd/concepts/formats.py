@@ -4,7 +4,8 @@ All in memory (tensors in, dicts of tensors out); `lcd.concepts.export` writes t
 
 kohya LoRA (sd-scripts, SD1.x trains on the diffusers UNet so its names are diffusers module
 paths): per module `lora_unet_<path with . -> _>.lora_down.weight` (r, in), `.lora_up.weight`
-(out, r) and `.alpha` (scalar); a loader adds (alpha / r) * up @ down. Read by A1111's Lora
+(out, r) and `.alpha` (scalar); a loader adds (alpha / r) * up @ down. We write one alpha
+for all modules and fold each module's ratio into its up weights (`lora_factors`). Read by A1111's Lora
 extension, ComfyUI's comfy/lora.py and diffusers' `load_lora_weights`
 (`_convert_non_diffusers_lora_to_diffusers`).
 
@@ -17,6 +18,8 @@ trigger word is the file name without extension.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 
@@ -32,24 +35,55 @@ def kohya_name(module: str) -> str:
     return KOHYA_PREFIX + module.replace(".", "_")
 
 
+def common_alpha(factors: dict[str, Factors], scale: float, alpha_cfg: float | None = None) -> float:
+    """The one alpha written for every module: `alpha_cfg` (a trained LoRA's own) when it gives
+    `scale` at the common rank, else scale * the most common rank (ties: the largest), as float32
+    stores it. diffusers applies a single lora_alpha to a whole file (its `alpha_pattern` misses
+    kohya module names), so per-module alphas would be read wrong there."""
+    ranks = Counter(f.rank for f in factors.values())
+    r = max(ranks, key=lambda k: (ranks[k], k)) if ranks else 1
+    alpha = float(alpha_cfg) if alpha_cfg is not None and len(ranks) == 1 and float(alpha_cfg) / r == scale \
+        else scale * r
+    alpha = float(torch.tensor(alpha, dtype=torch.float32))
+    return alpha if alpha > 0 else float(r)  # sd-scripts reads alpha 0 as "alpha = rank"
+
+
+def fold_scale(factors: dict[str, Factors], scale: float, alpha: float) -> dict[str, Factors]:
+    """Each module's up weights times scale * r / alpha, so that a reader's alpha / r * up @ down
+    is scale * (the original up @ down) whatever the module's rank r (computed in float64)."""
+    out = {}
+    for m, f in factors.items():
+        k = scale * f.rank / alpha
+        up = f.up if k == 1.0 else (f.up.double() * k).float().contiguous()
+        out[m] = Factors(up=up, down=f.down, energy=f.energy)
+    return out
+
+
 def lora_factors(concept: Concept, deltas: dict[str, torch.Tensor]) -> dict[str, tuple[Factors, float]]:
-    """{module: (factors, alpha)} for a kohya file: a low-rank concept's own factors with
-    alpha = lora_scale * r (so the reader's alpha / r is our scale exactly; a trained LoRA's
-    configured alpha is written as is); a full K/V concept is factorized at full rank (exact to
-    float32 rounding; compress first for a small file). `deltas` from `kv_deltas`."""
-    out: dict[str, tuple[Factors, float]] = {}
+    """{module: (factors, alpha)} for a kohya file, one alpha for all modules (`common_alpha`) with
+    each module's own scale folded into its up weights (`fold_scale`), so every reader
+    (sd-scripts, A1111, ComfyUI, LyCORIS, diffusers) adds exactly the concept's W - W0 at
+    strength 1.0. A low-rank concept keeps its factors; a full K/V concept is factorized at full
+    rank (exact to float32 rounding; compress first for a small file). `deltas` from `kv_deltas`."""
     alpha_cfg = (concept.card.get("config") or {}).get("lora_alpha") if concept.method == "lora" else None
+    raw: dict[str, Factors] = {}
     for m in sorted(deltas):
         if concept.lowrank:
-            down, up = concept.unet[f"{m}.lora_A"].float(), concept.unet[f"{m}.lora_B"].float()
-            r = down.shape[0]
-            alpha = float(alpha_cfg) if alpha_cfg is not None and float(alpha_cfg) / r == concept.lora_scale \
-                else concept.lora_scale * r
-            out[m] = (Factors(up=up, down=down, energy=1.0), alpha)
+            raw[m] = Factors(up=concept.unet[f"{m}.lora_B"].float(), down=concept.unet[f"{m}.lora_A"].float(), energy=1.0)
         else:
-            f = factorize(deltas[m], rank=min(deltas[m].shape), item=f"{concept.name}: {m}")
-            out[m] = (f, float(f.rank))
-    return out
+            raw[m] = factorize(deltas[m], rank=min(deltas[m].shape), item=f"{concept.name}: {m}")
+    scale = float(concept.lora_scale) if concept.lowrank else 1.0
+    alpha = common_alpha(raw, scale, alpha_cfg if isinstance(alpha_cfg, (int, float)) else None)
+    return {m: (f, alpha) for m, f in fold_scale(raw, scale, alpha).items()}
+
+
+def reader_delta(sd: dict[str, torch.Tensor], name: str, strength: float = 1.0) -> torch.Tensor:
+    """What sd-scripts' merge_to, A1111's network_lora and ComfyUI's calculate_weight add for
+    kohya module `name`: strength * (alpha / rank) * up @ down (alpha absent or 0: rank), float64."""
+    down, up = sd[f"{name}.lora_down.weight"].double(), sd[f"{name}.lora_up.weight"].double()
+    a = sd.get(f"{name}.alpha")
+    alpha = float(a) if a is not None and float(a) != 0 else float(down.shape[0])
+    return strength * (alpha / down.shape[0]) * (up @ down)
 
 
 def kohya_state_dict(factors: dict[str, tuple[Factors, float]], dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -72,7 +106,3 @@ def a1111_embedding(rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """One token's embedding rows (n, D) or (D,) -> the single-tensor dict A1111 and ComfyUI read."""
     return {EMBEDDING_KEY: rows.detach().float().reshape(-1, rows.shape[-1]).contiguous()}
 
-
-def embedding_name(token: str) -> str:
-    """A1111's trigger word for a token: '[P]' -> 'P' (A1111 prompts read [..] as de-emphasis)."""
-    return token.strip("[]")

@@ -64,9 +64,18 @@ def test_merge_compress_export(setup, capsys, tmp_path):
     card = json.loads((small / "card.json").read_text())
     assert card["compression"]["energy"] == 0.6 and card["layout"] == "lowrank" and len(card["merged_from"]) == 2
     assert _run(params, "export", str(small), "--format", "kohya", "--out", str(tmp_path / "k")) == 0
-    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert sorted(res["trigger_words"].values()) == ["P", "Q"]
-    assert (tmp_path / "k" / "lora" / "AB-small.safetensors").exists() and (tmp_path / "k" / "embeddings" / "Q.safetensors").exists()
+    lines = capsys.readouterr().out.strip().splitlines()
+    res = json.loads(lines[-1])
+    words = res["trigger_words"]
+    assert sorted(words) == ["[P]", "[Q]"] and len(set(words.values())) == 2
+    assert all(w.startswith("lcdabsmall") and w.endswith("qzx") for w in words.values())  # not 'P' / 'Q'
+    assert lines[0].startswith("kohya: kohya LoRA read alike by diffusers") and res["exact"]
+    assert lines[1] == f"a1111 prompt: <lora:AB-small:1> a photo of {words['[P]']} dog and {words['[Q]']} toy"
+    assert (tmp_path / "k" / "lora" / "AB-small.safetensors").exists()
+    assert (tmp_path / "k" / "embeddings" / f"{words['[Q]']}.safetensors").exists()
+    manifest = json.loads((tmp_path / "k" / "lcd_export.json").read_text())
+    assert [f["path"] for f in manifest["files"]] == ["lora/AB-small.safetensors"] + [
+        f"embeddings/{words[t]}.safetensors" for t in ("[P]", "[Q]")]
     assert (small / "concept.safetensors").stat().st_size < (merged / "concept.safetensors").stat().st_size
 
 

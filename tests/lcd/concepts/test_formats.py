@@ -27,6 +27,7 @@ Every check compares what the other tool's own reading would do, never just "a f
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
@@ -34,8 +35,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lcd.concepts.export import EMBEDDINGS_DIR, LORA_DIR, export_concept
-from lcd.concepts.io import apply_concepts, token_file_name
+from lcd.concepts.export import EMBEDDINGS_DIR, LORA_DIR, MANIFEST_NAME, concept_triggers, export_concept
+from lcd.concepts.io import apply_concepts
 from lcd.errors import LcdError
 
 _A1111 = [  # networks.py lines 66-76, SD1.x UNet names only
@@ -62,9 +63,12 @@ def _ours(concept, fresh_sd, generate, prompt):
 
 
 def _stock_with_embeddings(fresh_sd, out, tokens):
+    """A stock pipeline with the exported embeddings loaded under our tokens (so one prompt serves
+    both); the files are named by their trigger words (lcd_export.json)."""
     pipe = fresh_sd().pipe
+    words = json.loads((out / MANIFEST_NAME).read_text())["trigger_words"]
     for t in tokens:
-        pipe.load_textual_inversion(str(out / EMBEDDINGS_DIR), weight_name=token_file_name(t), token=t)
+        pipe.load_textual_inversion(str(out / EMBEDDINGS_DIR), weight_name=f"{words[t]}.safetensors", token=t)
     return pipe
 
 
@@ -86,7 +90,7 @@ def test_kohya_export_loads_in_diffusers_to_the_same_image(concept_set, fresh_sd
     stock = _stock_with_embeddings(fresh_sd, tmp_path, c.tokens)
     stock.load_lora_weights(str(f.parent), weight_name=f.name)  # offline diffusers needs the name
     np.testing.assert_allclose(generate(stock, prompt), _ours(c, fresh_sd, generate, prompt), atol=1e-4)
-    assert res["trigger_words"] == {c.tokens[0]: c.tokens[0].strip("[]")}
+    assert res["trigger_words"] == {c.tokens[0]: concept_triggers(c)[c.tokens[0]]} and res["exact"]
 
 
 def test_lycoris_full_keys_match_a1111_and_comfyui_and_diffs_reproduce_our_image(concept_set, fresh_sd, generate, tmp_path):
@@ -118,13 +122,15 @@ def test_lycoris_full_keys_match_a1111_and_comfyui_and_diffs_reproduce_our_image
 def test_a1111_embedding_layout(concept_set, fresh_sd, tmp_path):
     c = concept_set["A"]
     res = export_concept(c, fresh_sd().pipe.unet, tmp_path, "a1111")
-    f = tmp_path / EMBEDDINGS_DIR / "P.safetensors"
-    assert res["files"] == [str(f)] and not (tmp_path / LORA_DIR).exists()
+    word = res["trigger_words"]["[P]"]
+    f = tmp_path / EMBEDDINGS_DIR / f"{word}.safetensors"
+    assert res["files"] == [str(tmp_path / LORA_DIR / "A.safetensors"), str(f)]  # the LoRA and the embedding
+    assert res["prompt"]["a1111"] == f"<lora:A:1> a photo of {word} dog"
     data = load_file(str(f))
     assert len(data) == 1  # A1111: 'embedding file has multiple terms in it' otherwise
     (emb,) = data.values()
     assert emb.shape == (1, 32) and emb.dtype == torch.float32  # (vectors, text encoder width)
-    assert torch.equal(emb[0], c.embeddings[0]) and f.stem == "P"  # trigger word = file stem
+    assert torch.equal(emb[0], c.embeddings[0]) and f.stem == word  # trigger word = file stem
 
 
 def test_export_errors(concept_set, fresh_sd, tmp_path):
