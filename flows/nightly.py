@@ -22,7 +22,8 @@ from tasks.train import train_concept_task
 def plan_concepts_task(concepts_root: str, weights_root: str, params_path: str) -> list[ConceptPlan]:
     params = load_params(params_path)
     config = params.train.model_dump()
-    return plan_concepts(concepts_root, weights_root, config, model_pin(params.models.sd, params.models.sd_revision))
+    m = params.models
+    return plan_concepts(concepts_root, weights_root, config, model_pin(m.sd, m.sd_revision, m.variant))
 
 
 @flow(name="nightly-concepts", log_prints=True)

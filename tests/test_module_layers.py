@@ -21,7 +21,7 @@ LAYERS = [
 ]
 # inside lcd.models: readers of files and names < the loader < what builds on it
 MODELS_ORDER = [
-    {"__init__", "sources", "config", "tokenizer", "schedulers", "bundled", "trust"},
+    {"__init__", "sources", "config", "tokenizer", "schedulers", "bundled", "trust", "layout"},
     {"loader"},
     {"pipeline", "tiny", "ldm_format"},
 ]

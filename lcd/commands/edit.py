@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--feather", type=int, dest="feather_px", help="width in pixels of the linear blend ramp outside "
                                                                   "the dilated mask (default: params.yaml edit.feather_px)")
     p.add_argument("--model", help="SD hub id, diffusers folder or single-file checkpoint (default: params.yaml models.sd)")
+    p.add_argument("--variant", help="weights variant of a diffusers folder or hub id, e.g. fp16 or non_ema "
+                                     "(default: params.yaml models.variant; unset: the plain files, or the "
+                                     "only variant a folder has)")
     p.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: params.yaml models.device)")
     p.add_argument("--concept", action="append", default=[], metavar="DIR",
                    help="concept folder from `lcd train` (repeatable); the prompt must use its token")
@@ -63,7 +66,8 @@ def run(args) -> int:
     image = load_image(args.image, int(cfg.max_image_mp * 1e6), limits=params.io)  # a URL: within params' io
     mask = load_mask(args.mask, limits=params.io) if args.mask else _stored_mask(args, params, image)
     check_mask_fits(image, mask, args.image, args.mask or args.masks)
-    sd = load_sd(params.models, concepts=args.concept, scheduler=cfg.scheduler, ref=args.model, device=args.device)
+    models = params.models if args.variant is None else params.models.model_copy(update={"variant": args.variant})
+    sd = load_sd(models, concepts=args.concept, scheduler=cfg.scheduler, ref=args.model, device=args.device)
     for w in sd.warnings:
         print(f"warning: {w}")
     extra = {"concepts": [{"dir": c.name, "tokens": c.tokens, "base": c.card.get("base")} for c in sd.concepts]} \

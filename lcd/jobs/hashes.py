@@ -32,15 +32,18 @@ if TYPE_CHECKING:
 Engine = Literal["diffusion", "noop"]
 
 
-def model_pin(ref: str, revision: str | None) -> str:
-    """Content hash of local weights, or `ref@revision` for a hub id (resolved at load time)."""
+def model_pin(ref: str, revision: str | None, variant: str | None = None) -> str:
+    """Content hash of the local weights read (for a diffusers folder, those of `variant`), or
+    `ref@revision` (`#variant`) for a hub id (resolved at load time)."""
     p = Path(ref)
-    return local_source(p).sha256 if p.exists() else f"{ref}@{revision or 'main'}"
+    if p.exists():
+        return local_source(p, variant).sha256
+    return f"{ref}@{revision or 'main'}" + (f"#{variant}" if variant else "")
 
 
 def config_fingerprint(cfg: EditConfig, models: ModelsConfig, engine: Engine) -> str:
     """Hash of everything shared by the items of a run that changes an output."""
-    pin = "noop" if engine == "noop" else model_pin(models.sd, models.sd_revision)
+    pin = "noop" if engine == "noop" else model_pin(models.sd, models.sd_revision, models.variant)
     payload = {"edit": cfg.model_dump(exclude=set(EXECUTION_ONLY)), "scheduler_class": scheduler_class_name(cfg.scheduler), "model": pin,
                "dtype": models.dtype, "engine": engine}
     if models.vae_dtype != "auto":  # auto follows dtype; left out so older hashes stay valid

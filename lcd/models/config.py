@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from lcd.config_base import StrictConfig
 
 
@@ -19,6 +21,10 @@ class ModelsConfig(StrictConfig):
     sd: str = "models/tiny/sd"  # a 9-channel inpainting checkpoint is detected and used as such
     sd_revision: str | None = None
     sd_single_file_config: str | None = None  # component configs for single files of other bases
+    # a diffusers folder's weights variant: "fp16" reads unet/diffusion_pytorch_model.fp16.safetensors
+    # and so on (a component without it reads its plain files); null: the plain files, or the one
+    # variant a component has when it has no plain file (a `--include "*.fp16.safetensors"` download)
+    variant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     sam: str = "models/tiny/sam/sam_vit_tiny.pth"
     sam_type: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_tiny"
     clip: str = "models/tiny/clip"

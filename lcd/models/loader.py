@@ -21,7 +21,8 @@ import torch
 from lcd.errors import ModelLoadError
 from lcd.io.torchfile import error_line, load_weights
 from lcd.models.trust import check_open_clip_config, check_sd_folder, check_transformers_folder
-from lcd.models.sources import SINGLE_FILE_SUFFIXES, ModelSource, is_hub_id, local_source
+from lcd.models.layout import FolderLayout, check_variant, hub_cache_snapshot, sd_layout
+from lcd.models.sources import SINGLE_FILE_SUFFIXES, ModelSource, is_hub_id, layout_source, local_source
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SD_WEIGHT_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
@@ -65,6 +66,14 @@ def _hub_snapshot(ref: str, revision: str | None, patterns: list[str]) -> tuple[
     return path, ModelSource(ref=ref, kind="hub", revision=path.name)
 
 
+def sd_hub_patterns(variant: str | None) -> list[str]:
+    """What to download of a hub SD repository: configs and the components' weights (never the
+    single-file checkpoints at the top of SD1.5's repository); with a variant, only its files."""
+    if variant is None:
+        return SD_WEIGHT_PATTERNS
+    return ["*.json", "*.txt", f"*/*.{variant}.safetensors", f"*/*.{variant}-*.safetensors"]
+
+
 def resolve(ref: str | Path, revision: str | None = None, patterns: list[str] | None = None,
             check: Callable[[Path], None] | None = None):
     """Reference -> (local path, ModelSource). Missing local paths are a clear error. `check`
@@ -81,6 +90,36 @@ def resolve(ref: str | Path, revision: str | None = None, patterns: list[str] | 
     if check is not None:
         check(p)
     return p, local_source(p)
+
+
+def resolve_sd(ref: str | Path, revision: str | None = None, variant: str | None = None):
+    """An SD reference -> (local path, ModelSource, FolderLayout or None for a single file).
+
+    A hub id (downloaded or read from the cache, HF_HUB_OFFLINE=1 included), a hub cache
+    repository folder (`models--owner--name`: its snapshot of `revision`, default refs/main), a
+    snapshot or any diffusers folder, or one checkpoint file. A folder is checked
+    (lcd.models.trust) before anything else of it is read; its layout says which weight files
+    of which variant load, and the pin hashes those (hub ids: the commit)."""
+    ref = str(ref)
+    check_variant(variant)
+    commit = None
+    if is_hub_id(ref):
+        path, source = _hub_snapshot(ref, revision, sd_hub_patterns(variant))
+        commit = source.revision
+    else:
+        path = Path(ref)
+        if not path.exists():
+            raise ModelLoadError(f"{ref}: model path not found (and not a hub id 'owner/name')", item=ref)
+        if path.is_dir() and (snap := hub_cache_snapshot(path, revision)) is not None:
+            path, commit = snap
+    check_sd_reference(path)
+    if not path.is_dir():
+        return path, local_source(path), None
+    if not (path / "model_index.json").exists():
+        raise ModelLoadError(f"{ref}: not a diffusers pipeline folder (no model_index.json)", item=ref)
+    layout = sd_layout(path, variant)
+    kind = "hub" if is_hub_id(ref) else "folder"
+    return path, layout_source(ref, layout, kind=kind, revision=commit), layout
 
 
 def check_sd_reference(path: Path) -> None:
@@ -142,24 +181,28 @@ def load_sd_pipeline(
     device: str | torch.device = "cpu",
     single_file_config: str | Path | None = None,
     vae_dtype: str = "auto",
+    variant: str | None = None,
 ) -> LoadedPipeline:
     """Load Stable Diffusion from a hub id, a diffusers folder, or one .safetensors/.ckpt file.
 
     Single files of SD1.5 and SD1.5-inpainting load with the component configs bundled in
     `lcd/models/configs` (no hub); `single_file_config` (a diffusers folder or hub id) gives them
     for other bases. Returns a StableDiffusionPipeline, or StableDiffusionInpaintPipeline for a
-    9-channel UNet; the safety checker and feature extractor are never loaded.
+    9-channel UNet; the safety checker and feature extractor are never loaded. A folder's
+    weights are those of `variant` ("fp16", "non_ema"; a component without it reads its plain
+    files), or with None the plain files, or the one variant a component holds when it has no
+    plain file (lcd.models.layout); safetensors before `.bin`.
     """
     from diffusers.utils import logging as dlogging
 
     torch_dtype = to_dtype(dtype)
     device = check_device(device)
-    path, source = resolve(ref, revision, check=check_sd_reference)
+    path, source, layout = resolve_sd(ref, revision, variant)
     dlogging.disable_progress_bar()  # batch logs, not terminal bars
     try:
         with quiet_unpickler():  # diffusers reads a .ckpt with weights_only=True too
-            pipe = _load_single_file(path, ref, torch_dtype, single_file_config) if path.is_file() \
-                else _load_folder(path, ref, torch_dtype)
+            pipe = _load_single_file(path, ref, torch_dtype, single_file_config) if layout is None \
+                else _load_folder(layout, ref, torch_dtype)
     except ModelLoadError:
         raise
     except Exception as e:
@@ -197,18 +240,43 @@ def resolve_vae_dtype(vae_dtype: str, dtype: torch.dtype, vae_config) -> torch.d
     return dtype
 
 
-def _load_folder(path: Path, ref, torch_dtype):
-    """A diffusers pipeline folder (model_index.json), whatever scheduler and extras it lists."""
+def _load_folder(layout: FolderLayout, ref, torch_dtype):
+    """A diffusers pipeline folder (model_index.json), whatever scheduler and extras it lists.
+    Each weights component loads from exactly the files `layout` chose (its variant and format
+    passed on), so what is pinned is what is read; tokenizer and scheduler load as diffusers does."""
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
     from lcd.models.trust import read_config
 
-    if not (path / "model_index.json").exists():
-        raise ModelLoadError(f"{ref}: not a diffusers pipeline folder (no model_index.json)", item=str(ref))
+    path = layout.folder
     unet_cfg = read_config(path / "unet" / "config.json")
     cls = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
-    return cls.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True,
+    components = {w.component: _load_component(path, w, torch_dtype) for w in layout.weights}
+    return cls.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True, **components,
                                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def _load_component(path: Path, w, torch_dtype):
+    """One model component from its chosen files. Its class is the one model_index.json names,
+    already checked against lcd.models.trust's allowlist; pickles are read by torch's weights-only
+    unpickler first (lcd.io.torchfile), so a refused one is one line naming the file and global."""
+    import zipfile
+
+    import diffusers
+    import transformers
+
+    if w.fmt == "bin":
+        for f in w.files:
+            if not f.endswith(".json"):
+                load_weights(path / f, f"{w.component} weights", mmap=zipfile.is_zipfile(path / f))
+    model_cls = getattr({"diffusers": diffusers, "transformers": transformers}[w.library], w.cls)
+    dtype = {"dtype" if w.library == "transformers" else "torch_dtype": torch_dtype}  # each library's name
+    transformers.utils.logging.disable_progress_bar()  # "Loading checkpoint shards": batch logs, not bars
+    try:
+        return model_cls.from_pretrained(str(path / w.component), variant=w.variant, use_safetensors=w.use_safetensors,
+                                         local_files_only=True, **dtype)
+    finally:
+        transformers.utils.logging.enable_progress_bar()
 
 
 def _load_single_file(path: Path, ref, torch_dtype, single_file_config):

@@ -50,7 +50,7 @@ def load_sd(
     # 2. the base model
     lp = load_sd_pipeline(ref or models.sd, revision=models.sd_revision, dtype=models.dtype,
                           device=device or models.device, single_file_config=models.sd_single_file_config,
-                          vae_dtype=models.vae_dtype)
+                          vae_dtype=models.vae_dtype, variant=models.variant)
     # 3. the sampler, on the model's own schedule
     if scheduler is not None:
         lp.pipe.scheduler = build_scheduler(scheduler, lp.pipe.scheduler.config)

@@ -200,4 +200,6 @@ def test_hub_id_loads_offline_from_the_cache_and_records_the_commit(revision, sd
     assert out.returncode == 0, out.stderr[-2000:]
     src = read_png_meta(tmp_path / "o.png")["model_source"]
     assert src == {"ref": "stable-diffusion-v1-5/stable-diffusion-v1-5", "kind": "hub", "sha256": None,
-                   "revision": commit}
+                   "revision": commit, "variant": None,  # the plain files, named
+                   "weights": ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model.safetensors",
+                               "vae/diffusion_pytorch_model.safetensors"]}
