@@ -24,7 +24,7 @@ from collections import Counter
 import torch
 
 from lcd.concepts.io import Concept
-from lcd.concepts.lowrank import Factors, factorize
+from lcd.concepts.lowrank import Factors
 
 KOHYA_PREFIX = "lora_unet_"
 EMBEDDING_KEY = "emb_params"  # the key A1111-trained safetensors embeddings carry; ComfyUI looks for it too
@@ -59,19 +59,30 @@ def fold_scale(factors: dict[str, Factors], scale: float, alpha: float) -> dict[
     return out
 
 
+def full_rank_factors(delta: torch.Tensor) -> Factors:
+    """`delta` (out, in) as exact factors of rank min(out, in): up = I, down = delta when out <= in,
+    else up = delta, down = I. No SVD: every reader's up @ down gives `delta` bit for bit, and it
+    costs nothing at SD1.5's 1280 x 768 layers."""
+    d = delta.float().contiguous()
+    out_dim, in_dim = d.shape
+    if out_dim <= in_dim:
+        return Factors(up=torch.eye(out_dim), down=d, energy=1.0)
+    return Factors(up=d, down=torch.eye(in_dim), energy=1.0)
+
+
 def lora_factors(concept: Concept, deltas: dict[str, torch.Tensor]) -> dict[str, tuple[Factors, float]]:
     """{module: (factors, alpha)} for a kohya file, one alpha for all modules (`common_alpha`) with
     each module's own scale folded into its up weights (`fold_scale`), so every reader
     (sd-scripts, A1111, ComfyUI, LyCORIS, diffusers) adds exactly the concept's W - W0 at
     strength 1.0. A low-rank concept keeps its factors; a full K/V concept is factorized at full
-    rank (exact to float32 rounding; compress first for a small file). `deltas` from `kv_deltas`."""
+    rank (`full_rank_factors`, exact; compress first for a small file). `deltas` from `kv_deltas`."""
     alpha_cfg = (concept.card.get("config") or {}).get("lora_alpha") if concept.method == "lora" else None
     raw: dict[str, Factors] = {}
     for m in sorted(deltas):
         if concept.lowrank:
             raw[m] = Factors(up=concept.unet[f"{m}.lora_B"].float(), down=concept.unet[f"{m}.lora_A"].float(), energy=1.0)
         else:
-            raw[m] = factorize(deltas[m], rank=min(deltas[m].shape), item=f"{concept.name}: {m}")
+            raw[m] = full_rank_factors(deltas[m])
     scale = float(concept.lora_scale) if concept.lowrank else 1.0
     alpha = common_alpha(raw, scale, alpha_cfg if isinstance(alpha_cfg, (int, float)) else None)
     return {m: (f, alpha) for m, f in fold_scale(raw, scale, alpha).items()}
