@@ -75,6 +75,7 @@ def run_build(args) -> int:
 
     params, cfg = _config(args)
     report = build_regset(cfg, args.out, args.cache or Path(args.out) / ".cache", sd_ref=params.models.sd,
+                          sd_variant=params.models.variant,
                           load_pipeline=lambda: load_sd(params.models).lp, io_cfg=params.io)
     print(json.dumps(report.to_dict()))
     return 0

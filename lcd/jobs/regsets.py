@@ -27,4 +27,4 @@ def concept_regset(concept_dir: str | Path, out_dir: str | Path, cfg: RegsetConf
     spec = concept_spec(concept_dir)
     out = Path(out_dir)
     return build_regset(cfg.model_copy(update={"class_prompt": spec.class_word}), out, out.parent / ".cache",
-                        sd_ref=models.sd, load_pipeline=lambda: load_sd(models).lp, io_cfg=io_cfg)
+                        sd_ref=models.sd, sd_variant=models.variant, load_pipeline=lambda: load_sd(models).lp, io_cfg=io_cfg)

@@ -101,9 +101,13 @@ def _shards(folder: Path, component: str, index_name: str) -> tuple[str, ...]:
     wmap = data.get("weight_map")
     if not isinstance(wmap, dict) or not wmap:
         raise ModelLoadError(f"{index}: a shard index needs a non-empty 'weight_map' object", item=str(index))
-    shards = sorted(set(wmap.values()), key=str)
+    bad = next((s for s in wmap.values() if not isinstance(s, str)), None)
+    if bad is not None:
+        raise ModelLoadError(f"{index}: 'weight_map' values must be shard file names, got {type(bad).__name__}",
+                             item=str(index))
+    shards = sorted(set(wmap.values()))
     for s in shards:
-        if not isinstance(s, str) or not s or "/" in s or "\\" in s or s in (".", "..") or s.startswith("."):
+        if not s or not s.isprintable() or "/" in s or "\\" in s or s in (".", "..") or s.startswith("."):
             raise ModelLoadError(f"{index}: shard {str(s)[:80]!r} is not a file name beside the index "
                                  "(a path reaching outside the component folder is refused)", item=str(index))
         if not (folder / component / s).is_file():

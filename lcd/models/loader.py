@@ -122,18 +122,21 @@ def resolve_sd(ref: str | Path, revision: str | None = None, variant: str | None
     return path, layout_source(ref, layout, kind=kind, revision=commit), layout
 
 
-def check_sd_reference(path: Path) -> None:
-    """A diffusers folder names only known libraries and classes (lcd.models.trust); a single
-    file holds tensors only (read with weights_only / safetensors)."""
+def check_sd_reference(path: Path, revision: str | None = None) -> None:
+    """A diffusers folder (a hub cache repository folder: its snapshot of `revision`) names only
+    known libraries and classes (lcd.models.trust); a single file holds tensors only (read with
+    weights_only / safetensors)."""
     if path.is_dir():
-        check_sd_folder(path)
+        snap = hub_cache_snapshot(path, revision)
+        check_sd_folder(snap[0] if snap is not None else path)
 
 
 def check_local_models(models, names: tuple[str, ...] = ("sd",)) -> None:
     """Check the local folders a `ModelsConfig` names for `names` ("sd": the SD reference and its
     single-file config; "clip") before a run starts, so a folder naming code is refused once, in
     one line, not per item. Hub ids are checked once downloaded, by the loaders themselves."""
-    refs = {"sd": [(models.sd, check_sd_reference), (models.sd_single_file_config, check_sd_folder)],
+    refs = {"sd": [(models.sd, lambda p: check_sd_reference(p, models.sd_revision)),
+                   (models.sd_single_file_config, check_sd_folder)],
             "clip": [(models.clip, lambda p: check_transformers_folder(p, "CLIP"))]}
     for name in names:
         for ref, check in refs[name]:

@@ -63,10 +63,11 @@ def metadata_candidates(cfg: RegsetConfig, clip: LoadedOpenClip, cache: Embeddin
     return Candidates(urls=urls, captions=caps, shard=shard_names, similarity=emb @ query)
 
 
-def sd_model_pin(ref: str) -> str:
-    """What pins the base model for the generation cache: content hash of a local path, or the ref."""
+def sd_model_pin(ref: str, variant: str | None = None) -> str:
+    """What pins the base model for the generation cache: content hash of the local files read
+    (a diffusers folder's: those of models.variant `variant`), or the ref (and variant)."""
     p = Path(ref)
-    return local_source(p).sha256 if p.exists() else ref
+    return local_source(p, variant).sha256 if p.exists() else ref + (f"#{variant}" if variant else "")
 
 
 def build_regset(
@@ -75,6 +76,7 @@ def build_regset(
     cache_dir: str | Path,
     *,
     sd_ref: str | None = None,
+    sd_variant: str | None = None,
     load_pipeline: Callable[[], object] | None = None,
     clip: LoadedOpenClip | None = None,
     io_cfg: IoConfig | None = None,
@@ -82,7 +84,7 @@ def build_regset(
     """Build the set in `out_dir` (layout in lcd/regset/manifest.py); caches live in `cache_dir`
     (embeddings/, downloads/, generated/) and make a rerun with the same inputs do no work.
 
-    `sd_ref` + `load_pipeline` (-> LoadedPipeline) generate the shortfall; without them a
+    `sd_ref` (weights variant `sd_variant`) + `load_pipeline` (-> LoadedPipeline) generate the shortfall; without them a
     shortfall is an error when `cfg.generate_shortfall` is set. `io_cfg` (params.yaml `io`) bounds
     the network reads: shards by URL, and img2dataset's per-read timeout (download_timeout_s).
     """
@@ -107,7 +109,7 @@ def build_regset(
     # 6. shortfall: generate exactly the missing count
     report.shortfall = cfg.top_n - len(entries)
     if report.shortfall > 0 and cfg.generate_shortfall:
-        entries += _generate_shortfall(cfg, sd_ref, load_pipeline, cache_dir, report)
+        entries += _generate_shortfall(cfg, sd_model_pin(sd_ref, sd_variant), load_pipeline, cache_dir, report)
     # 7. manifest + diffusers layout
     info = {"config": cfg.model_dump(), "report": report.to_dict(),
             "clip_model": clip.source.to_dict() if clip is not None else None}
@@ -159,9 +161,9 @@ def _download(cfg: RegsetConfig, cands, indices, source: str, cache_dir: Path, r
     return entries, fetched.rows
 
 
-def _generate_shortfall(cfg: RegsetConfig, sd_ref, load_pipeline, cache_dir: Path, report: RegsetReport):
+def _generate_shortfall(cfg: RegsetConfig, model_pin: str, load_pipeline, cache_dir: Path, report: RegsetReport):
     """Exactly `report.shortfall` class images from the base model (cached by model pin and settings)."""
-    spec = GenerationSpec(model=sd_model_pin(sd_ref), prompt=cfg.class_prompt, size=cfg.gen_size,
+    spec = GenerationSpec(model=model_pin, prompt=cfg.class_prompt, size=cfg.gen_size,
                           steps=cfg.gen_steps, guidance=cfg.gen_guidance, seed=cfg.seed)
     gen = generate_class_images(spec, report.shortfall, cache_dir / "generated", load_pipeline, cfg.gen_batch_size)
     report.generated, report.generated_cached = gen.generated, gen.cached

@@ -51,11 +51,12 @@ def layouts(tiny_dir, tmp_path_factory) -> dict[str, Path]:
     pipe = load_sd_pipeline(tiny_dir / "sd").pipe
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):  # the values fp16 files can hold exactly
         m.to(torch.float16).to(torch.float32)
-    out = {k: root / k for k in ("plain", "fp16", "bin", "other", "full", "two", "fp16dl", "shard")}
+    out = {k: root / k for k in ("plain", "fp16", "bin", "bin16", "other", "full", "two", "fp16dl", "shard")}
     pipe.save_pretrained(out["plain"])
     pipe.save_pretrained(out["bin"], safe_serialization=False)
     pipe.save_pretrained(out["shard"], max_shard_size="40KB")
     pipe.to(torch.float16).save_pretrained(out["fp16"], variant="fp16")
+    pipe.save_pretrained(out["bin16"], variant="fp16", safe_serialization=False)
     pipe.to(torch.float32)
     other = load_sd_pipeline(write_other(root / "other-src")).pipe
     other.save_pretrained(out["other"])
@@ -146,6 +147,11 @@ def test_bin_only_folder_loads_with_the_plain_pixels(layouts, params_file, refer
                                  "vae/diffusion_pytorch_model.bin")
     assert _same_state(lp, load_sd_pipeline(layouts["plain"]))
     assert np.array_equal(_pixels_of(params_file, tmp_path, layouts["bin"]), reference["plain"])
+    # fp16 pickles only (`*.fp16.bin`): found unasked, read as float32
+    lp = load_sd_pipeline(layouts["bin16"])
+    assert lp.source.variant == "fp16" and lp.source.weights[1] == "unet/diffusion_pytorch_model.fp16.bin"
+    assert _same_state(lp, load_sd_pipeline(layouts["plain"]))
+    assert np.array_equal(_pixels_of(params_file, tmp_path, layouts["bin16"]), reference["plain"])
 
 
 def test_safetensors_are_read_before_bin_beside_them_and_each_component_reads_its_own(layouts, params_file,
@@ -184,6 +190,7 @@ def test_sharded_weights_load_and_pin_every_shard(layouts, params_file, referenc
     assert np.array_equal(_pixels_of(params_file, tmp_path, layouts["shard"]), reference["plain"])
 
 
+@pytest.mark.slow
 def test_two_variants_side_by_side_are_chosen_by_models_variant(layouts, params_file, reference, tmp_path):
     two = layouts["two"]
     with pytest.raises(ModelLoadError, match=r"/text_encoder: weights of variants 'fp16', 'non_ema' and no plain "
@@ -308,6 +315,9 @@ def test_the_pin_hashes_the_files_read_and_nothing_beside_them(layouts, tmp_path
     assert model_pin(str(layouts["full"]), None, "non_ema") != fp16
     assert model_pin(str(layouts["full"]), None) == plain.sha256  # the .bin, fp16 and non_ema files unread
     assert model_pin(REPO_ID, None, "fp16") != model_pin(REPO_ID, None)
+    from lcd.regset.build import sd_model_pin  # the regset's generation cache pins the same files
+
+    assert sd_model_pin(str(layouts["two"]), "fp16") == fp16
     copy = tmp_path / "two"
     shutil.copytree(layouts["two"], copy)
     f = copy / "unet" / "diffusion_pytorch_model.non_ema.safetensors"
@@ -350,14 +360,38 @@ def test_a_pickle_naming_code_in_a_bin_layout_is_refused_unrun(layouts, tmp_path
     assert "\n" not in str(e.value) and not (tmp_path / "ran").exists()
 
 
-def test_shard_names_reaching_outside_the_folder_are_refused(layouts, tmp_path):
+@pytest.mark.parametrize("shard, match", [
+    ("../../../etc/passwd", r"shard '\.\./\.\./\.\./etc/passwd' is not a file name beside the index"),
+    ("nul\x00.safetensors", r"shard 'nul\\x00.safetensors' is not a file name beside the index"),
+    (["x.safetensors"], r"'weight_map' values must be shard file names, got list"),
+    ("gone.safetensors", r"shard gone.safetensors is missing$"),
+])
+def test_shard_indexes_naming_anything_but_shards_beside_them_are_refused(shard, match, layouts, tmp_path):
+    import json
+
     folder = tmp_path / "shard"
     shutil.copytree(layouts["shard"], folder)
     index = folder / "vae" / "diffusion_pytorch_model.safetensors.index.json"
-    index.write_text(index.read_text().replace('"diffusion_pytorch_model-00001', '"../../../etc/diffusion_pytorch_model-00001', 1))
-    with pytest.raises(ModelLoadError, match=r"index.json: shard '\.\./\.\./\.\./etc/diffusion_pytorch_model-00001.*"
-                                             r"is not a file name beside the index"):
+    data = json.loads(index.read_text())
+    data["weight_map"][sorted(data["weight_map"])[0]] = shard
+    index.write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=r"vae/diffusion_pytorch_model.safetensors.index.json: " + match) as e:
         load_sd_pipeline(folder)
+    assert "\n" not in str(e.value)
+
+
+def test_the_run_precheck_reads_a_hub_cache_folder_through_its_snapshot(layouts, tmp_path):
+    """`python -m flows` checks models.sd before a run: a cache repository folder is checked
+    at its snapshot (not refused for having no model_index.json), and refused when hostile."""
+    from lcd.models.config import ModelsConfig
+    from lcd.models.loader import check_local_models
+
+    check_local_models(ModelsConfig(sd=str(hub_cache(tmp_path / "ok", layouts["fp16"]))))
+    src = tmp_path / "src"
+    shutil.copytree(layouts["fp16"], src)
+    (src / "model_index.json").write_text(HOSTILE_INDEX)
+    with pytest.raises(ModelLoadError, match=r"snapshots/.*/model_index.json: component 'unet' names library"):
+        check_local_models(ModelsConfig(sd=str(hub_cache(tmp_path / "bad", src))))
 
 
 def test_snapshot_links_to_devices_are_never_read(layouts, tmp_path):
