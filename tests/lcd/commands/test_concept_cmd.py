@@ -68,7 +68,7 @@ def test_merge_compress_export(setup, capsys, tmp_path):
     res = json.loads(lines[-1])
     words = res["trigger_words"]
     assert sorted(words) == ["[P]", "[Q]"] and len(set(words.values())) == 2
-    assert all(w.startswith("lcdabsmall") and w.endswith("qzx") for w in words.values())  # not 'P' / 'Q'
+    assert all(w.startswith("lcdbsmll") and w.endswith("qzx") for w in words.values())  # not 'P' / 'Q'
     assert lines[0].startswith("kohya: kohya LoRA read alike by diffusers") and res["exact"]
     assert lines[1] == f"a1111 prompt: <lora:AB-small:1> a photo of {words['[P]']} dog and {words['[Q]']} toy"
     assert (tmp_path / "k" / "lora" / "AB-small.safetensors").exists()
