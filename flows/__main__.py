@@ -97,6 +97,7 @@ def _run_stage(a: argparse.Namespace):
     elif a.stage == "evaluate":
         from flows.evaluate import evaluate
 
+        # dvc.yaml's evaluate command: it alone writes the tracked metrics.json (DVC's metrics file)
         out = evaluate(f"{a.out}/edit/results.parquet", f"{a.out}/evaluate", "metrics.json", a.params,
                        photos_root=f"{a.data}/concepts")
     elif a.stage == "nightly":

@@ -50,8 +50,9 @@ def pipeline(
                                     fan_out=fan_out, concepts_root=f"{out_root}/concepts",
                                     masks_store=f"{out_root}/masks", edit=edit)
     if "evaluate" in run:
+        # metrics to out_root/evaluate/metrics.json only: the tracked metrics.json is the DVC stage's
         report["evaluate"] = evaluate(f"{out_root}/edit/results.parquet", f"{out_root}/evaluate",
-                                      "metrics.json", params_path, photos_root=f"{data_root}/concepts")
+                                      None, params_path, photos_root=f"{data_root}/concepts")
     get_run_logger().info(f"summary: stages {', '.join(run)} done -> {out_root}"
                           + (f"; edit {report['edit']}" if "edit" in report else ""))
     return report

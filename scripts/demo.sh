@@ -67,5 +67,5 @@ $PREFECT deployment run lcd-pipeline/default -p "params_path=$PARAMS" -p "stages
 
 echo
 echo "Prefect UI:   http://127.0.0.1:$PORT   (server + worker keep running; 'scripts/demo.sh stop' stops them)"
-echo "Outputs:      $ROOT/outputs   (concepts/, edit/edits/, edit/results.parquet + failures.parquet, edit/contact_sheet.png, evaluate/; metrics.json)"
+echo "Outputs:      $ROOT/outputs   (concepts/, edit/edits/, edit/results.parquet + failures.parquet, edit/contact_sheet.png, evaluate/ with metrics.json + report.html; no tracked file changes)"
 echo "Next:         export PREFECT_HOME=$PREFECT_HOME; prefect deployment run edit-batch/default -p manifest=data/manifests/edits.jsonl -p out_root=outputs/edit-2 -p params_path=$PARAMS --watch"

@@ -15,12 +15,16 @@ from lcd.jobs.evaluation import evaluation_table
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_task(results_table: str, out_dir: str, metrics_path: str, params_path: str, photos_root: str) -> dict:
+def evaluate_task(results_table: str, out_dir: str, metrics_path: str | None, params_path: str,
+                  photos_root: str) -> dict:
+    """Score the edits into out_dir (its metrics.json included); `metrics_path`, when given, gets
+    the same table too: the DVC stage's tracked `metrics.json`, which no other run may touch."""
     params = load_params(params_path)
     scored = Path(out_dir) / "scored_results.parquet"
     evaluation_table(results_table, photos_root, scored)
     metrics = dict(evaluate_edits(scored, Path(out_dir), params.evaluate, params.models))
-    write_text_atomic(metrics_path, json.dumps(metrics, indent=1, sort_keys=True))
+    if metrics_path:
+        write_text_atomic(metrics_path, json.dumps(metrics, indent=1, sort_keys=True))
     publish_evaluation(metrics, Path(out_dir) / "report.html")
     return metrics
 

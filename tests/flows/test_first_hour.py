@@ -1,8 +1,10 @@
 """The README's "first hour" block, command by command, on a copy of the checkout as a fresh clone
 has it (tracked files only, no outputs, no models): each command must succeed within its bound,
 the long ones must print progress lines, and each leaves the files the README says it does. Its
-last command is `dvc repro` of the real dvc.yaml and params.yaml; the test then holds DVC to
-re-running only what changed (nothing; then edit + evaluate after a guidance change)."""
+last command is `dvc repro` of the real dvc.yaml and params.yaml. Until then `git status` of the
+clone is empty (every step writes ignored files); `dvc repro` changes only dvc.lock and
+metrics.json. The test then holds DVC to re-running only what changed (nothing; then edit +
+evaluate after a guidance change)."""
 
 from __future__ import annotations
 
@@ -63,6 +65,8 @@ def test_readme_first_hour_block_runs_on_a_fresh_copy(tmp_path, prefect_server):
     env = {k: v for k, v in prefect_server.env.items() if k != "PYTHONPATH"}  # the session's server, no temp ones
     seen, times = set(), {}
     for cmd in steps:
+        if "dvc repro" in cmd:  # every step before it wrote only ignored files
+            assert git_status(root) == [], f"the first hour left the clone dirty before `dvc repro`: {git_status(root)}"
         t0 = time.monotonic()
         proc = subprocess.run(["bash", "-c", f"set -euo pipefail\n{prelude}\n{cmd}\n"], cwd=root, env=env,
                               capture_output=True, text=True, timeout=DVC_BOUND_S + 60)
@@ -83,8 +87,18 @@ def test_readme_first_hour_block_runs_on_a_fresh_copy(tmp_path, prefect_server):
                 "outputs/edit/summary.json", "outputs/edit/contact_sheet.png", "outputs/first-eval/metrics.json",
                 "dvc.lock", "metrics.json", "outputs/edit/edit_seconds.png", "outputs/train_loss.png"):
         assert (root / rel).is_file(), f"{rel} missing after the first hour ({times})"
+    # `dvc repro` changes what a DVC user commits, and nothing else
+    changed = {line[3:] for line in git_status(root)}
+    assert "dvc.lock" in changed and changed <= {"dvc.lock", "metrics.json"}, git_status(root)
     print(times)
     _dvc_reruns_only_what_changed(root, env)
+
+
+def git_status(root: Path) -> list[str]:
+    """`git status --porcelain` lines (tracked changes and untracked, not ignored, files)."""
+    out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=root, capture_output=True,
+                         text=True, check=True).stdout
+    return out.splitlines()
 
 
 def _ran(out: str) -> set[str]:

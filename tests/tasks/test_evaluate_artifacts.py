@@ -71,3 +71,30 @@ def test_evaluate_task_fn_publishes_artifacts(harness, tiny_dir, tmp_path):
     data = art[0].data if isinstance(art[0].data, list) else json.loads(art[0].data)
     assert metrics["dog"]["n"] == 1 and data == [{"method": "dog"} | metrics["dog"]]
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+
+def test_evaluate_task_fn_without_metrics_path_writes_into_out_dir_only(harness, tiny_dir, tmp_path, monkeypatch):
+    """metrics_path None (the pipeline and the evaluate deployment): the metrics land in
+    out_dir/metrics.json and nowhere else, not in the working directory (a checkout's tracked
+    metrics.json is the DVC stage's)."""
+    import yaml
+    from lcd.jobs import tables
+    from tasks.evaluate import evaluate_task
+
+    samples = __import__("pathlib").Path(__file__).resolve().parents[2] / "samples"
+    scene, mask = str(samples / "scenes/cat_00.jpg"), str(samples / "masks/cat_00.png")
+    tables.write_table(tmp_path / "results.parquet", [
+        {"id": "a", "image": scene, "region": mask, "concept": "dog", "prompt": "a [P] dog", "seed": 0,
+         "output": scene, "input_hash": "h", "status": "skipped", "shard": "0", "seconds": 0.0}], tables.RESULTS_SCHEMA)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"models": {"clip": str(tiny_dir / "clip")},
+                                      "evaluate": {"dino": str(tiny_dir / "dino")}}))
+    cwd = tmp_path / "checkout"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    metrics = evaluate_task.fn(str(tmp_path / "results.parquet"), str(tmp_path / "out"), None, str(params),
+                               str(samples / "concepts"))
+    assert metrics["dog"]["n"] == 1
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == metrics
+    assert list(cwd.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkout", "out", "params.yaml", "results.parquet"]
