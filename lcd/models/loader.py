@@ -21,7 +21,7 @@ import torch
 from lcd.errors import ModelLoadError
 from lcd.io.torchfile import error_line, load_weights
 from lcd.models.trust import check_open_clip_config, check_sd_folder, check_transformers_folder
-from lcd.models.layout import FolderLayout, check_variant, hub_cache_snapshot, sd_layout
+from lcd.models.layout import WEIGHT_COMPONENTS, FolderLayout, check_variant, hub_cache_snapshot, sd_layout
 from lcd.models.sources import SINGLE_FILE_SUFFIXES, ModelSource, is_hub_id, layout_source, local_source
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -66,12 +66,41 @@ def _hub_snapshot(ref: str, revision: str | None, patterns: list[str]) -> tuple[
     return path, ModelSource(ref=ref, kind="hub", revision=path.name)
 
 
-def sd_hub_patterns(variant: str | None) -> list[str]:
-    """What to download of a hub SD repository: configs and the components' weights (never the
-    single-file checkpoints at the top of SD1.5's repository); with a variant, only its files."""
-    if variant is None:
-        return SD_WEIGHT_PATTERNS
-    return ["*.json", "*.txt", f"*/*.{variant}.safetensors", f"*/*.{variant}-*.safetensors"]
+SD_CONFIG_PATTERNS = ["model_index.json", "*/*.json", "*/*.txt"]
+
+
+def sd_hub_rounds(variant: str | None) -> list[list[str]]:
+    """What to download of a hub SD repository, narrowest first: configs and the components'
+    weights (never the single-file checkpoints at the top of SD1.5's repository), with a variant
+    its files only; then all safetensors (a component without the variant reads its plain file);
+    then the `.bin` pickles of a repository that has no safetensors. Each round adds to the one
+    before; the next runs only when the folder's layout still lacks weights."""
+    def weights(*names: str) -> list[str]:
+        return [f"{c}/{n}" for c in WEIGHT_COMPONENTS for n in names]  # not the safety checker's
+
+    rounds = [weights(f"*.{variant}.safetensors", f"*.{variant}-*.safetensors")] if variant else []
+    rounds += [weights("*.safetensors"), weights("*.bin")]
+    return [SD_CONFIG_PATTERNS + [p for r in rounds[: i + 1] for p in r] for i in range(len(rounds))]
+
+
+def _sd_hub_folder(ref: str, revision: str | None, variant: str | None) -> tuple[Path, FolderLayout, str]:
+    """A hub id -> (its checked snapshot, the layout read, the commit), downloading no more than
+    the layout needs (sd_hub_rounds). Offline (HF_HUB_OFFLINE=1) the cache is read as it is."""
+    from huggingface_hub import constants
+
+    rounds = sd_hub_rounds(variant)
+    for i, patterns in enumerate(rounds):
+        path, source = _hub_snapshot(ref, revision, patterns)
+        revision = source.revision  # later rounds: the same commit
+        check_sd_reference(path)
+        if not (path / "model_index.json").exists():
+            raise ModelLoadError(f"{ref}: not a diffusers pipeline repository (no model_index.json)", item=ref)
+        try:
+            return path, sd_layout(path, variant), source.revision
+        except ModelLoadError:
+            if constants.HF_HUB_OFFLINE or i == len(rounds) - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def resolve(ref: str | Path, revision: str | None = None, patterns: list[str] | None = None,
@@ -102,24 +131,21 @@ def resolve_sd(ref: str | Path, revision: str | None = None, variant: str | None
     of which variant load, and the pin hashes those (hub ids: the commit)."""
     ref = str(ref)
     check_variant(variant)
-    commit = None
     if is_hub_id(ref):
-        path, source = _hub_snapshot(ref, revision, sd_hub_patterns(variant))
-        commit = source.revision
-    else:
-        path = Path(ref)
-        if not path.exists():
-            raise ModelLoadError(f"{ref}: model path not found (and not a hub id 'owner/name')", item=ref)
-        if path.is_dir() and (snap := hub_cache_snapshot(path, revision)) is not None:
-            path, commit = snap
+        path, layout, commit = _sd_hub_folder(ref, revision, variant)
+        return path, layout_source(ref, layout, kind="hub", revision=commit), layout
+    path, commit = Path(ref), None
+    if not path.exists():
+        raise ModelLoadError(f"{ref}: model path not found (and not a hub id 'owner/name')", item=ref)
+    if path.is_dir() and (snap := hub_cache_snapshot(path, revision)) is not None:
+        path, commit = snap
     check_sd_reference(path)
     if not path.is_dir():
         return path, local_source(path), None
     if not (path / "model_index.json").exists():
         raise ModelLoadError(f"{ref}: not a diffusers pipeline folder (no model_index.json)", item=ref)
     layout = sd_layout(path, variant)
-    kind = "hub" if is_hub_id(ref) else "folder"
-    return path, layout_source(ref, layout, kind=kind, revision=commit), layout
+    return path, layout_source(ref, layout, revision=commit), layout
 
 
 def check_sd_reference(path: Path, revision: str | None = None) -> None:

@@ -412,3 +412,38 @@ def test_snapshot_links_to_devices_are_never_read(layouts, tmp_path):
     cfg.symlink_to("/dev/zero")
     with pytest.raises(ModelLoadError, match=r"unet/config.json: not a regular file"):
         load_sd_pipeline(snap)
+
+
+# stable-diffusion-v1-5/stable-diffusion-v1-5's files (tokenizer and configs shortened)
+SD15_REPO = ["model_index.json", "v1-5-pruned.ckpt", "v1-5-pruned.safetensors", "v1-5-pruned-emaonly.safetensors",
+             "v1-inference.yaml", "feature_extractor/preprocessor_config.json", "safety_checker/config.json",
+             "safety_checker/model.fp16.safetensors", "safety_checker/model.safetensors",
+             "safety_checker/pytorch_model.bin", "scheduler/scheduler_config.json", "text_encoder/config.json",
+             "text_encoder/model.fp16.safetensors", "text_encoder/model.safetensors", "text_encoder/pytorch_model.bin",
+             "tokenizer/vocab.json", "tokenizer/merges.txt", "unet/config.json", "unet/diffusion_pytorch_model.bin",
+             "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.non_ema.safetensors",
+             "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.fp16.safetensors",
+             "vae/diffusion_pytorch_model.safetensors"]
+
+
+def test_hub_downloads_take_only_what_the_layout_reads_first():
+    """What snapshot_download would fetch of SD1.5's repository in each round (huggingface_hub's
+    own pattern filter): fp16 first, then all safetensors, then pickles; never the 4 GB
+    single-file checkpoints at the top nor the safety checker's weights."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from lcd.models.loader import sd_hub_rounds
+
+    def fetched(patterns):
+        return sorted(filter_repo_objects(SD15_REPO, allow_patterns=patterns))
+
+    configs = ["model_index.json", "feature_extractor/preprocessor_config.json", "safety_checker/config.json",
+               "scheduler/scheduler_config.json", "text_encoder/config.json", "tokenizer/merges.txt",
+               "tokenizer/vocab.json", "unet/config.json", "vae/config.json"]
+    first, second, third = sd_hub_rounds("fp16")
+    assert fetched(first) == sorted(configs + list(FP16))
+    assert fetched(second) == sorted(configs + [n for n in SD15_REPO if n.endswith(".safetensors")
+                                                and "/" in n and not n.startswith("safety")])
+    assert set(fetched(third)) - set(fetched(second)) == {"text_encoder/pytorch_model.bin",
+                                                          "unet/diffusion_pytorch_model.bin"}
+    assert fetched(sd_hub_rounds(None)[0]) == fetched(second)
