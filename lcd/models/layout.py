@@ -89,8 +89,16 @@ def _names(sub: Path) -> list[str]:
     return sorted(p.name for p in sub.iterdir()) if sub.is_dir() else []
 
 
-def _there(names: list[str]) -> str:
-    shown = ", ".join(names[:MAX_LISTED]) or "nothing"
+def _there(names: list[str], sub: Path | None = None) -> str:
+    """Names for an error line; with `sub`, a link to nothing or to a device says so (a hub
+    snapshot whose blob never finished downloading, a link to /dev/zero)."""
+    def shown_name(n: str) -> str:
+        p = sub / n if sub is not None else None
+        if p is None or p.is_file() or p.is_dir():
+            return n
+        return f"{n} (broken link)" if not p.exists() else f"{n} (not a regular file)"
+
+    shown = ", ".join(shown_name(n) for n in names[:MAX_LISTED]) or "nothing"
     return shown + (f" and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else "")
 
 
@@ -207,7 +215,7 @@ def sd_layout(folder: str | Path, variant: str | None = None) -> FolderLayout:
         sub, library = missing[0]
         stem = STEMS[library]["safetensors"]
         raise ModelLoadError(f"{sub}: no weights ({stem}[.<variant>].safetensors or .bin"
-                             f"{f' of variant {variant!r}' if variant else ''}); there: {_there(_names(sub))}",
+                             f"{f' of variant {variant!r}' if variant else ''}); there: {_there(_names(sub), sub)}",
                              item=str(folder))
     return FolderLayout(folder=folder, weights=tuple(weights), other_files=tuple(other))
 

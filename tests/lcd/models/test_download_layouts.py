@@ -404,9 +404,14 @@ def test_snapshot_links_to_devices_are_never_read(layouts, tmp_path):
     w.symlink_to("/dev/zero")
     t0 = time.monotonic()
     with pytest.raises(ModelLoadError, match=r"/vae: no weights .*there: config.json, "
-                                             r"diffusion_pytorch_model.fp16.safetensors$"):
+                                             r"diffusion_pytorch_model.fp16.safetensors \(not a regular file\)$"):
         load_sd_pipeline(snap)
     assert time.monotonic() - t0 < 30
+    w.unlink()  # a blob that never finished downloading: the snapshot's link points at nothing
+    w.symlink_to(snap / "blobs-gone" / "0123")
+    with pytest.raises(ModelLoadError, match=r"/vae: no weights .*diffusion_pytorch_model.fp16.safetensors "
+                                             r"\(broken link\)$"):
+        load_sd_pipeline(snap)
     cfg = snap / "unet" / "config.json"
     cfg.unlink()
     cfg.symlink_to("/dev/zero")
