@@ -94,10 +94,10 @@ def _layer_error(sd: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor], f
     worst = 0.0
     for m, d in deltas.items():
         n = formats.kohya_name(m)
-        theirs = sd[f"{n}.diff"].double() if fmt == "lycoris-full" else formats.reader_delta(sd, n)
+        theirs = sd[f"{n}.diff"].float() if fmt == "lycoris-full" else formats.reader_delta(sd, n)
         scale = float(d.abs().max())
         if scale > 0:
-            worst = max(worst, float((theirs - d.double()).abs().max()) / scale)
+            worst = max(worst, float((theirs - d.float()).abs().max()) / scale)
     return worst
 
 

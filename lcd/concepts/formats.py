@@ -90,11 +90,12 @@ def lora_factors(concept: Concept, deltas: dict[str, torch.Tensor]) -> dict[str,
 
 def reader_delta(sd: dict[str, torch.Tensor], name: str, strength: float = 1.0) -> torch.Tensor:
     """What sd-scripts' merge_to, A1111's network_lora and ComfyUI's calculate_weight add for
-    kohya module `name`: strength * (alpha / rank) * up @ down (alpha absent or 0: rank), float64."""
-    down, up = sd[f"{name}.lora_down.weight"].double(), sd[f"{name}.lora_up.weight"].double()
+    kohya module `name`: strength * (alpha / rank) * up @ down (alpha absent or 0: rank), in
+    float32 as they compute it (float64 would be ~10x slower at SD1.5's 1280 x 768 layers)."""
+    down, up = sd[f"{name}.lora_down.weight"].float(), sd[f"{name}.lora_up.weight"].float()
     a = sd.get(f"{name}.alpha")
     alpha = float(a) if a is not None and float(a) != 0 else float(down.shape[0])
-    return strength * (alpha / down.shape[0]) * (up @ down)
+    return (strength * (alpha / down.shape[0])) * (up @ down)
 
 
 def kohya_state_dict(factors: dict[str, tuple[Factors, float]], dtype=torch.float32) -> dict[str, torch.Tensor]:
