@@ -22,7 +22,8 @@ from lcd.errors import ModelLoadError
 from lcd.io.torchfile import error_line, load_weights
 from lcd.models.trust import check_open_clip_config, check_sd_folder, check_transformers_folder
 from lcd.models.layout import WEIGHT_COMPONENTS, FolderLayout, check_variant, hub_cache_snapshot, sd_layout
-from lcd.models.sources import SINGLE_FILE_SUFFIXES, ModelSource, is_hub_id, layout_source, local_source
+from lcd.models.sources import (SINGLE_FILE_SUFFIXES, ModelSource, content_source, is_hub_id, layout_source,
+                                local_source)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SD_WEIGHT_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
@@ -118,7 +119,7 @@ def resolve(ref: str | Path, revision: str | None = None, patterns: list[str] | 
         raise ModelLoadError(f"{ref}: model path not found (and not a hub id 'owner/name')", item=ref)
     if check is not None:
         check(p)
-    return p, local_source(p)
+    return p, content_source(p, ref)  # SD model folders resolve through resolve_sd
 
 
 def resolve_sd(ref: str | Path, revision: str | None = None, variant: str | None = None):

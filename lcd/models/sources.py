@@ -53,9 +53,14 @@ def local_source(ref: str | Path, variant: str | None = None) -> ModelSource:
         p = snap[0]
     if p.is_dir() and (p / MODEL_INDEX).exists():
         return layout_source(str(ref), sd_layout(p, variant))
+    return content_source(p, str(ref))
+
+
+def content_source(p: Path, ref: str | None = None) -> ModelSource:
+    """Pin a folder by all its files (a CLIP folder, a config-only folder), a file by its bytes."""
     if p.is_dir():
-        return ModelSource(ref=str(ref), kind="folder", sha256=sha256_tree(p))
-    return ModelSource(ref=str(ref), kind="single_file", sha256=sha256_file(p))
+        return ModelSource(ref=ref or str(p), kind="folder", sha256=sha256_tree(p))
+    return ModelSource(ref=ref or str(p), kind="single_file", sha256=sha256_file(p))
 
 
 def sha256_files(root: Path, files: tuple[str, ...]) -> str:

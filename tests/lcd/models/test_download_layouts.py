@@ -452,3 +452,19 @@ def test_hub_downloads_take_only_what_the_layout_reads_first():
     assert set(fetched(third)) - set(fetched(second)) == {"text_encoder/pytorch_model.bin",
                                                           "unet/diffusion_pytorch_model.bin"}
     assert fetched(sd_hub_rounds(None)[0]) == fetched(second)
+
+
+def test_a_config_only_folder_still_configures_a_single_file(tiny_dir, tmp_path):
+    """models.sd_single_file_config may be a folder of configs without weights (what lcd ships
+    for SD1.5): it is not a model to pick weights from."""
+    from safetensors.torch import load_file
+
+    from lcd.models.ldm_format import save_single_file
+
+    cfg = tmp_path / "configs"
+    shutil.copytree(tiny_dir / "sd", cfg, ignore=shutil.ignore_patterns("*.safetensors"))
+    base = load_sd_pipeline(tiny_dir / "sd")
+    ckpt = save_single_file(base.pipe, tmp_path / "m.safetensors")
+    lp = load_sd_pipeline(ckpt, single_file_config=cfg)
+    assert lp.source.kind == "single_file" and len(load_file(str(ckpt))) > 0
+    assert _same_state(lp, base)
