@@ -141,6 +141,8 @@ def test_export_errors(concept_set, fresh_sd, tmp_path):
         export_concept(concept_set["A"], unet, tmp_path, "ckpt")
     with pytest.raises(LcdError, match="method 'crossattn' changes more than the K/V projections"):
         export_concept(replace(concept_set["A"], method="crossattn"), unet, tmp_path, "kohya")
+    with pytest.raises(LcdError, match=r"export: --name 'my:dog' must be letters, digits"):
+        export_concept(concept_set["A"], unet, tmp_path, "a1111", name="my:dog")  # <lora:my:dog:1> would split
 
 
 def test_kohya_alpha_is_what_diffusers_scales_by(concept_set, fresh_sd, generate, tmp_path):
