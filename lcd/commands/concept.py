@@ -130,6 +130,8 @@ def run_export(args) -> int:
     print(f"{args.format}: {res['note']}")  # the one line on what reads it, and whether exactly
     for tool, prompt in res["prompt"].items():
         print(f"{tool} prompt: {prompt}")
+    for tok, word in res["trigger_words"].items():  # what other tools' prompts say instead of [P]
+        print(f"trigger {tok}: {word}")
     print(json.dumps(dict(res, out=args.out)))
     return 0
 
