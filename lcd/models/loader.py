@@ -61,7 +61,7 @@ def _hub_snapshot(ref: str, revision: str | None, patterns: list[str]) -> tuple[
         path = Path(snapshot_download(ref, revision=revision, allow_patterns=patterns))
     except Exception as e:  # offline, unknown repo, bad revision: all user-facing
         raise ModelLoadError(
-            f"{ref}: cannot resolve hub model (revision {revision or 'main'}): {type(e).__name__}: {e}",
+            f"{ref}: cannot resolve hub model (revision {revision or 'main'}): {error_line(e)}",
             item=ref,
         ) from None
     return path, ModelSource(ref=ref, kind="hub", revision=path.name)

@@ -468,3 +468,17 @@ def test_a_config_only_folder_still_configures_a_single_file(tiny_dir, tmp_path)
     lp = load_sd_pipeline(ckpt, single_file_config=cfg)
     assert lp.source.kind == "single_file" and len(load_file(str(ckpt))) > 0
     assert _same_state(lp, base)
+
+
+@pytest.mark.slow
+def test_a_hub_id_offline_without_the_revision_cached_is_one_line(layouts, tmp_path):
+    hub_cache(tmp_path / "hub", layouts["fp16dl"])
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "hf")}
+    code = ("from lcd.models.loader import load_sd_pipeline\n"
+            f"load_sd_pipeline({REPO_ID!r}, revision='dev')")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"lcd.errors.ModelLoadError: {REPO_ID}: cannot resolve hub model (revision dev): ")
+    msg = last.split("ModelLoadError: ", 1)[1]
+    assert len(msg) < 400
