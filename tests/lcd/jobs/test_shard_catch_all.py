@@ -296,18 +296,28 @@ def test_an_exception_escaping_a_groups_batches_fails_its_items_not_the_shard(sc
                                                                            ("b", "edit", "RuntimeError")}
 
 
-def test_paths_that_are_not_utf8_do_not_lose_the_shards_tables(scene):
-    """A JSON path "t\\udcff.png" names a file of non-UTF-8 bytes; pyarrow refused the lone
-    surrogate in the row, so the table write raised and every row of the shard was lost."""
+def test_paths_that_are_not_utf8_are_manifest_failures_and_never_lose_the_shards_tables(scene):
+    """A JSON path "t\\udcff.png" (a lone surrogate: a file of non-UTF-8 bytes) is refused by the
+    manifest, naming the field (the plan, the tables and the PNG metadata hold UTF-8 text only).
+    An item built in code past that check still cannot lose the shard's tables: pyarrow refused
+    the surrogate in a row, so the table write raised and every row of the shard was lost."""
     import shutil
+
+    from lcd.jobs.manifest import ManifestItem
 
     root = scene
     shutil.copy(root / "s.png", root / "t\udcff.png")  # the file name's bytes: b"t\xff.png"
     lines = [_line("a"), _line("odd") | {"image": "t\udcff.png"}, _line("gone") | {"image": "g\udcff.png"}]
     (root / "m.jsonl").write_text("\n".join(json.dumps(x) for x in lines))  # json escapes the surrogate
     items, bad = read_manifest(root / "m.jsonl")
-    assert [it.id for it in items] == ["a", "odd", "gone"] and not bad
-    rep = _run(root, items, models=ModelsConfig(), engine="noop")  # writes the tables
+    assert [it.id for it in items] == ["a"]
+    assert {f.id for f in bad} == {"odd", "gone"}
+    assert all("image is not UTF-8 text (a lone surrogate '\\udcff' at position 1)" in f.message for f in bad)
+    odd = ManifestItem.model_construct(**(_line("odd") | {"image": str(root / "t\udcff.png"), "mask": None,
+                                                          "concept": None, "seed": 0}))
+    gone = ManifestItem.model_construct(**(_line("gone") | {"image": str(root / "g\udcff.png"), "mask": None,
+                                                            "concept": None, "seed": 0}))
+    rep = _run(root, items + [odd, gone], models=ModelsConfig(), engine="noop")  # writes the tables
     assert rep.counts() == {"edited": 2, "skipped": 0, "failed": 1}
     res = tables.read_table(tables.shard_table_path(root / "out", "results", SHARD), tables.RESULTS_SCHEMA)
     assert dict(zip(res.column("id").to_pylist(), res.column("image").to_pylist()))["odd"].endswith("t\\udcff.png")
