@@ -138,13 +138,14 @@ def _diffusers_entries(concept: Concept, out: Path, words: dict[str, str], class
 
 
 def _prompts(fmt: str, stem: str | None, words: dict[str, str], classes: list[str]) -> dict[str, str]:
-    """Prompt syntax per tool that uses every part written (`stem`: the LoRA file, if any)."""
+    """Prompt syntax per tool that uses every part written (`stem`: the LoRA file, if any), e.g.
+    '<lora:dog:1> lcddg...qzx dog': add the scene around it."""
     subject = " and ".join(" ".join(x for x in (w, c) if x) for w, c in zip(words.values(), classes))
     if fmt == "diffusers":
-        return {"diffusers": f"a photo of {subject}"}
+        return {"diffusers": subject}
     comfy = " and ".join(" ".join(x for x in (f"embedding:{w}", c) if x) for w, c in zip(words.values(), classes))
-    return {"a1111": f"<lora:{stem}:1> a photo of {subject}", "comfyui": f"a photo of {comfy}",
-            **({} if fmt == "lycoris-full" else {"diffusers": f"a photo of {subject}"})}
+    return {"a1111": f"<lora:{stem}:1> {subject}", "comfyui": comfy,
+            **({} if fmt == "lycoris-full" else {"diffusers": subject})}
 
 
 def export_concept(concept: Concept, unet, out_dir: str | Path, fmt: str, name: str | None = None,

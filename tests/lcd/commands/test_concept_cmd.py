@@ -70,7 +70,7 @@ def test_merge_compress_export(setup, capsys, tmp_path):
     assert sorted(words) == ["[P]", "[Q]"] and len(set(words.values())) == 2
     assert all(w.startswith("lcdbsmll") and w.endswith("qzx") for w in words.values())  # not 'P' / 'Q'
     assert lines[0].startswith("kohya: kohya LoRA read alike by diffusers") and res["exact"]
-    assert lines[1] == f"a1111 prompt: <lora:AB-small:1> a photo of {words['[P]']} dog and {words['[Q]']} toy"
+    assert lines[1] == f"a1111 prompt: <lora:AB-small:1> {words['[P]']} dog and {words['[Q]']} toy"
     assert lines[-3:-1] == [f"trigger [P]: {words['[P]']}", f"trigger [Q]: {words['[Q]']}"]
     assert (tmp_path / "k" / "lora" / "AB-small.safetensors").exists()
     assert (tmp_path / "k" / "embeddings" / f"{words['[Q]']}.safetensors").exists()

@@ -234,7 +234,7 @@ def test_a1111_export_writes_lora_and_embedding_with_prompt(sd15_pipe, concepts,
     pipe, c = sd15_pipe, concepts["energy"]
     res = export_concept(replace(c, name="concepts/dog"), pipe.unet, tmp_path, "a1111", tokenizer=pipe.tokenizer)
     word = res["trigger_words"]["[P]"]
-    assert res["prompt"]["a1111"] == f"<lora:dog:1> a photo of {word} dog"
+    assert res["prompt"]["a1111"] == f"<lora:dog:1> {word} dog"
     assert res["files"] == [str(tmp_path / LORA_DIR / "dog.safetensors"), str(tmp_path / EMBEDDINGS_DIR / f"{word}.safetensors")]
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert [(e["path"], e["role"]) for e in manifest["files"]] == [

@@ -125,7 +125,7 @@ def test_a1111_embedding_layout(concept_set, fresh_sd, tmp_path):
     word = res["trigger_words"]["[P]"]
     f = tmp_path / EMBEDDINGS_DIR / f"{word}.safetensors"
     assert res["files"] == [str(tmp_path / LORA_DIR / "A.safetensors"), str(f)]  # the LoRA and the embedding
-    assert res["prompt"]["a1111"] == f"<lora:A:1> a photo of {word} dog"
+    assert res["prompt"]["a1111"] == f"<lora:A:1> {word} dog"
     data = load_file(str(f))
     assert len(data) == 1  # A1111: 'embedding file has multiple terms in it' otherwise
     (emb,) = data.values()

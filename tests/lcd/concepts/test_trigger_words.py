@@ -115,7 +115,7 @@ def test_export_prints_and_records_the_trigger(concept_set, fresh_sd, tmp_path, 
     manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert manifest["trigger_words"] == {"[P]": word}
     assert (tmp_path / "embeddings" / f"{word}.safetensors").is_file() and not (tmp_path / "embeddings" / "P.safetensors").exists()
-    assert manifest["prompt"]["a1111"] == f"<lora:A:1> a photo of {word} dog"
+    assert manifest["prompt"]["a1111"] == f"<lora:A:1> {word} dog"
 
 
 @pytest.mark.parametrize("word", ["P", "dog", "lcd_dog_ab12", "lcddog", "lcddogjjjjj"])
