@@ -4,10 +4,11 @@ All in memory (tensors in, dicts of tensors out); `lcd.concepts.export` writes t
 
 kohya LoRA (sd-scripts, SD1.x trains on the diffusers UNet so its names are diffusers module
 paths): per module `lora_unet_<path with . -> _>.lora_down.weight` (r, in), `.lora_up.weight`
-(out, r) and `.alpha` (scalar); a loader adds (alpha / r) * up @ down. We write one alpha
-for all modules and fold each module's ratio into its up weights (`lora_factors`). Read by A1111's Lora
-extension, ComfyUI's comfy/lora.py and diffusers' `load_lora_weights`
-(`_convert_non_diffusers_lora_to_diffusers`).
+(out, r) and `.alpha` (scalar); a loader adds (alpha / r) * up @ down. We write one alpha for
+all modules and fold each module's ratio into its up weights (`lora_factors`): diffusers reads a
+single alpha per file. Read by A1111's Lora extension, ComfyUI's comfy/lora.py, sd-scripts and
+diffusers' `load_lora_weights` (`_convert_non_diffusers_lora_to_diffusers`); their arithmetic is
+reimplemented in tests/lcd/concepts/test_reader_arithmetic.py.
 
 LyCORIS 'full': `<same name>.diff` = W - W0 (out, in), added as is (no alpha, no scale), read by
 A1111's extensions-builtin/Lora/network_full.py and ComfyUI's comfy/lora.py ("diff" patches).
