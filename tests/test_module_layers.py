@@ -22,6 +22,8 @@ LAYERS = [
 # inside lcd.models: readers of files and names < the loader < what builds on it
 MODELS_ORDER = [
     {"__init__", "sources", "config", "tokenizer", "schedulers", "bundled", "trust", "layout"},
+    {"resolve"},
+    {"encoders"},
     {"loader"},
     {"pipeline", "tiny", "ldm_format"},
 ]
