@@ -137,7 +137,8 @@ def run_export(args) -> int:
 
 
 def run_import(args) -> int:
-    from lcd.concepts.io import import_diffusers, save_concept
+    from lcd.concepts.custom_diffusion import import_diffusers
+    from lcd.concepts.io import save_concept
 
     concept = import_diffusers(args.folder, {"class_words": args.class_word}, tokens=args.token)
     save_concept(concept, args.out)

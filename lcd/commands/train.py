@@ -38,7 +38,8 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from lcd.concepts.io import export_diffusers, save_concept
+    from lcd.concepts.custom_diffusion import export_diffusers
+    from lcd.concepts.io import save_concept
     from lcd.errors import LcdError
     from lcd.models.pipeline import load_sd
     from lcd.train.config import ConceptSpec, TrainConfig

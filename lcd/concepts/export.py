@@ -21,7 +21,8 @@ import torch
 
 from lcd.concepts import formats
 from lcd.concepts.deltas import kv_deltas
-from lcd.concepts.io import DIFFUSERS_WEIGHTS_NAME, Concept, export_diffusers, token_file_name
+from lcd.concepts.custom_diffusion import export_diffusers, token_file_name
+from lcd.concepts.io import DIFFUSERS_WEIGHTS_NAME, Concept
 from lcd.concepts.tokens import check_trigger, trigger_words
 from lcd.errors import LcdError
 from lcd.io.atomic import atomic_path, write_text_atomic
