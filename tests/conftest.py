@@ -46,3 +46,18 @@ def dreambench() -> Path:
     if not SHARED_DREAMBENCH.exists():
         pytest.skip("../shared/dreambench not present")
     return SHARED_DREAMBENCH
+
+
+@pytest.fixture
+def bigmem():
+    """Hold /tmp/lcd-bigmem.lock for the test: tests that need more than ~3 GB of memory
+    (full-size SD1.5/SDXL/SAM-H random weights, 12 MP photos) run one at a time across pytest
+    workers, so two of them never sum past a 24 GB machine."""
+    import fcntl
+
+    with open(os.environ.get("LCD_BIGMEM_LOCK", "/tmp/lcd-bigmem.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
