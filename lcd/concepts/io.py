@@ -1,11 +1,12 @@
 """Concept folders: save, load, apply to a pipeline (diffusers' layout: lcd.concepts.custom_diffusion).
 
 A concept folder holds
-    concept.safetensors  'text.embeddings' (n_tokens, D) float32 and 'unet.<param name>' tensors:
+    concept.safetensors  'text.embeddings' (n_tokens, D) float32 (SDXL: also 'text_2.embeddings'
+                         (n_tokens, D2), the second text encoder's rows) and 'unet.<param name>' tensors:
                          full replacement weights for 'kv'/'crossattn', or '<module>.lora_A'
                          (r, in) / '<module>.lora_B' (out, r) for 'lora' and for compressed
                          ('lowrank' layout) K/V concepts, W = W0 + lora_scale * B @ A;
-                         metadata: tokens, method, layout
+                         metadata: tokens, method, layout, family ('sd15' when absent)
     card.json            base model source and hash, tokens, class words, resolved config, steps,
                          hashes of the training photos
     README.md            the card for people
@@ -50,6 +51,7 @@ class Concept:
     card: dict[str, Any] = field(default_factory=dict)
     name: str = "concept"
     layout: str = "full"  # 'full' (replacement tensors) | 'lowrank' (lora_A/lora_B deltas; always for 'lora')
+    embeddings_2: torch.Tensor | None = None  # SDXL: the second text encoder's rows (n_tokens, D2); SD1.5: None
 
     def __post_init__(self):
         if self.method == "lora":
@@ -60,6 +62,16 @@ class Concept:
         """True when `unet` holds '<module>.lora_A' (r, in) / '.lora_B' (out, r) deltas:
         W = W0 + lora_scale * lora_B @ lora_A (a trained LoRA, or a compressed K/V concept)."""
         return self.layout == "lowrank"
+
+    @property
+    def family(self) -> str:
+        """'sdxl' when the concept holds rows for a second text encoder, else 'sd15'."""
+        return "sd15" if self.embeddings_2 is None else "sdxl"
+
+    @property
+    def rows(self) -> list[torch.Tensor]:
+        """The token rows per text encoder, in the family's encoder order (lcd.concepts.family)."""
+        return [self.embeddings] + ([] if self.embeddings_2 is None else [self.embeddings_2])
 
     @property
     def modules(self) -> list[str]:
@@ -153,15 +165,18 @@ def apply_concepts(pipe, concepts: Sequence[Concept]):
     seen: set[str] = set()
     for c in concepts:
         check_concept(c)  # the file checks again: a Concept may be built in memory
-        check_against_base(c, pipe.unet, pipe.text_encoder)
+        check_against_base(c, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
         for t in c.tokens:
             check_token(t, pipe.tokenizer, c.name)
             if t in seen:
                 raise PromptError(f"{c.name}: token {t} is defined by two concepts", item=c.name)
             seen.add(t)
-    # 2. apply
+    # 2. apply: the tokens into every text encoder of the family (SDXL: both), then the UNet
+    from lcd.concepts.family import family_of
+
     for c in concepts:
-        add_tokens(pipe.tokenizer, pipe.text_encoder, c.tokens, c.embeddings, c.name)
+        for (tok, te), rows in zip(family_of(pipe).text_encoders(pipe), c.rows):
+            add_tokens(tok, te, c.tokens, rows, c.name)
         params = dict(pipe.unet.named_parameters())
         with torch.no_grad():
             if c.lowrank:
@@ -195,9 +210,12 @@ def save_concept(concept: Concept, out_dir: str | Path) -> Path:
 
     out = Path(out_dir)
     tensors = {"text.embeddings": concept.embeddings.detach().float().cpu().contiguous()}
+    if concept.embeddings_2 is not None:
+        tensors["text_2.embeddings"] = concept.embeddings_2.detach().float().cpu().contiguous()
     tensors.update({f"unet.{k}": v.detach().cpu().contiguous() for k, v in concept.unet.items()})
     meta = {"tokens": json.dumps(concept.tokens), "method": concept.method, "lora_scale": repr(concept.lora_scale),
-            "layout": concept.layout, "config": json.dumps(concept.card.get("config", {}), sort_keys=True)}
+            "layout": concept.layout, "config": json.dumps(concept.card.get("config", {}), sort_keys=True),
+            "family": concept.family}
     with atomic_path(out / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     card = dict(concept.card, tokens=concept.tokens, method=concept.method, lora_scale=concept.lora_scale,
@@ -256,7 +274,7 @@ def read_concept_header(folder: str | Path) -> tuple[Path, dict[str, str], dict]
     except Exception as e:  # noqa: BLE001 - safetensors raises its own types for a corrupt header
         raise ModelLoadError(f"{f}: cannot read concept weights: {_one_line(e)}", item=str(folder)) from None
     tokens, method, layout, _ = check_metadata(meta, str(f))
-    check_structure(tokens, method, layout, specs, str(f))
+    check_structure(tokens, method, layout, specs, str(f), family=meta.get("family"))
     return f, meta, specs
 
 
@@ -280,7 +298,8 @@ def load_concept(folder: str | Path) -> Concept:
     card = read_card(p)
     check_card(card, str(p / CARD_NAME))
     unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
-    return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p), layout)
+    return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p), layout,
+                   tensors.get("text_2.embeddings"))
 
 
 def tensor_problem(method: str, layout: str, unet: dict[str, Any]) -> str | None:

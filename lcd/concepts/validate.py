@@ -97,24 +97,47 @@ def check_metadata(meta: Mapping[str, Any], where: str) -> tuple[list[str], str,
     return check_tokens(tokens, where), method, layout, check_scale(scale, where)
 
 
-def check_structure(tokens: list[str], method: str, layout: str, specs: Mapping[str, TensorSpec], where: str) -> None:
+def check_family(family: Any, specs: Mapping[str, TensorSpec], where: str) -> str:
+    """The family named in the metadata (absent: what the embeddings say; a concept written
+    before SDXL has none and is 'sd15') must hold exactly that family's embedding tables."""
+    from lcd.concepts.family import FAMILIES
+
+    have = "sdxl" if "text_2.embeddings" in specs else "sd15"
+    if family is None:
+        return have
+    if family not in FAMILIES:
+        raise _fail(where, f"metadata 'family' {_short(family)} is not one of {', '.join(FAMILIES)}")
+    if family != have:
+        keys = ", ".join(FAMILIES[family].embedding_keys)
+        raise _fail(where, f"an {family} concept needs embedding tensors {keys}; this file has "
+                           f"{', '.join(k for k in specs if not k.startswith('unet.'))}")
+    return family
+
+
+def check_structure(tokens: list[str], method: str, layout: str, specs: Mapping[str, TensorSpec], where: str,
+                    family: str | None = None) -> None:
     """Keys, dtypes, ranks and pairings of a concept's tensors (keyed as in the file:
-    'text.embeddings', 'unet.<param>'); shapes against a base model come later."""
+    'text.embeddings', SDXL's 'text_2.embeddings', 'unet.<param>'); shapes against a base model
+    come later."""
     from lcd.concepts.io import tensor_problem
 
     emb = specs.get("text.embeddings")
     if emb is None:
         raise _fail(where, "no text.embeddings tensor; not a concept written by lcd")
+    check_family(family, specs, where)
     for k, s in specs.items():
-        if k != "text.embeddings" and not k.startswith("unet."):
-            raise _fail(where, f"unexpected tensor {k!r} (a concept holds text.embeddings and unet.* tensors)")
+        if k not in ("text.embeddings", "text_2.embeddings") and not k.startswith("unet."):
+            raise _fail(where, f"unexpected tensor {k!r} (a concept holds text.embeddings, text_2.embeddings "
+                               "(SDXL) and unet.* tensors)")
         if not s.floating:
             raise _fail(where, f"{k} has dtype {s.dtype}; concept weights must be floating point")
         if 0 in s.shape:
             raise _fail(where, f"{k} is empty (shape {s.shape})")
-    if len(emb.shape) != 2 or emb.shape[0] != len(tokens):
-        raise _fail(where, f"text.embeddings has shape {emb.shape} but {len(tokens)} token(s) need "
-                           f"({len(tokens)}, width): one row per token")
+    for key in ("text.embeddings", "text_2.embeddings"):
+        e = specs.get(key)
+        if e is not None and (len(e.shape) != 2 or e.shape[0] != len(tokens)):
+            raise _fail(where, f"{key} has shape {e.shape} but {len(tokens)} token(s) need "
+                               f"({len(tokens)}, width): one row per token")
     unet = {k[len("unet."):]: s for k, s in specs.items() if k.startswith("unet.")}
     if problem := tensor_problem(method, layout, unet):
         raise _fail(where, problem)
@@ -167,6 +190,8 @@ def check_concept(concept) -> None:
     if not isinstance(concept.unet, Mapping):
         raise _fail(where, f"UNet tensors must be a mapping, got {type(concept.unet).__name__}")
     tensors = {"text.embeddings": concept.embeddings} | {f"unet.{k}": v for k, v in concept.unet.items()}
+    if getattr(concept, "embeddings_2", None) is not None:
+        tensors["text_2.embeddings"] = concept.embeddings_2
     check_structure(tokens, concept.method, concept.layout, {k: TensorSpec.of_tensor(v) for k, v in tensors.items()},
                     where)
     check_values(tensors, where)
@@ -174,18 +199,27 @@ def check_concept(concept) -> None:
         check_card(concept.card, where)
 
 
-def check_against_base(concept, unet, text_encoder) -> None:
-    """The concept fits this base: the embedding width is the text encoder's hidden size, every
-    UNet tensor matches its parameter (to_k/to_v: in = cross_attention_dim, out = the layer's
-    channels), and the applied weights stay finite in the base's dtype (an fp16 model overflows at
-    65504)."""
+def check_against_base(concept, unet, text_encoder, text_encoder_2=None) -> None:
+    """The concept fits this base: it is of the base's family (SDXL: rows for both text
+    encoders), each embedding width is its text encoder's hidden size, every UNet tensor matches
+    its parameter (to_k/to_v: in = cross_attention_dim, 2048 for SDXL; out = the layer's
+    channels), and the applied weights stay finite in the base's dtype (an fp16 model overflows
+    at 65504)."""
     from lcd.concepts.io import check_unet_shapes
 
     where = concept.name
-    d = text_encoder.get_input_embeddings().weight.shape[1]
-    if concept.embeddings.shape[-1] != d:
-        raise _fail(where, f"token embeddings have width {concept.embeddings.shape[-1]} but the base text "
-                           f"encoder has {d}; the concept was trained on a different base model")
+    rows = [concept.embeddings] + ([] if getattr(concept, "embeddings_2", None) is None else [concept.embeddings_2])
+    encoders = [text_encoder] + ([] if text_encoder_2 is None else [text_encoder_2])
+    if len(rows) != len(encoders):
+        fam = {1: "SD1.5", 2: "SDXL"}
+        raise _fail(where, f"the concept is for {fam.get(len(rows), '?')} ({len(rows)} text encoder(s)) but the "
+                           f"base model is {fam.get(len(encoders), '?')} ({len(encoders)}); train it on this base")
+    for k, (r, te) in enumerate(zip(rows, encoders)):
+        d = te.get_input_embeddings().weight.shape[1]
+        if r.shape[-1] != d:
+            name = "token embeddings" if k == 0 else "second text encoder's token embeddings"
+            raise _fail(where, f"{name} have width {r.shape[-1]} but the base text encoder has {d}; the "
+                               "concept was trained on a different base model")
     params = check_unet_shapes(concept, unet)
     for m in concept.modules if concept.lowrank else concept.unet:
         if concept.lowrank:
