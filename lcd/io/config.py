@@ -1,4 +1,5 @@
-"""`io` section of params.yaml: the deadlines and the size limit of every network read.
+"""`io` section of params.yaml: the deadlines and the size limit of every network read, and the
+per-machine fetch cache (lcd.io.cache) with its bounds.
 
 Why: the libraries underneath wait too long by default. urllib's timeout is per read (a server
 sending a byte every two seconds holds a reader for hours); aiohttp's is 300 s, spent twice by
@@ -29,3 +30,12 @@ class IoConfig(StrictConfig):
     http_total_timeout_s: float = Field(120.0, gt=0, le=86_400)
     http_max_bytes: int = Field(1 << 30, ge=1)  # 1 GiB: no photo, mask or manifest row is bigger
 
+    # the per-machine fetch cache (lcd.io.cache: model weights, concept folders, masks footers
+    # read from URLs): its folder (None: $LCD_CACHE, else ~/.cache/lcd); the largest object, and
+    # the largest folder in all, fetched (64 GiB: SDXL in float32 is ~14 GB); the most objects in
+    # one fetched folder; the whole fetch of one object, and the longest wait for another process
+    # fetching the same object
+    cache_dir: str | None = None
+    fetch_max_bytes: int = Field(1 << 36, ge=1)
+    fetch_max_files: int = Field(10_000, ge=1)
+    fetch_timeout_s: float = Field(3600.0, gt=0, le=86_400)
