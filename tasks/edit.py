@@ -37,7 +37,7 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
                             engine=engine, concepts_root=concepts_root,
                             masks_store=masks_store,
                             masks_cfg=params.masks, standin_batch_s=standin_batch_s, io_cfg=params.io)
-    tables.write_shard_tables(out_root, name, report.results, report.failures, report.hashes)
+    tables.write_shard_tables(out_root, name, report.results, report.failures, report.hashes, report.deps)
     return {"shard": name, **report.counts()}
 
 
@@ -45,7 +45,8 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
 def shards_to_run(out_root: str, num_shards: int, params_path: str, edit: EditConfig | None, engine: Engine,
                   concepts_root: str | None, masks_store: str | None = None) -> list[int]:
     """The shards with work left, in order. Every other shard finished last time and nothing it
-    depends on changed (lcd.jobs.editing.current_report, against one listing of edits/): its
+    depends on changed (lcd.jobs.editing.current_report: the shard's ledger and deps tables,
+    object metadata and one listing of edits/; no input, store, concept or weights read): its
     tables are written here as the shard itself would write them (all items skipped), and no
     run is started for it. A resume of a finished job starts no shard process at all."""
     params = load_params(params_path)

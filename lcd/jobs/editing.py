@@ -32,6 +32,7 @@ from lcd.io.config import IoConfig
 from lcd.io.encode import SUFFIX
 from lcd.io.hashing import hash_log, hash_rows, remember_hashes
 from lcd.io.images import load_image, save_output, save_png
+from lcd.jobs.deps import dep_rows, first_change, settings_digest, shard_deps
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin, prefetch_remote_hashes
 from lcd.jobs import tables
 from lcd.jobs.layout import (EDITS_DIR, REGIONS_DIR, is_current, output_name, output_path, output_stats,
@@ -55,6 +56,7 @@ class ShardReport:
     results: list[dict] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     hashes: list[dict] = field(default_factory=list)  # file hashes the run used (tables.HASHES_SCHEMA)
+    deps: list[dict] | None = None  # what the item hashes depend on, stamped (tables.DEPS_SCHEMA, lcd.jobs.deps)
 
     def counts(self) -> dict[str, int]:
         c = {"edited": 0, "skipped": 0, "failed": len(self.failures)}
@@ -143,6 +145,7 @@ def run_edit_shard(
     URL are read within `io_cfg` (params.yaml `io`): one that hangs or breaks fails that item only."""
     ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, open_masks_store(masks_store, items),
                        masks_cfg, standin_batch_s, io=io_cfg)
+    ctx.report.deps = _stamp_deps(ctx, items, concepts_root, masks_store)
     with hash_log() as used:
         # 1. hash every item against the run's config; keep the ones whose output is missing or stale
         pending = _pending_items(ctx, items, concepts_root)
@@ -181,6 +184,14 @@ def run_edit_shard(
     return ctx.report
 
 
+def _stamp_deps(ctx: ShardContext, items: list[ManifestItem], concepts_root, masks_store) -> list[dict]:
+    """The deps table's rows (lcd.jobs.deps), stamped before anything is read: a dep that changes
+    during the run reads changed at the next check."""
+    deps = shard_deps(items, cfg=ctx.cfg, models=ctx.models, engine=ctx.engine, concepts_root=concepts_root,
+                      masks_store=masks_store, masks_cfg=ctx.masks_cfg)
+    return dep_rows(settings_digest(ctx.cfg, ctx.models, ctx.engine, ctx.masks_cfg), deps)
+
+
 def _fail_unrecorded(ctx: ShardContext, group: list[Pending], err: Exception) -> None:
     """What escaped a concept group's batches (a bug, not a bad item: each item step catches its
     own) fails the group's items that have no row yet, so the shard's other groups go on."""
@@ -207,20 +218,52 @@ def current_report(
     io_cfg: IoConfig | None = None,
 ) -> ShardReport | None:
     """The report a run of this shard would give if every item is current (all "skipped"), or None
-    as soon as one item is not (no ledger row, a stale hash, its output not current by the shard's
-    own rule, or it fails to hash): the coordinator's check, so that a resume starts no process
-    for a finished shard. It reads only the shard's ledger and known hashes and stats the inputs
-    and outputs; `listing` is one listing of edits/ shared by all shards on object storage
-    (lcd.jobs.layout.output_listing), None locally (the shard's outputs are lstat-ed)."""
-    ctx = ShardContext(storage.normalize(out_root), cfg, models, shard, engine, None, masks_cfg, io=io_cfg)
-    ledger = tables.read_ledger(tables.shard_table_path(ctx.out_root, "results", shard))
-    if not items or any(it.id not in ledger for it in items):  # a first run, a killed one, or failures
+    as soon as one is not: the coordinator's check, so that a resume starts no process for a
+    finished shard. It reads only what the shard recorded under out_root and object metadata:
+    the ledger (each item's row, with the plan's fields and the output's size and stamp), the
+    deps table (lcd.jobs.deps: settings, inputs, concepts, masks store and model, re-stamped
+    from HEADs and listings, never read), and the outputs (`listing`: one listing of edits/
+    shared by all shards on object storage, lcd.jobs.layout.output_listing; None locally: the
+    shard's outputs are lstat-ed). An output whose stamp changed is checked by its own metadata.
+    No input, store part, concept or weight file is opened, and no path of another machine is
+    needed: a local dep that is not here reads as changed."""
+    del io_cfg  # nothing is read by URL here: object metadata only
+    out_root = storage.normalize(out_root)
+    rows = _ledger_rows(tables.shard_table_path(out_root, "results", shard))
+    if not items or any(_fields(it) != rows.get(it.id, (None,))[0] for it in items):
+        return None  # a first run, a killed one, failures, or the plan's items changed
+    deps = shard_deps(items, cfg=cfg, models=models, engine=engine, concepts_root=concepts_root,
+                      masks_store=masks_store, masks_cfg=masks_cfg)
+    if first_change(tables.read_rows(tables.shard_table_path(out_root, "deps", shard), tables.DEPS_SCHEMA),
+                    settings_digest(cfg, models, engine, masks_cfg), deps) is not None:
         return None
-    ctx.masks_store = open_masks_store(masks_store, items)
     if listing is None:
-        listing = output_stats(ctx.out_root, [output_name(it.id, cfg.output_format) for it in items])
-    pending = _pending_items(ctx, items, concepts_root, listing=listing, ledger=ledger, stop_early=True)
-    return ctx.report if pending == [] and not ctx.report.failures else None
+        listing = output_stats(out_root, [output_name(it.id, cfg.output_format) for it in items])
+    report = ShardReport()
+    for it in items:
+        known = rows[it.id][1]
+        out = output_path(out_root, it.id, cfg.output_format)
+        entry = listing.get(output_name(it.id, cfg.output_format))
+        if not _output_current(out, known.input_hash, entry, known):
+            return None
+        report.results.append(_row(it, out, known.input_hash, "skipped", shard, 0.0, entry))
+    return report
+
+
+def _fields(it: ManifestItem) -> tuple:
+    """The plan's fields of an item that its results row repeats (they enter its input hash)."""
+    return (it.image, it.mask or it.select, it.concept, it.prompt, it.seed)
+
+
+def _ledger_rows(path) -> "dict[str, tuple[tuple, tables.LedgerRow]]":
+    """{id: (_fields as recorded, LedgerRow)} of a shard's results table; {} when absent or unreadable."""
+    cols = ["id", "image", "region", "concept", "prompt", "seed", "input_hash", "output_size", "output_stamp"]
+    try:
+        t = tables.read_table(path, schema=tables.RESULTS_SCHEMA, columns=cols)
+    except Exception:  # noqa: BLE001 - missing, partial or foreign file: no ledger
+        return {}
+    v = [t.column(c).to_pylist() for c in cols]
+    return {r[0]: (tuple(r[1:6]), tables.LedgerRow(*r[6:])) for r in zip(*v)}
 
 
 def _prompt_cache(lp) -> "PromptCache | None":

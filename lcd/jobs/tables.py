@@ -50,6 +50,14 @@ HASHES_SCHEMA = pa.schema([
     ("sha256", pa.string()),
 ])
 
+# what the shard's item hashes depend on, stamped from metadata (lcd.jobs.deps): the coordinator's
+# check re-stamps these refs and never reads an input, a store, a concept or a weight file
+DEPS_SCHEMA = pa.schema([
+    ("ref", pa.string()),  # absolute path, URL, hub id, or "settings"
+    ("kind", pa.string()),  # "file" | "tree" | "pin" | "settings"
+    ("stamp", pa.string()),  # size and ETag / mtime, a listing's digest, or "absent"
+])
+
 
 def shard_name(index: int, num_shards: int) -> str:
     return f"{index:05d}-of-{num_shards:05d}"
@@ -84,7 +92,7 @@ def read_table(path: str | Path, schema: pa.Schema | None = None, columns: list[
 
 
 def shard_table_path(out_root: str | Path, kind: str, shard: str) -> Path:
-    """`<out_root>/tables/<kind>-<shard>.parquet`, kind "results", "failures" or "hashes"."""
+    """`<out_root>/tables/<kind>-<shard>.parquet`, kind "results", "failures", "hashes" or "deps"."""
     return storage.join(out_root, "tables", f"{kind}-{shard}.parquet")
 
 
@@ -97,9 +105,12 @@ def running_marker_path(out_root: str | Path, shard: str) -> str | Path:
 
 
 def write_shard_tables(out_root: str | Path, shard: str, results: list[dict], failures: list[dict],
-                       hashes: list[dict] | None = None) -> None:
-    """A finished shard's results, failures and (when given) hashes tables, atomically, then its
-    running marker removed: the shard is done."""
+                       hashes: list[dict] | None = None, deps: list[dict] | None = None) -> None:
+    """A finished shard's results, failures and (when given) hashes and deps tables, atomically,
+    then its running marker removed: the shard is done. The deps table goes first: a results
+    table is never newer than the deps that describe it."""
+    if deps is not None:
+        write_table(shard_table_path(out_root, "deps", shard), deps, DEPS_SCHEMA)
     write_table(shard_table_path(out_root, "results", shard), results, RESULTS_SCHEMA)
     write_table(shard_table_path(out_root, "failures", shard), failures, FAILURES_SCHEMA)
     if hashes is not None:
@@ -126,6 +137,14 @@ def read_ledger(path: str | Path) -> dict[str, LedgerRow]:
         return {}
     cols = [t.column(c).to_pylist() for c in ("id", "input_hash", "output_size", "output_stamp")]
     return {i: LedgerRow(h, size, stamp) for i, h, size, stamp in zip(*cols)}
+
+
+def read_rows(path: str | Path, schema: pa.Schema) -> list[dict]:
+    """Rows of a shard table of `schema`; [] when it is absent or unreadable."""
+    try:
+        return read_table(path, schema=schema).to_pylist()
+    except Exception:  # noqa: BLE001 - missing, partial or foreign file: nothing recorded
+        return []
 
 
 def read_known_hashes(path: str | Path) -> list[dict]:

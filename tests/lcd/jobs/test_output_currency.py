@@ -47,7 +47,7 @@ def make_job(tmp_path):
 
 def _run(items, out, cfg):
     rep = run_edit_shard(items, out_root=out, cfg=cfg, models=MODELS, engine="noop", shard=SHARD)
-    tables.write_shard_tables(out, SHARD, rep.results, rep.failures, rep.hashes)
+    tables.write_shard_tables(out, SHARD, rep.results, rep.failures, rep.hashes, rep.deps)
     assert rep.failures == []
     return {r["id"]: r["status"] for r in rep.results}
 
