@@ -27,12 +27,15 @@ def _sam_builders() -> dict[str, Any]:
     from segment_anything import sam_model_registry
     from segment_anything.build_sam import _build_sam
 
+    from lcd.models.sam_builders import TINY_VIT_BUILDERS
+
     builders = {k: v for k, v in sam_model_registry.items() if k != "default"}
     builders["vit_tiny"] = partial(_build_sam, **TINY_SAM)
-    return builders
+    return builders | TINY_VIT_BUILDERS
 
 
-SAM_TYPES = ("vit_h", "vit_l", "vit_b", "vit_tiny")
+# vit_t: MobileSAM (TinyViT, mobile_sam.pt); litemedsam: LiteMedSAM (TinyViT at 256 px, lite_medsam.pth)
+SAM_TYPES = ("vit_h", "vit_l", "vit_b", "vit_t", "litemedsam", "vit_tiny")
 
 
 def load_sam(checkpoint: str | Path, model_type: str, *, device: str | torch.device = "cpu"):
