@@ -15,7 +15,8 @@ def register(sub) -> None:
     c.add_argument("manifest", help="CSV or Parquet: image (path/URL), optional image_id, prompts (JSON)")
     c.add_argument("--out", required=True, help="output folder (masks/part-*.parquet, failures.parquet)")
     c.add_argument("--sam", help="SAM checkpoint (default: params.yaml models.sam)")
-    c.add_argument("--sam-type", help="vit_h | vit_l | vit_b | vit_tiny (default: params.yaml models.sam_type)")
+    c.add_argument("--sam-type", help="vit_h | vit_l | vit_b | vit_t | litemedsam | vit_tiny "
+                                      "(default: params.yaml models.sam_type)")
     c.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: params.yaml models.device)")
     c.add_argument("--points-per-side", type=int,
                    help="points per side of the automatic generator's grid (default: params.yaml masks.auto.points_per_side)")

@@ -26,7 +26,7 @@ class ModelsConfig(StrictConfig):
     # variant a component has when it has no plain file (a `--include "*.fp16.safetensors"` download)
     variant: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     sam: str = "models/tiny/sam/sam_vit_tiny.pth"
-    sam_type: Literal["vit_h", "vit_l", "vit_b", "vit_tiny"] = "vit_tiny"
+    sam_type: Literal["vit_h", "vit_l", "vit_b", "vit_t", "litemedsam", "vit_tiny"] = "vit_tiny"  # = SAM_TYPES
     clip: str = "models/tiny/clip"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     # the VAE's dtype; auto: float32 when dtype is float16 and the VAE's config asks to be upcast
