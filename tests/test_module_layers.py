@@ -21,11 +21,11 @@ LAYERS = [
 ]
 # inside lcd.models: readers of files and names < the loader < what builds on it
 MODELS_ORDER = [
-    {"__init__", "sources", "config", "tokenizer", "schedulers", "bundled", "trust", "layout"},
+    {"__init__", "sources", "config", "tokenizer", "schedulers", "bundled", "trust", "layout", "remote"},
     {"resolve"},
     {"encoders"},
     {"loader"},
-    {"pipeline", "tiny", "ldm_format"},
+    {"pipeline", "tiny", "ldm_format", "sdxl_tiny"},
 ]
 
 

@@ -34,7 +34,12 @@ Engine = Literal["diffusion", "noop"]
 
 def model_pin(ref: str, revision: str | None, variant: str | None = None) -> str:
     """Content hash of the local weights read (for a diffusers folder, those of `variant`), or
-    `ref@revision` (`#variant`) for a hub id (resolved at load time)."""
+    `ref@revision` (`#variant`) for a hub id (resolved at load time). Weights at a URL: a pin
+    off their listing (names, ETags, sizes: lcd.models.remote.url_pin), so nothing is fetched."""
+    from lcd.models import remote
+
+    if remote.is_url(ref):
+        return remote.url_pin(ref)
     p = Path(ref)
     if p.exists():
         return local_source(p, variant).sha256

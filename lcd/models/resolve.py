@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import torch
 
 from lcd.errors import ModelLoadError
+from lcd.models import remote
 from lcd.io.torchfile import error_line
 from lcd.models.trust import check_sd_folder, check_transformers_folder
 from lcd.models.layout import WEIGHT_COMPONENTS, FolderLayout, check_variant, hub_cache_snapshot, sd_layout
@@ -108,7 +109,7 @@ def resolve(ref: str | Path, revision: str | None = None, patterns: list[str] | 
         if check is not None:
             check(path)
         return path, source
-    p = Path(ref)
+    p = remote.fetch_model(ref) if remote.is_url(ref) else Path(ref)  # a URL: its local copy (lcd.models.remote)
     if not p.exists():
         raise ModelLoadError(f"{ref}: model path not found (and not a hub id 'owner/name')", item=ref)
     if check is not None:
@@ -129,14 +130,14 @@ def resolve_sd(ref: str | Path, revision: str | None = None, variant: str | None
     if is_hub_id(ref):
         path, layout, commit = _sd_hub_folder(ref, revision, variant)
         return path, layout_source(ref, layout, kind="hub", revision=commit), layout
-    path, commit = Path(ref), None
+    path, commit = remote.fetch_model(ref) if remote.is_url(ref) else Path(ref), None  # a URL: its local copy
     if not path.exists():
         raise ModelLoadError(f"{ref}: model path not found (and not a hub id 'owner/name')", item=ref)
     if path.is_dir() and (snap := hub_cache_snapshot(path, revision)) is not None:
         path, commit = snap
     check_sd_reference(path)
     if not path.is_dir():
-        return path, local_source(path), None
+        return path, remote.with_url(local_source(path), ref) if remote.is_url(ref) else local_source(path), None
     if not (path / "model_index.json").exists():
         raise ModelLoadError(f"{ref}: not a diffusers pipeline folder (no model_index.json)", item=ref)
     layout = sd_layout(path, variant)
