@@ -8,7 +8,7 @@ import json
 def register(sub) -> None:
     p = sub.add_parser("models", help="model utilities")
     msub = p.add_subparsers(dest="models_command", required=True)
-    t = msub.add_parser("tiny", help="write tiny SD / SD-inpaint / SAM / CLIP models to DIR")
+    t = msub.add_parser("tiny", help="write tiny SD / SD-inpaint / SDXL / SDXL-inpaint / SAM / CLIP models to DIR")
     t.add_argument("dir", help="folder to write the tiny models into")
     t.add_argument("--seed", type=int, default=0, help="random seed of the tiny weights")
     t.set_defaults(func=run_tiny)

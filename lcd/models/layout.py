@@ -24,7 +24,7 @@ from lcd.models.trust import MODEL_INDEX, read_config
 
 VARIANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # "fp16", "non_ema", "bf16", "ema"
 # components whose weights lcd loads, and their library's file stems per format
-WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "image_encoder")
+WEIGHT_COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder")  # text_encoder_2: SDXL
 NOT_LOADED = ("safety_checker", "feature_extractor")  # lcd always passes None for these
 STEMS = {"diffusers": {"safetensors": "diffusion_pytorch_model", "bin": "diffusion_pytorch_model"},
          "transformers": {"safetensors": "model", "bin": "pytorch_model"}}

@@ -4,7 +4,10 @@ Why: single-file `.safetensors` checkpoints are how most SD weights circulate; t
 them through diffusers' `from_single_file`. To test that path offline we need such a file for the
 tiny model, so this module inverts diffusers' LDM -> diffusers key conversion (the mapping of
 diffusers' `scripts/convert_diffusers_to_original_stable_diffusion.py`, Apache-2.0, generalised
-here to any number of blocks and layers per block, read off the model's config).
+here to any number of blocks and layers per block, read off the model's config). SDXL pipelines
+are written in the layout of Stability's `generative-models` (`sd_xl_base_1.0.safetensors`):
+`conditioner.embedders.0.transformer.*` (CLIP ViT-L), `conditioner.embedders.1.model.*`
+(OpenCLIP ViT-bigG), `model.diffusion_model.*` with `label_emb` for the pooled/time-id embedding.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ def unet_key_to_ldm(key: str, cfg: dict) -> str:
     L = cfg["layers_per_block"]
     p = key.split(".")
     fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",  # SDXL
              "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
     for a, b in fixed.items():
         if key.startswith(a + "."):
@@ -96,11 +100,44 @@ def to_ldm_state_dict(pipe) -> dict[str, torch.Tensor]:
         if ".mid.attn_1." in nk and nk.endswith(".weight") and v.ndim == 2:
             v = v[:, :, None, None]
         sd[nk] = v
+    second = getattr(pipe, "text_encoder_2", None)
+    # SD1.x: cond_stage_model.transformer.*; SDXL (generative-models' conditioner): CLIP ViT-L
+    # under embedders.0 with transformers' names, OpenCLIP ViT-bigG under embedders.1 in open_clip's
+    prefix = "conditioner.embedders.0.transformer." if second is not None else "cond_stage_model.transformer."
     for k, v in pipe.text_encoder.state_dict().items():
-        if k.endswith("position_ids"):
-            continue
-        sd["cond_stage_model.transformer." + k] = v
+        if not k.endswith("position_ids"):
+            sd[prefix + k] = v
+    if second is not None:
+        sd.update(open_clip_state_dict(second, "conditioner.embedders.1.model."))
     return {k: v.contiguous() for k, v in sd.items()}
+
+
+OPEN_CLIP_LAYER_MAP = [("self_attn.out_proj.", "attn.out_proj."), ("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."),
+                       ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]
+
+
+def open_clip_state_dict(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
+    """A transformers CLIPTextModelWithProjection -> open_clip's text-tower keys under `prefix`:
+    q/k/v projections stacked into `attn.in_proj_weight/bias` (3D, D), `text_projection` stored
+    (D, P) as open_clip multiplies `x @ text_projection` (transformers' Linear holds (P, D)). The
+    inverse of diffusers' `convert_open_clip_checkpoint`."""
+    src = {k: v for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")}
+    out = {prefix + "positional_embedding": src.pop("text_model.embeddings.position_embedding.weight"),
+           prefix + "token_embedding.weight": src.pop("text_model.embeddings.token_embedding.weight"),
+           prefix + "ln_final.weight": src.pop("text_model.final_layer_norm.weight"),
+           prefix + "ln_final.bias": src.pop("text_model.final_layer_norm.bias"),
+           prefix + "text_projection": src.pop("text_projection.weight").T}
+    for i in range(text_encoder.config.num_hidden_layers):
+        layer = f"text_model.encoder.layers.{i}."
+        block = f"{prefix}transformer.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [src.pop(f"{layer}self_attn.{q}_proj.{kind}") for q in "qkv"]
+            out[f"{block}attn.in_proj_{kind}"] = torch.cat(qkv)
+        for k in [k for k in src if k.startswith(layer)]:
+            out[block + _sub(k[len(layer):], [(a[:-1], b[:-1]) for a, b in OPEN_CLIP_LAYER_MAP])] = src.pop(k)
+    if src:
+        raise KeyError(f"unmapped text encoder keys {sorted(src)[:4]}")
+    return out
 
 
 def save_single_file(pipe, path: str | Path) -> Path:

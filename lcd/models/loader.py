@@ -32,10 +32,20 @@ from lcd.models.encoders import (SAM_TYPES, TINY_SAM, LoadedOpenClip, load_clip,
 
 @dataclass
 class LoadedPipeline:
-    """A diffusers SD pipeline (4- or 9-channel UNet) and the source that pins it."""
+    """A diffusers SD1.x or SDXL pipeline (4- or 9-channel UNet) and the source that pins it.
+
+    SDXL pipelines are diffusers' own StableDiffusionXLPipeline / StableDiffusionXLInpaintPipeline:
+    `pipe.tokenizer` / `pipe.text_encoder` (CLIP ViT-L) and `pipe.tokenizer_2` /
+    `pipe.text_encoder_2` (OpenCLIP ViT-bigG with projection)."""
 
     pipe: Any
     source: ModelSource
+
+    @property
+    def family(self) -> str:
+        """"sdxl" or "sd15", read off the UNet as diffusers itself tells them apart: SDXL's is
+        conditioned on pooled text and time ids (`addition_embed_type="text_time"`)."""
+        return pipeline_family(self.pipe.unet.config)
 
     @property
     def is_inpaint_model(self) -> bool:
@@ -45,6 +55,21 @@ class LoadedPipeline:
     def latent_factor(self) -> int:
         """Pixels per latent cell along a side: 8 for SD's VAE (diffusers' `vae_scale_factor`)."""
         return latent_factor(self.pipe.vae)
+
+
+def pipeline_family(unet_config) -> str:
+    """"sdxl" for a UNet config with `addition_embed_type` "text_time", else "sd15"."""
+    get = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
+    return "sdxl" if get("addition_embed_type") == "text_time" else "sd15"
+
+
+def pipeline_class(family: str, in_channels: int):
+    """The diffusers pipeline class of a family ("sd15" | "sdxl") and UNet input width (9: inpainting)."""
+    import diffusers
+
+    name = {("sd15", False): "StableDiffusionPipeline", ("sd15", True): "StableDiffusionInpaintPipeline",
+            ("sdxl", False): "StableDiffusionXLPipeline", ("sdxl", True): "StableDiffusionXLInpaintPipeline"}
+    return getattr(diffusers, name[(family, in_channels == 9)])
 
 
 def latent_factor(vae) -> int:
@@ -62,12 +87,14 @@ def load_sd_pipeline(
     vae_dtype: str = "auto",
     variant: str | None = None,
 ) -> LoadedPipeline:
-    """Load Stable Diffusion from a hub id, a diffusers folder, or one .safetensors/.ckpt file.
+    """Load Stable Diffusion (SD1.x or SDXL) from a hub id, a diffusers folder, or one
+    .safetensors/.ckpt file; the family is read off the model, never configured.
 
-    Single files of SD1.5 and SD1.5-inpainting load with the component configs bundled in
-    `lcd/models/configs` (no hub); `single_file_config` (a diffusers folder or hub id) gives them
-    for other bases. Returns a StableDiffusionPipeline, or StableDiffusionInpaintPipeline for a
-    9-channel UNet; the safety checker and feature extractor are never loaded. A folder's
+    Single files of SD1.5, SDXL and their inpainting models load with the component configs
+    bundled in `lcd/models/configs` (no hub; lcd.models.bundled reads the kind off the keys);
+    `single_file_config` (a diffusers folder or hub id) gives them for other bases. Returns a
+    StableDiffusion[XL]Pipeline, or StableDiffusion[XL]InpaintPipeline for a 9-channel UNet; the
+    safety checker and feature extractor are never loaded. A folder's
     weights are those of `variant` ("fp16", "non_ema"; a component without it reads its plain
     files), or with None the plain files, or the one variant a component holds when it has no
     plain file (lcd.models.layout); safetensors before `.bin`.
@@ -123,13 +150,11 @@ def _load_folder(layout: FolderLayout, ref, torch_dtype):
     """A diffusers pipeline folder (model_index.json), whatever scheduler and extras it lists.
     Each weights component loads from exactly the files `layout` chose (its variant and format
     passed on), so what is pinned is what is read; tokenizer and scheduler load as diffusers does."""
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
-
     from lcd.models.trust import read_config
 
     path = layout.folder
     unet_cfg = read_config(path / "unet" / "config.json")
-    cls = StableDiffusionInpaintPipeline if unet_cfg.get("in_channels") == 9 else StableDiffusionPipeline
+    cls = pipeline_class(pipeline_family(unet_cfg), unet_cfg.get("in_channels"))
     components = {w.component: _load_component(path, w, torch_dtype) for w in layout.weights}
     return cls.from_pretrained(str(path), torch_dtype=torch_dtype, local_files_only=True, **components,
                                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -159,10 +184,10 @@ def _load_component(path: Path, w, torch_dtype):
 
 
 def _load_single_file(path: Path, ref, torch_dtype, single_file_config):
-    """An original-layout (LDM) checkpoint; component configs bundled for SD1.5(-inpainting)."""
-    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
-
+    """An original-layout (LDM / generative-models) checkpoint; component configs bundled for
+    SD1.5, SDXL and their inpainting models, or the folder `single_file_config` names."""
     from lcd.models.bundled import bundled_config_dir, single_file_kind
+    from lcd.models.trust import read_config
 
     if path.suffix not in SINGLE_FILE_SUFFIXES:
         raise ModelLoadError(f"{ref}: single-file checkpoints must be one of {SINGLE_FILE_SUFFIXES}", item=str(ref))
@@ -170,20 +195,22 @@ def _load_single_file(path: Path, ref, torch_dtype, single_file_config):
                               "feature_extractor": None, "requires_safety_checker": False}
     if single_file_config is not None:
         cfg_path, _ = resolve(single_file_config, check=check_sd_folder)
-        return _from_single_file(StableDiffusionPipeline, path, str(cfg_path), kwargs)
+        family = pipeline_family(read_config(Path(cfg_path) / "unet" / "config.json"))
+        return _from_single_file(pipeline_class(family, 4), path, str(cfg_path), kwargs)
     kind = single_file_kind(path)
     with bundled_config_dir(kind) as cfg_dir:
         check_sd_folder(cfg_dir)  # shipped with lcd, checked all the same
-        cls = StableDiffusionInpaintPipeline if kind == "sd15-inpaint" else StableDiffusionPipeline
+        cls = pipeline_class("sdxl" if kind.startswith("sdxl") else "sd15", 9 if kind.endswith("-inpaint") else 4)
         return _from_single_file(cls, path, str(cfg_dir), kwargs)
 
 
 def _from_single_file(cls, path: Path, config: str, kwargs: dict):
-    from diffusers import StableDiffusionInpaintPipeline
-
+    """`cls.from_single_file`; a 9-channel UNet read through a text-to-image config becomes its
+    family's inpainting pipeline."""
     pipe = cls.from_single_file(str(path), config=config, **kwargs)
-    if pipe.unet.config.in_channels == 9 and not isinstance(pipe, StableDiffusionInpaintPipeline):
-        pipe = StableDiffusionInpaintPipeline(**pipe.components)
+    inpaint_cls = pipeline_class(pipeline_family(pipe.unet.config), 9)
+    if pipe.unet.config.in_channels == 9 and not isinstance(pipe, inpaint_cls):
+        pipe = inpaint_cls(**pipe.components)
     return pipe
 
 

@@ -14,6 +14,7 @@ Layout written by `write_tiny_models(root)`:
     root/clip/          transformers CLIPModel + CLIPProcessor folder
     root/dino/          transformers ViTModel (DINO ViT-S/16 layout) + ViTImageProcessor folder
     root/open_clip/     open_clip model: <ARCH>.json config + open_clip_model.safetensors
+    root/sdxl/, root/sdxl-inpaint/, root/sdxl-single/tiny-sdxl.safetensors   tiny SDXL (lcd.models.sdxl_tiny)
 """
 
 from __future__ import annotations
@@ -181,7 +182,18 @@ def write_tiny_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
         "clip": write_tiny_clip(root / "clip", seed),
         "dino": write_tiny_dino(root / "dino", seed),
         "open_clip": write_tiny_open_clip(root / "open_clip", seed),
+        **write_tiny_sdxl_models(root, seed),
     }
+
+
+def write_tiny_sdxl_models(root: str | Path, seed: int = 0) -> dict[str, Path]:
+    """The tiny SDXL models (lcd.models.sdxl_tiny): folder, inpainting folder, single file."""
+    from lcd.models.sdxl_tiny import write_tiny_sdxl, write_tiny_sdxl_single_file
+
+    root = Path(root)
+    return {"sdxl": write_tiny_sdxl(root / "sdxl", 4, seed),
+            "sdxl_inpaint": write_tiny_sdxl(root / "sdxl-inpaint", 9, seed),
+            "sdxl_single": write_tiny_sdxl_single_file(root / "sdxl-single", seed)}
 
 
 def write_tiny_dino(out_dir: str | Path, seed: int = 0) -> Path:

@@ -6,8 +6,8 @@ Why: diffusers' `from_pretrained` / `from_single_file` import whatever module a
 working directory first), and load `<component>/<library>.py` from the folder; transformers
 follows a config's `auto_map`. `trust_remote_code` guards only some of these paths. So every
 config a loader is about to read is checked here first, against fixed allowlists of the
-libraries and classes diffusers and transformers themselves ship for the SD1.x pipelines and
-the CLIP / DINO models lcd loads. Anything else is refused with one line naming the file and
+libraries and classes diffusers and transformers themselves ship for the SD1.x and SDXL
+pipelines and the CLIP / DINO models lcd loads. Anything else is refused with one line naming the file and
 the entry. These checks only read JSON: nothing from the folder is imported.
 """
 
@@ -26,7 +26,8 @@ REFUSAL = "refusing to import code from a model folder"
 CODE_KEYS = ("auto_map", "custom_pipeline", "trust_remote_code")
 
 SD_PIPELINES = frozenset({"StableDiffusionPipeline", "StableDiffusionInpaintPipeline",
-                          "StableDiffusionImg2ImgPipeline"})
+                          "StableDiffusionImg2ImgPipeline", "StableDiffusionXLPipeline",
+                          "StableDiffusionXLInpaintPipeline", "StableDiffusionXLImg2ImgPipeline"})
 SCHEDULER = "<diffusers scheduler>"  # stands for any diffusers class subclassing SchedulerMixin
 # role in model_index.json -> (library, class) pairs diffusers' SD pipelines load there. The
 # safety checker's library is diffusers' own pipeline module (`diffusers.pipelines.stable_diffusion`).
@@ -35,12 +36,16 @@ SD_COMPONENTS: dict[str, frozenset[tuple[str, str]]] = {
     "vae": frozenset({("diffusers", "AutoencoderKL")}),
     "text_encoder": frozenset({("transformers", "CLIPTextModel"), ("transformers", "CLIPTextModelWithProjection")}),
     "tokenizer": frozenset({("transformers", "CLIPTokenizer"), ("transformers", "CLIPTokenizerFast")}),
+    # SDXL's second encoder (OpenCLIP ViT-bigG in transformers' classes) and its tokenizer
+    "text_encoder_2": frozenset({("transformers", "CLIPTextModelWithProjection")}),
+    "tokenizer_2": frozenset({("transformers", "CLIPTokenizer"), ("transformers", "CLIPTokenizerFast")}),
     "scheduler": frozenset({("diffusers", SCHEDULER)}),
     "safety_checker": frozenset({("stable_diffusion", "StableDiffusionSafetyChecker")}),
     "feature_extractor": frozenset({("transformers", "CLIPImageProcessor"), ("transformers", "CLIPFeatureExtractor")}),
     "image_encoder": frozenset({("transformers", "CLIPVisionModelWithProjection")}),
 }
-SD_SCALARS = {"requires_safety_checker": bool}  # pipeline arguments model_index.json may hold
+SD_SCALARS = {"requires_safety_checker": bool,  # pipeline arguments model_index.json may hold
+              "force_zeros_for_empty_prompt": bool, "requires_aesthetics_score": bool}  # SDXL's
 LIBRARIES = frozenset(lib for pairs in SD_COMPONENTS.values() for lib, _ in pairs)
 
 # per role: the config file diffusers / transformers read, and the fields of it that name a class
@@ -58,6 +63,10 @@ _COMPONENT_CONFIGS: dict[str, tuple[str, dict[str, frozenset[str]]]] = {
                                        "model_type": frozenset({"clip"})}),
     "tokenizer": ("tokenizer_config.json", {"tokenizer_class": _CLIP_TOKENIZER,
                                             "processor_class": frozenset({"CLIPProcessor"})}),
+    "text_encoder_2": ("config.json", {"architectures": frozenset({"CLIPTextModelWithProjection"}),
+                                       "model_type": frozenset({"clip_text_model", "clip"})}),
+    "tokenizer_2": ("tokenizer_config.json", {"tokenizer_class": _CLIP_TOKENIZER,
+                                              "processor_class": frozenset({"CLIPProcessor"})}),
     "feature_extractor": ("preprocessor_config.json", {"image_processor_type": _CLIP_IMAGE,
                                                        "feature_extractor_type": _CLIP_IMAGE,
                                                        "processor_class": frozenset({"CLIPProcessor"})}),
