@@ -1,8 +1,14 @@
 """Training data: concept photos with captions, the Custom Diffusion augmentation, prior images.
 
 Arrays: photos are (H, W, 3) uint8; a training example is (image (3, S, S) float32 in [-1, 1],
-loss mask (1, S/8, S/8) float32 in {0, 1}, caption str). All randomness comes from the
-`np.random.Generator` passed in, so a resumed run replays the exact same batches.
+loss mask (1, S/8, S/8) float32 in {0, 1}, caption str, SDXL time ids (6,)). All randomness comes
+from the `np.random.Generator` passed in, so a resumed run replays the exact same batches.
+
+SDXL is conditioned on each photo's original size and crop ("micro-conditioning", Podell et al.
+2023, Sec. 2.2), and its trainers pass them per example: diffusers' train_dreambooth_lora_sdxl.py
+resizes the shorter side to the resolution, crops, and sends (original h, w) + (crop top, left) +
+(target h, w). Here the same six numbers: the photo's size as read, the top-left of the square
+crop in the frame whose shorter side is S (plus the offset of a zoom crop, in that frame), S, S.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ class Example:
     caption: str
     name: str
     sha256: str = ""
+    original_size: tuple[int, int] | None = None  # (h, w) of the photo as read (None: image's own)
+    crop_top_left: tuple[int, int] = (0, 0)  # (y, x) of the square crop, in the frame whose shorter side is S
 
 
 def photo_files(folder: str | Path) -> list[Path]:
@@ -157,7 +165,24 @@ def at_size(examples: Sequence[Example], size: int) -> list[Example]:
     """Examples center-cropped and resized to (size, size) once, before training: `augment`
     starts from `resize_square`, which is a plain copy for an image already at that size, so the
     result is the same while each step no longer resamples the full-size photo."""
-    return [replace(e, image=resize_square(e.image, size)) for e in examples]
+    return [replace(e, image=resize_square(e.image, size), original_size=e.original_size or e.image.shape[:2],
+                    crop_top_left=e.crop_top_left if e.original_size else _center_crop(e.image.shape[:2], size))
+            for e in examples]
+
+
+def _center_crop(hw: tuple[int, int], size: int) -> tuple[int, int]:
+    """Top-left of `resize_square`'s crop in the frame whose shorter side is `size` (diffusers'
+    crop_top_left after Resize(size) + CenterCrop(size))."""
+    h, w = hw
+    s = min(h, w)
+    return int(round((h - s) // 2 * size / s)), int(round((w - s) // 2 * size / s))
+
+
+def time_ids(ex: Example, size: int, zoom_offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """SDXL's (6,) float32 conditioning of one training crop: original (h, w), crop (y, x), (size, size)."""
+    h, w = ex.original_size or ex.image.shape[:2]
+    y, x = ex.crop_top_left
+    return np.array([h, w, y + round(zoom_offset[0]), x + round(zoom_offset[1]), size, size], np.float32)
 
 
 def augment(
@@ -172,6 +197,13 @@ def augment(
     ties scale to words instead of to the concept. `factor` is the VAE's latent factor f (8 for
     SD). Returns (image (3, S, S) float32 in [-1, 1], mask (1, S/f, S/f) float32, caption).
     """
+    return _augment(img, caption, size, rng, scale_range=scale_range, flip_p=flip_p, rescale=rescale,
+                    factor=factor)[:3]
+
+
+def _augment(img, caption, size, rng, *, scale_range, flip_p, rescale, factor):
+    """`augment`, plus the zoom crop's top-left in the un-zoomed frame ((0, 0) when not cropped)."""
+    offset = (0.0, 0.0)
     base = resize_square(img, size)
     if rng.random() < flip_p:
         base = base[:, ::-1]
@@ -195,24 +227,27 @@ def augment(
         else:
             y, x = (int(v) for v in rng.integers(0, new - size + 1, size=2))
             base = resized[y : y + size, x : x + size]
+            offset = (y * size / new, x * size / new)
             if scale > 1.2:
                 caption = f"{LARGE_WORDS[int(rng.integers(len(LARGE_WORDS)))]} {caption}"
     x = np.ascontiguousarray(base).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1.0
-    return x, mask, caption
+    return x, mask, caption, offset
 
 
 def sample_batch(
     examples: Sequence[Example], n: int, size: int, rng: np.random.Generator, *,
     augmented: bool, scale_range=(0.4, 1.4), flip_p: float = 0.5, factor: int = 8,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """n random examples -> (images (n, 3, S, S), masks (n, 1, S/f, S/f), captions); f = `factor`."""
+) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
+    """n random examples -> (images (n, 3, S, S), masks (n, 1, S/f, S/f), captions, SDXL time ids
+    (n, 6)); f = `factor`."""
     idx = rng.integers(0, len(examples), size=n)
     outs = [
-        augment(examples[i].image, examples[i].caption, size, rng, scale_range=scale_range, flip_p=flip_p,
-                rescale=augmented, factor=factor)
+        _augment(examples[i].image, examples[i].caption, size, rng, scale_range=scale_range, flip_p=flip_p,
+                 rescale=augmented, factor=factor)
         for i in idx
     ]
-    return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), [o[2] for o in outs]
+    ids = np.stack([time_ids(examples[i], size, o[3]) for i, o in zip(idx, outs)])
+    return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), [o[2] for o in outs], ids
 
 
 def generate_class_images(pipe, prompt: str, n: int, out_dir: str | Path, *, steps: int, guidance: float,

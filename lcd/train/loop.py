@@ -5,9 +5,10 @@ encoder, trains the chosen weights in place (the pipeline ends up holding the fi
 and returns the learned `Concept`. Only the new embedding rows and the tensors chosen by
 `lcd.train.params` change; every other tensor stays bit-identical.
 
-The token rows are a separate (n, D) parameter spliced into the embedding matrix out of place
+The token rows are a separate (n, D) parameter per text encoder (SDXL: CLIP-L and OpenCLIP-bigG
+each learn the token's row) spliced into the embedding matrix out of place
 (`torch.func.functional_call`), so the optimizer never sees, decays or stores state for the
-49,408 existing rows.
+49,408 existing rows. What the family conditions the UNet on: lcd.concepts.family, lcd.train.loss.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import lcd
+from lcd.concepts.family import family_of
 from lcd.concepts.io import Concept, add_tokens, check_token
 from lcd.errors import LcdError
 from lcd.models.loader import LoadedPipeline, latent_factor
@@ -29,7 +30,10 @@ from lcd.progress import Progress
 from lcd.train import checkpoint as ck
 from lcd.train import data
 from lcd.train.config import ConceptSpec, TrainConfig
+from lcd.train.loss import batch_loss, concept_loss, diffusion_loss  # noqa: F401 - their old home
 from lcd.train.params import add_lora, freeze_except
+
+ROW_KEYS = ("token_rows", "token_rows_2")  # checkpoint names of each text encoder's rows
 
 
 class TrainingError(LcdError):
@@ -53,42 +57,6 @@ def _init_rows(tokenizer, text_encoder, spec: ConceptSpec) -> torch.Tensor:
     return w[ids].detach().float().mean(0)
 
 
-def _embedding_param_name(text_encoder) -> str:
-    emb = text_encoder.get_input_embeddings()
-    return next(n for n, m in text_encoder.named_modules() if m is emb) + ".weight"
-
-
-def encode_text(tokenizer, text_encoder, captions: Sequence[str], ids: torch.Tensor, rows: torch.Tensor,
-                emb_name: str) -> torch.Tensor:
-    """CLIP hidden states (B, 77, D) with the token rows spliced in (differentiable in `rows`)."""
-    input_ids = tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids.to(text_encoder.device)
-    base = text_encoder.get_input_embeddings().weight
-    w = base.index_put((ids,), rows.to(base.dtype))
-    return torch.func.functional_call(text_encoder, {emb_name: w}, (input_ids,))[0]
-
-
-def diffusion_loss(pipe, images: torch.Tensor, masks: torch.Tensor, text: torch.Tensor, gen: torch.Generator,
-                   autocast=None) -> torch.Tensor:
-    """Per-example masked epsilon MSE (B,). images (B, 3, S, S) in [-1, 1]; masks (B, 1, S/f, S/f),
-    f the VAE's latent factor."""
-    unet, vae, sched = pipe.unet, pipe.vae, pipe.scheduler
-    dev = unet.device
-    with torch.no_grad():
-        dist = vae.encode(images.to(dev, vae.dtype)).latent_dist
-        eps0 = torch.randn(dist.mean.shape, generator=gen).to(dev, dist.mean.dtype)
-        latents = (dist.mean + dist.std * eps0) * vae.config.scaling_factor
-    noise = torch.randn(latents.shape, generator=gen).to(dev, latents.dtype)
-    t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=gen).to(dev)
-    noisy = sched.add_noise(latents, noise, t)
-    with autocast or torch.autocast(dev.type, enabled=False):
-        pred = unet(noisy.to(unet.dtype), t, encoder_hidden_states=text.to(unet.dtype), return_dict=False)[0]
-    target = noise if sched.config.prediction_type == "epsilon" else sched.get_velocity(latents, noise, t)
-    m = masks.to(dev, torch.float32)
-    err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(1, keepdim=True) * m
-    return err.sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1.0)
-
-
 def check_config(cfg: TrainConfig, device: torch.device) -> None:
     """Fail before any work on choices this machine cannot run."""
     if cfg.use_8bit_adam:
@@ -100,8 +68,8 @@ def check_config(cfg: TrainConfig, device: torch.device) -> None:
         raise TrainingError(f"mixed_precision fp16 needs a CUDA device, got {device}", item="mixed_precision")
 
 
-def _optimizer(cfg: TrainConfig, unet_params: list, rows: torch.nn.Parameter):
-    groups = [{"params": [rows], "lr": cfg.token_lr or cfg.lr, "weight_decay": 0.0}]
+def _optimizer(cfg: TrainConfig, unet_params: list, rows: list[torch.nn.Parameter]):
+    groups = [{"params": list(rows), "lr": cfg.token_lr or cfg.lr, "weight_decay": 0.0}]
     if unet_params:
         groups.insert(0, {"params": unet_params, "lr": cfg.lr, "weight_decay": cfg.weight_decay})
     kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
@@ -121,9 +89,8 @@ class _Run:
     specs: Sequence[ConceptSpec]
     examples: list  # per concept, list[data.Example] at training size
     prior: list  # data.Example at training size
-    ids_t: torch.Tensor  # the concept tokens' ids
-    rows: torch.nn.Parameter  # their embedding rows (n, D)
-    emb_name: str
+    ids_t: list[torch.Tensor]  # the concept tokens' ids, per text encoder
+    rows: list[torch.nn.Parameter]  # their embedding rows (n, D_e), per text encoder
     names: list[str]  # trainable UNet parameter names
     params: dict
     opt: torch.optim.Optimizer
@@ -141,6 +108,15 @@ class _Run:
     @property
     def unet_params(self) -> list:
         return [self.params[n] for n in self.names]
+
+    @property
+    def token_rows(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """[(ids (n,), rows (n, D_e))] per text encoder, as lcd.concepts.family.encode_prompts takes them."""
+        return list(zip(self.ids_t, self.rows))
+
+    def trainable(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor by checkpoint name."""
+        return dict(zip(ROW_KEYS, self.rows)) | {f"unet.{n}": self.params[n] for n in self.names}
 
 
 def train_concepts(
@@ -187,7 +163,8 @@ def _inputs(lp, specs, cfg, work, prior_examples) -> tuple[list, list]:
     if len(set(tokens)) != len(tokens):
         raise LcdError(f"concept tokens must be distinct, got {tokens}", item="token")
     for s in specs:
-        check_token(s.token, pipe.tokenizer, s.photos)
+        for tok, _ in family_of(pipe).text_encoders(pipe):
+            check_token(s.token, tok, s.photos)
     check_resolution(cfg.resolution, latent_factor(pipe.vae))
     examples = [data.load_concept_photos(s.photos, s.token, s.class_word, cfg.template,
                                          min_photos=cfg.min_photos, min_px=cfg.min_photo_px) for s in specs]
@@ -211,20 +188,23 @@ def check_resolution(resolution: int, factor: int) -> None:
 def _setup(pipe, cfg, specs, examples, prior, work) -> _Run:
     """New tokens added (initialised from their init words), the trainable UNet tensors chosen
     (K/V, cross-attention or LoRA), everything else frozen; optimizer and RNGs seeded."""
-    init = torch.stack([_init_rows(pipe.tokenizer, pipe.text_encoder, s) for s in specs])
-    token_ids = add_tokens(pipe.tokenizer, pipe.text_encoder, [s.token for s in specs], init, "concepts")
-    rows = torch.nn.Parameter(init.clone().to(pipe.text_encoder.device))
-    for m in (pipe.text_encoder, pipe.vae):
-        m.requires_grad_(False)
+    ids_t, rows = [], []
+    encoders = family_of(pipe).text_encoders(pipe)
+    for tok, te in encoders:  # SDXL: the token gets a row in both encoders, each from its own init word
+        init = torch.stack([_init_rows(tok, te, s) for s in specs])
+        ids_t.append(torch.tensor(add_tokens(tok, te, [s.token for s in specs], init, "concepts"), device=te.device))
+        rows.append(torch.nn.Parameter(init.clone().to(te.device)))
+        te.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
     names = add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha, cfg.seed) if cfg.method == "lora" \
         else freeze_except(pipe.unet, cfg.method)
     params = dict(pipe.unet.named_parameters())
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-        pipe.text_encoder.gradient_checkpointing_enable()
+        for _, te in encoders:
+            te.gradient_checkpointing_enable()
     fp = ck.fingerprint({"cfg": cfg.model_dump(), "specs": [s.model_dump() for s in specs], "n_prior": len(prior)})
-    return _Run(pipe, cfg, specs, examples, prior, torch.tensor(token_ids, device=pipe.text_encoder.device), rows,
-                _embedding_param_name(pipe.text_encoder), names, params,
+    return _Run(pipe, cfg, specs, examples, prior, ids_t, rows, names, params,
                 _optimizer(cfg, [params[n] for n in names], rows), torch.Generator("cpu").manual_seed(cfg.seed),
                 np.random.default_rng(cfg.seed), fp, work)
 
@@ -235,7 +215,8 @@ def _resume(run: _Run) -> None:
         return
     tensors, opt_state, gen_state, state = ck.load_checkpoint(ck.list_checkpoints(run.ckpt_root)[-1], run.fp)
     with torch.no_grad():
-        run.rows.copy_(tensors.pop("token_rows"))
+        for key, rows in zip(ROW_KEYS, run.rows):
+            rows.copy_(tensors.pop(key))
         for n in run.names:
             run.params[n].copy_(tensors[f"unet.{n}"])
     run.opt.load_state_dict(opt_state)
@@ -265,8 +246,7 @@ def _loop(run: _Run, on_step: Callable[[int, float], None] | None) -> None:
                 on_step(step + 1, rec["loss"])
             done = step + 1
             if root is not None and cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-                tensors = {"token_rows": run.rows} | {f"unet.{n}": run.params[n] for n in run.names}
-                last_good = ck.save_checkpoint(root, done, tensors, run.opt, run.gen, run.rng.bit_generator.state,
+                last_good = ck.save_checkpoint(root, done, run.trainable(), run.opt, run.gen, run.rng.bit_generator.state,
                                                run.losses, run.fp, cfg.keep_checkpoints)
                 ck.write_loss_curve(run.work, run.losses)
             if run.work is not None and cfg.validate_every and done % cfg.validate_every == 0:
@@ -282,8 +262,7 @@ def _step(run: _Run, step: int, autocast, last_good) -> dict:
     cfg, pipe = run.cfg, run.pipe
     inst_sum = prior_sum = 0.0
     for _ in range(cfg.grad_accum):
-        inst_l, prior_l = _micro_step(pipe, cfg, run.examples, run.prior, run.rng, run.gen, run.ids_t, run.rows,
-                                      run.emb_name, autocast)
+        inst_l, prior_l = _micro_step(pipe, cfg, run.examples, run.prior, run.rng, run.gen, run.token_rows, autocast)
         loss = inst_l + cfg.prior_weight * prior_l if run.prior else inst_l
         if not torch.isfinite(loss):
             raise TrainingError(
@@ -294,36 +273,34 @@ def _step(run: _Run, step: int, autocast, last_good) -> dict:
         (loss / cfg.grad_accum).backward()
         inst_sum += inst_l.item() / cfg.grad_accum
         prior_sum += (prior_l.item() if run.prior else 0.0) / cfg.grad_accum
-    torch.nn.utils.clip_grad_norm_(run.unet_params + [run.rows], cfg.max_grad_norm)
+    torch.nn.utils.clip_grad_norm_(run.unet_params + run.rows, cfg.max_grad_norm)
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     with torch.no_grad():  # keep the pipeline usable (validation, in-memory edits) at every step
-        pipe.text_encoder.get_input_embeddings().weight[run.ids_t] = run.rows.to(pipe.text_encoder.dtype)
+        for (_, te), ids, rows in zip(family_of(pipe).text_encoders(pipe), run.ids_t, run.rows):
+            te.get_input_embeddings().weight[ids] = rows.to(te.dtype)
     rec = {"step": step + 1, "loss": inst_sum + cfg.prior_weight * prior_sum, "instance_loss": inst_sum,
            "prior_loss": prior_sum}
     run.losses.append(rec)
     return rec
 
 
-def _micro_step(pipe, cfg, examples, prior, rng, gen, ids_t, rows, emb_name, autocast):
+def _micro_step(pipe, cfg, examples, prior, rng, gen, token_rows, autocast):
     f = latent_factor(pipe.vae)
     per = [cfg.batch_size // len(examples) + (i < cfg.batch_size % len(examples)) for i in range(len(examples))]
-    imgs, masks, caps = [], [], []
+    imgs, masks, caps, tids = [], [], [], []
     for ex, n in zip(examples, per):
         if n:
-            i, m, c = data.sample_batch(ex, n, cfg.resolution, rng, augmented=cfg.augment,
-                                        scale_range=cfg.scale_range, flip_p=cfg.flip_p, factor=f)
-            imgs.append(i), masks.append(m), caps.extend(c)
+            i, m, c, t = data.sample_batch(ex, n, cfg.resolution, rng, augmented=cfg.augment,
+                                           scale_range=cfg.scale_range, flip_p=cfg.flip_p, factor=f)
+            imgs.append(i), masks.append(m), caps.extend(c), tids.append(t)
     n_inst = len(caps)
     if prior:
-        i, m, c = data.sample_batch(prior, cfg.batch_size, cfg.resolution, rng, augmented=False, flip_p=cfg.flip_p,
-                                    factor=f)
-        imgs.append(i), masks.append(m), caps.extend(c)
-    images = torch.from_numpy(np.concatenate(imgs))
-    mask = torch.from_numpy(np.concatenate(masks))
-    with autocast or torch.autocast(pipe.unet.device.type, enabled=False):
-        text = encode_text(pipe.tokenizer, pipe.text_encoder, caps, ids_t, rows, emb_name)
-    per_ex = diffusion_loss(pipe, images, mask, text, gen, autocast)
+        i, m, c, t = data.sample_batch(prior, cfg.batch_size, cfg.resolution, rng, augmented=False,
+                                       flip_p=cfg.flip_p, factor=f)
+        imgs.append(i), masks.append(m), caps.extend(c), tids.append(t)
+    per_ex = batch_loss(pipe, np.concatenate(imgs), np.concatenate(masks), caps, np.concatenate(tids), token_rows,
+                        gen, autocast)
     inst = per_ex[:n_inst].mean()
     pri = per_ex[n_inst:].mean() if prior else torch.zeros(())
     return inst, pri
@@ -382,18 +359,6 @@ def _concept(pipe, cfg, specs, examples, rows, names, params, lp, losses) -> Con
         "photos": [{"file": e.name, "sha256": e.sha256} for ex in examples for e in ex],
         "lcd_version": lcd.__version__,
     }
-    return Concept([s.token for s in specs], rows.detach().float().cpu().clone(), cfg.method, unet, scale, card)
-
-
-@torch.no_grad()
-def concept_loss(pipe, images: np.ndarray, captions: Sequence[str], seed: int = 0, repeats: int = 2) -> float:
-    """Mean un-augmented diffusion loss of `images` (N, 3, S, S) in [-1, 1] under fixed noise and
-    timesteps: a like-for-like measure before and after training."""
-    gen = torch.Generator("cpu").manual_seed(seed)
-    text = pipe.text_encoder(pipe.tokenizer(list(captions), padding="max_length", truncation=True,
-                                            max_length=pipe.tokenizer.model_max_length,
-                                            return_tensors="pt").input_ids.to(pipe.text_encoder.device))[0]
-    x = torch.from_numpy(images)
-    f = latent_factor(pipe.vae)
-    masks = torch.ones(x.shape[0], 1, x.shape[2] // f, x.shape[3] // f)
-    return float(torch.stack([diffusion_loss(pipe, x, masks, text, gen).mean() for _ in range(repeats)]).mean())
+    emb = [r.detach().float().cpu().clone() for r in rows]
+    return Concept([s.token for s in specs], emb[0], cfg.method, unet, scale, card, embeddings_2=emb[1] if len(emb) > 1
+                   else None)
