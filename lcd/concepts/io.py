@@ -278,15 +278,38 @@ def read_concept_header(folder: str | Path) -> tuple[Path, dict[str, str], dict]
     return f, meta, specs
 
 
+def fetch_concept(folder: str | Path, limits=None) -> Path:
+    """A concept folder at a URL (`s3://bucket/concepts/dog`) -> its local copy in the fetch cache
+    (lcd.io.cache, keyed by the URL and its objects' ETags and sizes: fetched once per machine,
+    again when an object changes), its header checked (lcd.concepts.validate) before any use.
+    Only the folder's own files are fetched, not `training/` (checkpoints, losses): editing reads
+    the weights and the card. A local folder is returned as it is. ModelLoadError naming the URL."""
+    from lcd.errors import LcdError
+    from lcd.io import cache, storage
+
+    if not storage.is_remote(str(folder)):
+        return Path(folder)
+    url, local = str(folder).rstrip("/"), None
+    try:
+        listing = {k: v for k, v in cache.folder_listing(url, limits).items() if "/" not in k}
+        if WEIGHTS_NAME not in listing:
+            raise ModelLoadError(f"{url}: not a concept folder (no {WEIGHTS_NAME})", item=url)
+        local = cache.fetch_folder(url, limits, listing=listing)
+        read_concept_header(local)
+    except LcdError as e:  # named by the URL, not by the cache folder
+        raise ModelLoadError(str(e).replace(str(local), url) if local else str(e), item=url) from None
+    return local
+
+
 def load_concept(folder: str | Path) -> Concept:
-    """Read a concept folder written by `save_concept`, refusing (ModelLoadError, one line naming
-    the file) anything `apply_concepts` could not apply: every check of lcd.concepts.validate
-    that needs no base model."""
+    """Read a concept folder written by `save_concept` (or at a URL: fetch_concept), refusing
+    (ModelLoadError, one line naming the file) anything `apply_concepts` could not apply: every
+    check of lcd.concepts.validate that needs no base model."""
     from safetensors import safe_open
 
     from lcd.concepts.validate import check_card, check_metadata, check_values
 
-    p = Path(folder)
+    p = fetch_concept(folder)
     f, meta, _ = read_concept_header(p)
     tokens, method, layout, scale = check_metadata(meta, str(f))
     try:
@@ -298,7 +321,8 @@ def load_concept(folder: str | Path) -> Concept:
     card = read_card(p)
     check_card(card, str(p / CARD_NAME))
     unet = {k[len("unet."):]: v for k, v in tensors.items() if k.startswith("unet.")}
-    return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, str(p), layout,
+    name = str(folder).rstrip("/") if p != Path(folder) else str(p)  # a URL's concept is named by it
+    return Concept(tokens, tensors["text.embeddings"], method, unet, scale, card, name, layout,
                    tensors.get("text_2.embeddings"))
 
 

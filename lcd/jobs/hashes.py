@@ -56,12 +56,18 @@ def config_fingerprint(cfg: EditConfig, models: ModelsConfig, engine: Engine) ->
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def concept_path(concept: str | None, concepts_root: str | Path | None) -> Path | None:
-    """A concept name -> `<concepts_root>/<name>`; a value with a slash is a folder path."""
+def concept_path(concept: str | None, concepts_root: str | Path | None) -> Path | str | None:
+    """A concept name -> `<concepts_root>/<name>`; a value with a slash is a folder path. A URL
+    (the concept's, or a root's `s3://bucket/concepts` + name) stays a URL string: item_hash and
+    load_concept fetch it (lcd.concepts.io.fetch_concept)."""
     if concept is None:
         return None
+    if storage.is_remote(concept):
+        return concept.rstrip("/")
     if "/" in concept or concepts_root is None:
         return Path(concept)
+    if storage.is_remote(str(concepts_root)):
+        return str(storage.join(concepts_root, concept))
     return Path(concepts_root) / concept
 
 
@@ -118,7 +124,19 @@ def check_concept_dir(name: str | None, concept_dir: Path) -> None:
                        item=str(concept_dir))
 
 
-def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
+def _local_concept(name: str | None, concept_dir: Path | str, limits: IoConfig | None) -> Path:
+    """The concept folder to hash: a URL's local copy (fetched once per machine), else itself."""
+    if not storage.is_remote(str(concept_dir)):
+        return Path(concept_dir)
+    from lcd.concepts.io import fetch_concept
+
+    try:
+        return fetch_concept(str(concept_dir), limits)
+    except LcdError as e:
+        raise LcdError(f"concept {name!r}: {e}", item=str(concept_dir)) from None
+
+
+def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | str | None,
               masks_store: "str | Path | MaskStore | None" = None, clip_pin: str | None = None,
               masks_cfg: MasksConfig | None = None, tree_hashes: dict[Path, str] | None = None,
               limits: IoConfig | None = None, failed_urls: dict[str, LcdError] | None = None) -> str:
@@ -131,9 +149,10 @@ def item_hash(item: ManifestItem, config_fp: str, concept_dir: Path | None,
     if concept_dir is not None:
         memo = tree_hashes if tree_hashes is not None else {}
         if concept_dir not in memo:
-            check_concept_dir(item.concept, concept_dir)
+            local = _local_concept(item.concept, concept_dir, limits)
+            check_concept_dir(item.concept, local)
             try:
-                memo[concept_dir] = sha256_tree(concept_dir)
+                memo[concept_dir] = sha256_tree(local)
             except OSError as e:  # an unreadable file in the folder fails this item, not the shard
                 raise LcdError(f"concept {item.concept!r}: cannot read {e.filename or concept_dir}: "
                                f"{e.strerror or e}", item=str(concept_dir)) from None
