@@ -21,7 +21,8 @@ LAYERS = [
 ]
 # inside lcd.models: readers of files and names < the loader < what builds on it
 MODELS_ORDER = [
-    {"__init__", "sources", "config", "tokenizer", "schedulers", "bundled", "trust", "layout", "remote"},
+    {"__init__", "sources", "config", "tokenizer", "schedulers", "bundled", "trust", "layout", "remote",
+     "sam_builders"},
     {"resolve"},
     {"encoders"},
     {"loader"},

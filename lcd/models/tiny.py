@@ -141,6 +141,24 @@ def write_tiny_sam(out_dir: str | Path, seed: int = 0) -> Path:
     return path
 
 
+def write_mobile_sam(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save MobileSAM (`sam_type: vit_t`) at full size with random weights, as the published
+    `mobile_sam.pt` is stored: a plain state dict of 439 tensors (10.1M values, ~40 MB)."""
+    from lcd.models.sam_builders import MOBILE_SAM_FILE, build_sam_vit_t
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    state = build_sam_vit_t().state_dict()
+    for k, v in state.items():  # init leaves BN statistics at 0/1 and attention biases at 0: vary them
+        if v.is_floating_point():
+            noise = torch.randn_like(v) * 0.01
+            v.add_(noise.abs() if k.endswith("running_var") else noise)
+    path = out / MOBILE_SAM_FILE
+    torch.save(state, path)
+    return path
+
+
 def write_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny transformers CLIPModel (text + vision towers) with its processor."""
     from transformers import (
