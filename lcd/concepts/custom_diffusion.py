@@ -35,7 +35,9 @@ def export_diffusers(concept: Concept, unet, out_dir: str | Path) -> Path:
     Every attention processor gets an entry (zero-length tensors for untouched ones) so diffusers
     builds a complete processor map. Pass `_pipeline`: without it diffusers 0.39 builds the
     processors and silently never installs them (diffusers #9320). LoRA and compressed deltas
-    are merged into K/V.
+    are merged into K/V. An SDXL concept's token file holds 'clip_l' and 'clip_g' (one row set
+    per text encoder, the layout A1111 and ComfyUI read); diffusers loads each with
+    load_textual_inversion(state[key], token=..., text_encoder=..., tokenizer=...).
     """
     from safetensors.torch import save_file
 
@@ -64,9 +66,15 @@ def export_diffusers(concept: Concept, unet, out_dir: str | Path) -> Path:
             state[f"{proc}.{_TO_DIFFUSERS[suf]}"] = t.detach().float().cpu().contiguous()
     with atomic_path(out / DIFFUSERS_WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp))
-    for tok, row in zip(concept.tokens, concept.embeddings):
+    from lcd.concepts.family import family_named
+    from lcd.concepts.formats import embedding_file
+
+    keys = family_named(concept.family).export_keys
+    for i, tok in enumerate(concept.tokens):
+        rows = {tok: concept.embeddings[i].detach().float().cpu().contiguous()} if concept.embeddings_2 is None \
+            else embedding_file([r[i] for r in concept.rows], keys)
         with atomic_path(out / token_file_name(tok)) as tmp:
-            save_file({tok: row.detach().float().cpu().contiguous()}, str(tmp))
+            save_file(rows, str(tmp))
     return out
 
 

@@ -9,6 +9,8 @@ Every LoRA-style file adds the concept's own W - W0 at strength 1.0 in every rea
 with the readers' arithmetic, `formats.reader_delta`, and stated in the manifest's `exact`/`note`).
 Prompts in other tools use the trigger word (`tokens.trigger_word`, e.g. 'lcddogzqjwjqzx'), not
 `[P]`: A1111 would fire an embedding named 'P' on every "p".
+SDXL (lcd.concepts.family): kohya / LyCORIS keys in the LDM naming sd-scripts uses for SDXL,
+ss_base_model_version 'sdxl_base_v1-0', and each embedding file holds 'clip_l' and 'clip_g'.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from lcd.concepts import formats
 from lcd.concepts.deltas import kv_deltas
+from lcd.concepts.family import Family, family_of_unet
 from lcd.concepts.custom_diffusion import export_diffusers, token_file_name
 from lcd.concepts.io import DIFFUSERS_WEIGHTS_NAME, Concept
 from lcd.concepts.tokens import check_trigger, trigger_words
@@ -67,10 +70,11 @@ def _save(tensors: dict, path: Path, metadata: dict[str, str] | None = None) -> 
     return path
 
 
-def _metadata(concept: Concept, fmt: str, ranks: list[int] | None = None, alpha: float | None = None) -> dict:
-    """kohya-style `ss_*` keys A1111 shows (informational), plus our tokens and base pin."""
+def _metadata(concept: Concept, fmt: str, fam: Family, ranks: list[int] | None = None,
+              alpha: float | None = None) -> dict:
+    """kohya-style `ss_*` keys A1111 shows (the base version tells SD1 from SDXL), plus our tokens and base pin."""
     base = concept.card.get("base") or {}
-    meta = {"ss_base_model_version": "sd_v1", "lcd_format": fmt, "lcd_tokens": json.dumps(concept.tokens),
+    meta = {"ss_base_model_version": fam.base_version, "lcd_format": fmt, "lcd_tokens": json.dumps(concept.tokens),
             "lcd_base": json.dumps({k: base.get(k) for k in ("ref", "sha256", "revision")})}
     if ranks:
         meta["ss_network_module"] = "networks.lora"
@@ -90,11 +94,11 @@ def _class_words(concept: Concept) -> list[str]:
     return words + [""] * (len(concept.tokens) - len(words))
 
 
-def _layer_error(sd: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor], fmt: str) -> float:
+def _layer_error(sd: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor], fmt: str, name) -> float:
     """Max over layers of max |what a reader adds - W - W0| / max |W - W0| (0 for untouched layers)."""
     worst = 0.0
     for m, d in deltas.items():
-        n = formats.kohya_name(m)
+        n = name(m)
         theirs = sd[f"{n}.diff"].float() if fmt == "lycoris-full" else formats.reader_delta(sd, n)
         scale = float(d.abs().max())
         if scale > 0:
@@ -102,15 +106,25 @@ def _layer_error(sd: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor], f
     return worst
 
 
-def _embedding_entries(concept: Concept, out: Path, words: dict[str, str], classes: list[str]) -> list[dict]:
+def diffusers_embedding_load(path: Path, word: str, fam: Family) -> str:
+    """How diffusers loads one embedding file: SD1.5 by path; SDXL one call per encoder with its tensor."""
+    if len(fam.encoders) == 1:
+        return f'pipe.load_textual_inversion("{path.parent}", weight_name="{path.name}", token="{word}")'
+    return "; ".join([f'state = safetensors.torch.load_file("{path}")'] + [
+        f'pipe.load_textual_inversion(state["{key}"], token="{word}", text_encoder=pipe.{te}, tokenizer=pipe.{tok})'
+        for key, (tok, te) in zip(fam.export_keys, fam.encoders)])
+
+
+def _embedding_entries(concept: Concept, out: Path, words: dict[str, str], classes: list[str],
+                       fam: Family) -> list[dict]:
     """Write embeddings/<TRIGGER>.safetensors per token (A1111 / ComfyUI layout) -> manifest entries."""
     entries = []
-    for tok, row, cls in zip(concept.tokens, concept.embeddings, classes):
+    for i, (tok, cls) in enumerate(zip(concept.tokens, classes)):
         w = words[tok]
         rel = f"{EMBEDDINGS_DIR}/{w}.safetensors"
-        _save(formats.a1111_embedding(row), out / rel)
+        _save(formats.embedding_file([r[i] for r in concept.rows], fam.export_keys), out / rel)
         entries.append({"path": rel, "role": "embedding", "token": tok, "trigger": w, "class_word": cls, "load": {
-            "diffusers": f'pipe.load_textual_inversion("{out / EMBEDDINGS_DIR}", weight_name="{w}.safetensors", token="{w}")',
+            "diffusers": diffusers_embedding_load(out / rel, w, fam),
             "comfyui": f"models/embeddings/{w}.safetensors; prompt embedding:{w}",
             "a1111": f"embeddings/{w}.safetensors; prompt word {w}"}})
     return entries
@@ -128,13 +142,14 @@ def _lora_entry(rel: str, stem: str, fmt: str, out: Path) -> dict:
     return {"path": rel, "role": role, "load": load}
 
 
-def _diffusers_entries(concept: Concept, out: Path, words: dict[str, str], classes: list[str]) -> list[dict]:
+def _diffusers_entries(concept: Concept, out: Path, words: dict[str, str], classes: list[str],
+                       fam: Family) -> list[dict]:
     entries = [{"path": DIFFUSERS_WEIGHTS_NAME, "role": "unet-kv-weights", "load": {
         "diffusers": f'pipe.unet.load_attn_procs("{out}", weight_name="{DIFFUSERS_WEIGHTS_NAME}", _pipeline=pipe)'}}]
     for tok, cls in zip(concept.tokens, classes):
         f, w = token_file_name(tok), words[tok]
         entries.append({"path": f, "role": "embedding", "token": tok, "trigger": w, "class_word": cls, "load": {
-            "diffusers": f'pipe.load_textual_inversion("{out}", weight_name="{f}", token="{w}")'}})
+            "diffusers": diffusers_embedding_load(out / f, w, fam)}})
     return entries
 
 
@@ -157,6 +172,10 @@ def export_concept(concept: Concept, unet, out_dir: str | Path, fmt: str, name: 
     `tokenizer` (the base model's) checks each trigger word splits into rare pieces."""
     # 1. check inputs, name the parts
     check_format(fmt)
+    fam = family_of_unet(unet)
+    if concept.family != fam.name:
+        raise LcdError(f"{concept.name}: an {concept.family} concept cannot be exported against an {fam.name} "
+                       "UNet; pass the base model it was trained on", item=concept.name)
     out = Path(out_dir)
     stem = lora_name(concept, name)
     words = concept_triggers(concept)
@@ -168,21 +187,23 @@ def export_concept(concept: Concept, unet, out_dir: str | Path, fmt: str, name: 
     exact, err = True, 0.0
     if fmt == "diffusers":
         export_diffusers(concept, unet, out)  # full replacement weights (float32): what diffusers installs
-        entries = _diffusers_entries(concept, out, words, classes)
+        entries = _diffusers_entries(concept, out, words, classes, fam)
     else:
         deltas = kv_deltas(concept, unet)
+        lpb = unet.config.layers_per_block
+        name = lambda m: fam.kohya_name(m, lpb if isinstance(lpb, int) else lpb[0])  # noqa: E731
         if fmt == "lycoris-full":
-            sd, meta = formats.lycoris_full_state_dict(deltas), _metadata(concept, fmt)
+            sd, meta = formats.lycoris_full_state_dict(deltas, name=name), _metadata(concept, fmt, fam)
         else:
             factors = formats.lora_factors(concept, deltas)
             alpha = next(iter(factors.values()))[1] if factors else None
-            sd = formats.kohya_state_dict(factors)
-            meta = _metadata(concept, fmt, [f.rank for f, _ in factors.values()], alpha)
-        err = _layer_error(sd, deltas, fmt)
+            sd = formats.kohya_state_dict(factors, name=name)
+            meta = _metadata(concept, fmt, fam, [f.rank for f, _ in factors.values()], alpha)
+        err = _layer_error(sd, deltas, fmt, name)
         exact = err <= EXACT_RTOL
         rel = f"{LORA_DIR}/{stem}.safetensors"
         _save(sd, out / rel, meta)
-        entries = [_lora_entry(rel, stem, fmt, out)] + _embedding_entries(concept, out, words, classes)
+        entries = [_lora_entry(rel, stem, fmt, out)] + _embedding_entries(concept, out, words, classes, fam)
     # 3. the manifest: every file, its role, how each tool loads it, the prompt that uses them all
     note = NOTES[fmt].replace("NAME", stem).replace("TRIGGER", " ".join(words.values()))
     if not exact:

@@ -15,12 +15,19 @@ A1111's extensions-builtin/Lora/network_full.py and ComfyUI's comfy/lora.py ("di
 Where each reader takes these keys is cited in tests/lcd/concepts/test_formats.py.
 
 A1111 textual inversion: a .safetensors file with one tensor (n_vectors, D); the embedding's
-trigger word is the file name without extension.
+trigger word is the file name without extension. SDXL (A1111 and ComfyUI alike): one file with
+'clip_l' (n_vectors, 768) and 'clip_g' (n_vectors, 1280), a row set per text encoder; diffusers
+reads it as two load_textual_inversion calls, one per encoder (`text_encoder=`, `tokenizer=`).
+
+SDXL LoRAs: sd-scripts trains SDXL on its own copy of Stability's UNet, so its module names are
+LDM paths (lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k; lcd.concepts.family
+maps them); `name` below is the family's naming, SD1.x's by default.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable, Sequence
 
 import torch
 
@@ -99,23 +106,33 @@ def reader_delta(sd: dict[str, torch.Tensor], name: str, strength: float = 1.0) 
     return (strength * (alpha / down.shape[0])) * (up @ down)
 
 
-def kohya_state_dict(factors: dict[str, tuple[Factors, float]], dtype=torch.float32) -> dict[str, torch.Tensor]:
+def kohya_state_dict(factors: dict[str, tuple[Factors, float]], dtype=torch.float32,
+                     name: Callable[[str], str] = kohya_name) -> dict[str, torch.Tensor]:
     """{module: (factors, alpha)} -> kohya keys; alpha as a 0-d float32 tensor (as sd-scripts saves)."""
     sd: dict[str, torch.Tensor] = {}
     for m, (f, alpha) in factors.items():
-        n = kohya_name(m)
+        n = name(m)
         sd[f"{n}.lora_down.weight"] = f.down.to(dtype).contiguous()
         sd[f"{n}.lora_up.weight"] = f.up.to(dtype).contiguous()
         sd[f"{n}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
     return sd
 
 
-def lycoris_full_state_dict(deltas: dict[str, torch.Tensor], dtype=torch.float32) -> dict[str, torch.Tensor]:
+def lycoris_full_state_dict(deltas: dict[str, torch.Tensor], dtype=torch.float32,
+                            name: Callable[[str], str] = kohya_name) -> dict[str, torch.Tensor]:
     """{module: W - W0 (out, in)} -> {'lora_unet_<module>.diff': (out, in)}."""
-    return {f"{kohya_name(m)}.diff": d.to(dtype).contiguous() for m, d in sorted(deltas.items())}
+    return {f"{name(m)}.diff": d.to(dtype).contiguous() for m, d in sorted(deltas.items())}
 
 
 def a1111_embedding(rows: torch.Tensor) -> dict[str, torch.Tensor]:
     """One token's embedding rows (n, D) or (D,) -> the single-tensor dict A1111 and ComfyUI read."""
     return {EMBEDDING_KEY: rows.detach().float().reshape(-1, rows.shape[-1]).contiguous()}
+
+
+def embedding_file(rows: Sequence[torch.Tensor], keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """One token's rows per text encoder -> the dict A1111 / ComfyUI read for the family whose
+    export keys are `keys` (SD1.5 ('emb_params',); SDXL ('clip_l', 'clip_g'))."""
+    if len(rows) != len(keys):
+        raise ValueError(f"{len(rows)} row set(s) for embedding keys {list(keys)}")
+    return {k: r.detach().float().reshape(-1, r.shape[-1]).contiguous() for k, r in zip(keys, rows)}
 

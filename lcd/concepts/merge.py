@@ -5,7 +5,9 @@ For every cross-attention `to_k` / `to_v` with base weight W0 (out, in):
 
     minimise  ||W C_reg^T - W0 C_reg^T||_F   subject to   W C^T = V
 
-C (s, in)      text-encoder features of every concept's prompts, at the positions that depend on
+C (s, in)      text features of every concept's prompts (what attn2's K/V read: SD1.5's 768-wide
+               last hidden state, SDXL's 2048-wide concatenation of both encoders' penultimate
+               states, lcd.concepts.family.encode_prompts), at the positions that depend on
                the concept's token: from the token through the end-of-text token. CLIP's text
                encoder is causal, so earlier positions ("a photo of") are the same for every
                prompt that starts that way; they belong to the regularization side.
@@ -27,6 +29,7 @@ from typing import Sequence
 import torch
 
 from lcd.concepts.deltas import check_kv_concept, kv_deltas
+from lcd.concepts.family import encode_prompts, family_of
 from lcd.concepts.io import Concept, add_tokens
 from lcd.concepts.tokens import CONCEPT_TOKEN
 from lcd.errors import LcdError, ModelLoadError, PromptError
@@ -73,14 +76,14 @@ def merged_weight(w0: torch.Tensor, residual: torch.Tensor, op: torch.Tensor) ->
 
 @torch.no_grad()
 def encode_texts(pipe, texts: Sequence[str], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (ids (n, L) long, features (n, L, D) float32 on CPU): the text encoder's last hidden
-    state, as the SD pipeline conditions the UNet on it (L = tokenizer.model_max_length)."""
-    tok = pipe.tokenizer
-    ids = tok(list(texts), padding="max_length", truncation=True, max_length=tok.model_max_length,
-              return_tensors="pt").input_ids
-    dev = pipe.text_encoder.device
-    feats = [pipe.text_encoder(ids[i:i + batch_size].to(dev))[0].float().cpu() for i in range(0, len(ids), batch_size)]
-    return ids, torch.cat(feats)
+    """-> (ids (n, L) long, features (n, L, D) float32 on CPU): the UNet's text context, as the
+    pipeline conditions it (L = tokenizer.model_max_length; ids of the first tokenizer)."""
+    ids, feats = [], []
+    for i in range(0, len(texts), batch_size):
+        cond = encode_prompts(pipe, list(texts[i:i + batch_size]))
+        ids.append(cond.ids.cpu())
+        feats.append(cond.context.float().cpu())
+    return torch.cat(ids), torch.cat(feats)
 
 
 def caption_gram(pipe, captions: Sequence[str], batch_size: int = 32) -> torch.Tensor:
@@ -186,10 +189,15 @@ def merge_concepts(pipe, concepts: Sequence[Concept], reg_captions: Sequence[str
     encoder gain the concepts' tokens (as `apply_concepts` would add them), its UNet is only read.
     """
     # 1. check inputs, 2. tokens into the text encoder (features of each concept's own prompts)
+    from lcd.concepts.validate import check_against_base
+
     check_mergeable(concepts)
+    for c in concepts:  # each of the base's family (SDXL: rows for both encoders) and shapes
+        check_against_base(c, pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
     deltas = [kv_deltas(c, pipe.unet) for c in concepts]
     for c in concepts:
-        add_tokens(pipe.tokenizer, pipe.text_encoder, c.tokens, c.embeddings, c.name)
+        for (tok, te), rows in zip(family_of(pipe).text_encoders(pipe), c.rows):
+            add_tokens(tok, te, c.tokens, rows, c.name)
     # 3. constraint and regularization features, 4. the shared operator
     cs = [constraint_features(pipe, c, templates) for c in concepts]
     op = merge_operator(torch.cat(cs), caption_gram(pipe, reg_captions), ridge)
@@ -201,8 +209,10 @@ def merge_concepts(pipe, concepts: Sequence[Concept], reg_captions: Sequence[str
         res = torch.cat([(d[mod].double() @ c.double().T) if mod in d else torch.zeros(w0.shape[0], len(c), dtype=torch.float64)
                          for d, c in zip(deltas, cs)], dim=1)
         unet[f"{mod}.weight"] = merged_weight(w0, res, op)
+    rows_2 = None if family_of(pipe).name == "sd15" else torch.cat([c.embeddings_2.float() for c in concepts])
     return Concept([t for c in concepts for t in c.tokens], torch.cat([c.embeddings.float() for c in concepts]),
-                   "kv", unet, 1.0, _card(concepts, cs, len(reg_captions), templates, ridge, reg_source), "merged")
+                   "kv", unet, 1.0, _card(concepts, cs, len(reg_captions), templates, ridge, reg_source), "merged",
+                   embeddings_2=rows_2)
 
 
 def _card(concepts, cs, n_reg: int, templates, ridge: float, reg_source: str) -> dict:
