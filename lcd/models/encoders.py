@@ -67,10 +67,11 @@ def load_sam(checkpoint: str | Path, model_type: str, *, device: str | torch.dev
         raise ModelLoadError(f"{path}: not a SAM state dict (a {type(state).__name__})", item=str(path))
     try:
         sam.load_state_dict(state)
-    except RuntimeError as e:
+    except RuntimeError as e:  # torch: a header line, then one line per kind of mismatch: keep the first
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__
         raise ModelLoadError(
-            f"{path}: weights do not fit SAM type {model_type!r}: {str(e).strip().splitlines()[0]}",
-            item=str(path),
+            f"{path}: weights do not fit SAM type {model_type!r}: {detail[:300]}", item=str(path),
         ) from None
     return sam.to(device).eval(), source
 
