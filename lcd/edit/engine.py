@@ -21,7 +21,7 @@ from lcd.concepts.tokens import CONCEPT_TOKEN, check_prompt
 from lcd.edit import region
 from lcd.edit.config import EXECUTION_ONLY, EditConfig
 from lcd.edit.items import EditItem, EditResult  # noqa: F401 - re-exported: the public names
-from lcd.edit.prompts import PromptCache
+from lcd.edit.prompts import PromptCache, added_conditioning
 from lcd.edit.sampler import SamplerSettings, decode_latents, denoise, encode_latents
 from lcd.edit.speed import apply_speed_settings, resolve_batch_size
 from lcd.edit.result_checks import EditResultError, constant_problem, nonfinite_problem, to_uint8
@@ -107,9 +107,11 @@ def _run_batch(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig, pr
     if lp.is_inpaint_model:
         masked = encode_latents(vae, images * (regions < 0.5).to(images.dtype), cfg.vae_slice).to(dtype)
         inpaint_cond = torch.cat([F.interpolate(regions, size=(h, h)), masked], dim=1)
-    # text encoder once per distinct prompt (and once for the negative prompt) per cache
-    cond = prompts.encode([it.prompt for it in items])
-    uncond = prompts.encode([cfg.negative_prompt]).expand(len(items), -1, -1)
+    # text encoders once per distinct prompt (and once for the negative prompt) per cache; SDXL
+    # adds the pooled embedding and time ids of the working size (lcd.edit.prompts)
+    cond, pooled = prompts.encode_pooled([it.prompt for it in items])
+    uncond, uncond_pooled = prompts.negative(cfg.negative_prompt, len(items))
+    added = added_conditioning(pipe, pooled, uncond_pooled, cfg.size, dtype)
     noise, generators = initial_noise([it.seed for it in items], (unet.config.out_channels, h, h), device, dtype)
     if cfg.channels_last:
         noise = noise.contiguous(memory_format=torch.channels_last)
@@ -117,7 +119,7 @@ def _run_batch(lp: LoadedPipeline, prepared: list[Prepared], cfg: EditConfig, pr
     latents = denoise(
         unet, build_scheduler(cfg.scheduler, pipe.scheduler.config), noise=noise, cond=cond.to(dtype),
         uncond=uncond.to(dtype), settings=settings, image_latents=image_latents, latent_mask=latent_mask,
-        inpaint_cond=inpaint_cond, generators=generators,
+        inpaint_cond=inpaint_cond, generators=generators, added_cond=added,
     )
     pixels = decode_latents(vae, latents, cfg.vae_slice).float().cpu()
     # 5. check each item's result before anything records it: NaN survives clamp and casts to black
@@ -182,7 +184,8 @@ def run_prepared(lp: LoadedPipeline, prepared: Sequence[Prepared], cfg: EditConf
     whose result is broken, an EditResultError: finish_item raises it). `prompts` caches text
     embeddings across calls (one per shard and model); None: a cache for this call."""
     apply_speed_settings(lp, cfg)
-    prompts = prompts or PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder)
+    if prompts is None or not prompts.fits(lp.pipe):  # an SD1.5-form cache cannot encode for SDXL
+        prompts = PromptCache.of(lp.pipe)
     batch = resolve_batch_size(lp, cfg)
     crops: list[np.ndarray | None] = [None] * len(prepared)
     todo = [i for i, p in enumerate(prepared) if p.box is not None]
@@ -249,6 +252,7 @@ def _meta(lp: LoadedPipeline, it: EditItem, cfg: EditConfig, box, extra: dict | 
         "output_size": f"{it.image.shape[1]}x{it.image.shape[0]}",
         "model": lp.source.ref,
         "model_hash": lp.source.short_hash,
+        "model_family": lp.family,
         "model_source": lp.source.to_dict(),
         "edit_config": cfg.model_dump(exclude=set(EXECUTION_ONLY)),
         "crop_box": None if box is None else [box.x0, box.y0, box.side],

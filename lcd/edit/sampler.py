@@ -2,7 +2,7 @@
 
 Pure tensor code over diffusers components; no files, no device decisions (tensors arrive on
 their device). Shapes: latents (B, C, h, w) with h = H / f, f the VAE's latent factor; masks
-(B, 1, h, w) float in {0, 1}, 1 = generate; text embeddings (B, 77, D).
+(B, 1, h, w) float in {0, 1}, 1 = generate; text embeddings (B, 77, D) (SDXL: D = 768 + 1280).
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def denoise(
     latent_mask: torch.Tensor | None = None,
     inpaint_cond: torch.Tensor | None = None,
     generators: list[torch.Generator] | None = None,
+    added_cond: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run the reverse process from pure noise; return final latents (B, C, h, w).
 
@@ -85,6 +86,8 @@ def denoise(
       legacy path of diffusers' inpaint pipeline), from step round(blend_start * steps) on.
     - 9-channel models: `inpaint_cond` (B, 5, h, w) = [mask, masked-image latents] is
       concatenated to the UNet input; no blending (the model conditions on the mask).
+    - SDXL: `added_cond` ({"text_embeds": (2B, P), "time_ids": (2B, 6)}, in the [uncond; cond]
+      order of lcd.edit.prompts.added_conditioning) goes to the UNet as `added_cond_kwargs`.
     """
     scheduler.set_timesteps(settings.steps, device=noise.device)
     timesteps = scheduler.timesteps
@@ -98,7 +101,8 @@ def denoise(
         x = scheduler.scale_model_input(torch.cat([latents] * 2), t)
         if extra is not None:
             x = torch.cat([x, extra], dim=1)
-        eps_uncond, eps_text = unet(x, t, encoder_hidden_states=text, return_dict=False)[0].chunk(2)
+        eps_uncond, eps_text = unet(x, t, encoder_hidden_states=text, added_cond_kwargs=added_cond,
+                                    return_dict=False)[0].chunk(2)
         eps = eps_uncond + settings.guidance * (eps_text - eps_uncond)
         latents = scheduler.step(eps, t, latents, **extra_step, return_dict=False)[0]
         if blending and i >= first_blend:
