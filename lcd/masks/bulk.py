@@ -123,6 +123,7 @@ def compute_masks(
     clip=None,
     after_image: Callable[[str], None] | None = None,
     io_cfg: IoConfig | None = None,
+    done: dict | None = None,
 ) -> MasksSummary:
     """Masks for every item not already stored under `out` (see lcd.masks.store for the layout).
 
@@ -134,10 +135,12 @@ def compute_masks(
     deadlines, byte limit): a URL that hangs costs at most its deadline, then fails alone.
     An image is skipped only when stored with the same bytes, result settings
     (`cfg.result_settings()`), SAM weights and prompts; otherwise it is computed again and the
-    newer part is what readers see (`summary.recomputed` counts those).
+    newer part is what readers see (`summary.recomputed` counts those). `done`: what is stored
+    already (store.done_images) when that is not `out` itself (a local staging folder whose parts
+    are uploaded to a store on object storage: lcd.jobs.masking).
     """
     # 1. what is already stored: skip by (image_id, sha256) and the settings key
-    done = done_images(Path(out))
+    done = done_images(Path(out)) if done is None else done
     predictor = MaskPredictor(sam, cfg)
     summary = MasksSummary()
     buf = _PartBuffer(Path(out), cfg, summary, set(read_failures(out).column("image_id").to_pylist()))
