@@ -1,5 +1,5 @@
-"""The two shipped parameter files: params.yaml runs the tiny models on CPUs, params.sd15.yaml
-holds the paper's settings; same keys (dvc.yaml names them), both valid typed configs."""
+"""The shipped parameter files: params.yaml runs the tiny models on CPUs, params.sd15.yaml holds
+the paper's settings, params.sdxl.yaml SDXL's; same keys (dvc.yaml names them), all valid typed configs."""
 
 from __future__ import annotations
 
@@ -21,10 +21,22 @@ def _keys(d: dict, prefix: str = "") -> set[str]:
     return out
 
 
-def test_both_files_have_the_same_keys_and_validate():
-    tiny, sd15 = (yaml.safe_load((REPO / f).read_text()) for f in ("params.yaml", "params.sd15.yaml"))
-    assert _keys(tiny) == _keys(sd15)
-    load_params(REPO / "params.yaml"), load_params(REPO / "params.sd15.yaml")
+def test_the_files_have_the_same_keys_and_validate():
+    tiny, sd15, sdxl = (yaml.safe_load((REPO / f).read_text()) for f in ("params.yaml", "params.sd15.yaml",
+                                                                         "params.sdxl.yaml"))
+    assert _keys(tiny) == _keys(sd15) == _keys(sdxl)
+    for f in ("params.yaml", "params.sd15.yaml", "params.sdxl.yaml"):
+        load_params(REPO / f)
+
+
+def test_sdxl_file_holds_sdxls_settings():
+    """1024 px everywhere an image is made, Euler at guidance 5 (diffusers' SDXL defaults), and a
+    VAE that cannot overflow (float32 beside a float16 UNet)."""
+    p = load_params(REPO / "params.sdxl.yaml")
+    assert p.models.sd == "stabilityai/stable-diffusion-xl-base-1.0" and p.models.variant == "fp16"
+    assert (p.models.dtype, p.models.vae_dtype) == ("float16", "float32")
+    assert (p.edit.scheduler, p.edit.steps, p.edit.guidance, p.edit.size) == ("euler", 50, 5.0, 1024)
+    assert p.train.resolution == p.regset.image_size == p.regset.gen_size == 1024
 
 
 def test_sd15_file_holds_the_papers_settings():
