@@ -17,7 +17,7 @@ import torch
 from lcd.errors import ModelLoadError
 from lcd.models.config import ModelsConfig
 from lcd.models.encoders import SAM_TYPES, load_sam
-from lcd.models.sam_builders import build_litemedsam, build_sam_vit_t
+from lcd.models.sam_builders import build_litemedsam
 from lcd.models.tiny import write_mobile_sam
 
 KEYS_FILE = Path(__file__).parent / "mobile_sam_keys.txt"
@@ -39,6 +39,12 @@ def mobile_sam_file(tmp_path_factory) -> Path:
     return write_mobile_sam(tmp_path_factory.mktemp("mobile-sam"))
 
 
+@pytest.fixture(scope="module")
+def vit_t(mobile_sam_file):
+    """(Sam, ModelSource) from the random mobile_sam.pt through lcd's loader."""
+    return load_sam(mobile_sam_file, "vit_t")
+
+
 def test_written_checkpoint_has_the_published_mobile_sam_layout(mobile_sam_file):
     recorded = _recorded_layout()
     assert len(recorded) == 439 and sum(k.startswith("image_encoder.") for k in recorded) == 302
@@ -48,10 +54,10 @@ def test_written_checkpoint_has_the_published_mobile_sam_layout(mobile_sam_file)
 
 
 @pytest.mark.slow  # one TinyViT pass at 1024 px: ~6 s on 2 idle cores, 20-27 s on a loaded machine
-def test_vit_t_loads_strictly_and_runs_sam_predictor(mobile_sam_file):
+def test_vit_t_loads_strictly_and_runs_sam_predictor(mobile_sam_file, vit_t):
     from segment_anything import SamPredictor
 
-    sam, source = load_sam(mobile_sam_file, "vit_t")
+    sam, source = vit_t
     state = torch.load(mobile_sam_file, weights_only=True)
     loaded = sam.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())  # every tensor came from the file
@@ -89,10 +95,13 @@ def test_litemedsam_layout_is_mobile_sam_with_a_1x1_stem_and_no_head():
     assert all(lite[k] == recorded[k] for k in same)
 
 
-def test_attention_biases_follow_loads_and_dtype_changes():
+def test_attention_biases_follow_loads_and_dtype_changes(vit_t):
     """TinyViT caches its gathered attention biases in eval mode; lcd regathers them before each
     forward, so weights loaded after `.eval()` and a later `.to(dtype)` take effect."""
-    attn = build_sam_vit_t().image_encoder.layers[1].blocks[0].attn  # eval mode: cache filled
+    import copy
+
+    attn = copy.deepcopy(vit_t[0].image_encoder.layers[1].blocks[0].attn)  # with its hook; eval: cache filled
+    assert not attn.training and hasattr(attn, "ab")
     x = torch.randn(2, 49, 128)
     before = attn(x)
     with torch.no_grad():
