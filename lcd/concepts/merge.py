@@ -134,7 +134,11 @@ def constraint_features(pipe, concept: Concept, templates: Sequence[str]) -> tor
     if not rows:
         raise PromptError(f"{concept.name}: no prompt contains its token(s) {concept.tokens}; check the templates",
                           item=concept.name)
-    return torch.cat(rows)
+    # prompts that share a prefix through the token ("a photo of [P] dog" and "... dog on the beach")
+    # give the same rows there (the encoder is causal): one constraint each, or G is singular
+    out = torch.cat(rows)
+    keep = [i for i in range(len(out)) if not any(torch.equal(out[i], out[j]) for j in range(i))]
+    return out[keep]
 
 
 # --- concepts ----------------------------------------------------------------------------------
