@@ -43,6 +43,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.gpu_sdxl import run_sdxl  # noqa: E402 - SDXL's section (issue 31): its own model and time box
+
 TARGET_S_PER_EDIT = 0.4
 WARMUP_STEPS = 3
 
@@ -301,6 +303,7 @@ def main() -> None:
     clock = Clock(args.budget_s)
     result = measure(plan, clock, args.hard_s)
     result |= {"skipped": clock.skipped, "total_s": clock.elapsed()}
+    result["sdxl"] = run_sdxl(args.smoke)
     print(json.dumps(result))
 
 
