@@ -8,6 +8,7 @@ image in flight, and a re-run skips what is stored.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -113,6 +114,52 @@ class _PartBuffer:
         self.failures.clear(), self.attempted.clear()
 
 
+@dataclass
+class _Read:
+    """One manifest item after the read step: skipped, failed, or decoded and ready."""
+
+    item: ManifestItem
+    status: str  # skip | fail | ready
+    sha: str = ""
+    key: str = ""
+    recomputed: bool = False
+    image: np.ndarray | None = None
+    prompts: list = field(default_factory=list)
+    failure: dict | None = None
+
+
+def _failure(item: ManifestItem, e: Exception) -> dict:
+    return {"image_id": item.image_id, "image": item.image, "error_type": type(e).__name__, "error": str(e)}
+
+
+def _read_item(item: ManifestItem, done: dict, model: dict, settings: dict, clip, io_cfg) -> _Read:
+    """Read bytes, hash, skip if stored under the same settings, decode, parse the prompts.
+    Runs on the reader thread (decoding releases the GIL) while the model works."""
+    name = item.image_id
+    try:
+        # 2. read bytes, hash, skip if stored under the same settings
+        data = fetch_bytes(item.image, name, io_cfg)
+        sha = sha256_bytes(data)
+        key = settings_key(settings, model, item.prompts_json)
+        stored = done.get((name, sha))
+        if stored is not None and stored.get("settings") == key:
+            return _Read(item, "skip")
+        # 3. decode and validate prompts against the image size
+        image = decode_image(data, name)
+        h, w = image.shape[:2]
+        prompts = [parse_prompt(p, w, h, f"{name} prompt {i}")
+                   for i, p in enumerate(parse_prompts_json(item.prompts_json, name))]
+        if any(p.text is not None for p in prompts) and clip is None:
+            raise LcdError(f"{name}: has text prompts but no CLIP model was given", item=name)
+        return _Read(item, "ready", sha, key, stored is not None, image, prompts)
+    except Exception as e:  # one bad image never sinks the batch; the table says why
+        return _Read(item, "fail", failure=_failure(item, e))
+
+
+def _read_batch(items, done, model, settings, clip, io_cfg) -> list[_Read]:
+    return [_read_item(it, done, model, settings, clip, io_cfg) for it in items]
+
+
 def compute_masks(
     items: Sequence[ManifestItem],
     sam,
@@ -123,7 +170,6 @@ def compute_masks(
     clip=None,
     after_image: Callable[[str], None] | None = None,
     io_cfg: IoConfig | None = None,
-    done: dict | None = None,
 ) -> MasksSummary:
     """Masks for every item not already stored under `out` (see lcd.masks.store for the layout).
 
@@ -135,24 +181,33 @@ def compute_masks(
     deadlines, byte limit): a URL that hangs costs at most its deadline, then fails alone.
     An image is skipped only when stored with the same bytes, result settings
     (`cfg.result_settings()`), SAM weights and prompts; otherwise it is computed again and the
-    newer part is what readers see (`summary.recomputed` counts those). `done`: what is stored
-    already (store.done_images) when that is not `out` itself (a local staging folder whose parts
-    are uploaded to a store on object storage: lcd.jobs.masking).
+    newer part is what readers see (`summary.recomputed` counts those).
+    Images go through the model `cfg.images_per_batch` at a time (one image-encoder call per
+    batch); the next batch is read and decoded on a background thread meanwhile. Rows, parts and
+    failures are the same, in the same order, whatever the batch size.
     """
     # 1. what is already stored: skip by (image_id, sha256) and the settings key
-    done = done_images(Path(out)) if done is None else done
+    done = done_images(Path(out))
     predictor = MaskPredictor(sam, cfg)
     summary = MasksSummary()
     buf = _PartBuffer(Path(out), cfg, summary, set(read_failures(out).column("image_id").to_pylist()))
     progress = Progress("masks", len(items), unit="images")
     settings = cfg.result_settings()  # what, beside bytes, weights and prompts, decides a re-run
-    for item in items:
-        if _one_image(item, done, buf, predictor, clip, cfg, model, settings, io_cfg):
-            # 5. store the image now (a checkpoint part; a whole part every images_per_part images)
-            buf.store_image()
-            if after_image is not None:
-                after_image(item.image_id)
-        progress.advance()
+    n = cfg.images_per_batch
+    batches = [list(items[i:i + n]) for i in range(0, len(items), n)]
+    with ThreadPoolExecutor(1, thread_name_prefix="lcd-masks-read") as reader:
+        nxt = reader.submit(_read_batch, batches[0], done, model, settings, clip, io_cfg) if batches else None
+        for k in range(len(batches)):
+            reads = nxt.result()
+            nxt = (reader.submit(_read_batch, batches[k + 1], done, model, settings, clip, io_cfg)
+                   if k + 1 < len(batches) else None)
+            for r, records in _run_batch(reads, predictor, clip, cfg):
+                if _record(r, records, buf, model):
+                    # 5. store the image now (a checkpoint part; a whole part every images_per_part images)
+                    buf.store_image()
+                    if after_image is not None:
+                        after_image(r.item.image_id)
+                progress.advance()
     buf.flush()
     summary.encoder_passes = predictor.predictor.encoder_passes
     progress.close(f"{summary.done} computed ({summary.recomputed} under changed settings), {summary.skipped} "
@@ -160,49 +215,48 @@ def compute_masks(
     return summary
 
 
-def _one_image(item: ManifestItem, done: dict, buf: _PartBuffer, predictor: MaskPredictor, clip, cfg: MasksConfig,
-               model: dict, settings: dict, io_cfg: IoConfig | None = None) -> bool:
-    """Compute one image's masks into `buf` unless stored under the same settings; a failure is
-    buffered as a row. -> True when its masks were buffered."""
-    name, summary = item.image_id, buf.summary
-    try:
-        # 2. read bytes, hash, skip if stored under the same settings
-        data = fetch_bytes(item.image, name, io_cfg)
-        sha = sha256_bytes(data)
-        key = settings_key(settings, model, item.prompts_json)
-        stored = done.get((name, sha))
-        if stored is not None and stored.get("settings") == key:
-            summary.skipped += 1
-            return False
-        summary.recomputed += stored is not None
+def _run_batch(reads: list[_Read], predictor: MaskPredictor, clip, cfg: MasksConfig):
+    """-> (read, records or an exception) per item, in order. The ready images are embedded in
+    one encoder call; if that call fails, each is embedded alone so only its own image fails."""
+    ready = [r for r in reads if r.status == "ready"]
+    embs: list = [None] * len(ready)
+    if len(ready) > 1:
+        try:
+            embs = predictor.embed([r.image for r in ready])
+        except Exception:  # noqa: BLE001 - retried one by one below, where the error is the item's
+            embs = [None] * len(ready)
+    by_id = {id(r): e for r, e in zip(ready, embs)}
+    for r in reads:
+        if r.status != "ready":
+            yield r, None
+            continue
+        try:
+            # 4. one encoder pass, all prompts batched, automatic masks on the same embedding
+            records = predictor.predict(r.image, r.prompts, embedding=by_id[id(r)])
+            records += text_records(r.image, records, r.prompts, clip, cfg) if clip is not None else []
+        except Exception as e:  # one bad image never sinks the batch
+            records = e
+        by_id[id(r)] = None  # release the embedding
+        yield r, records
+
+
+def _record(r: _Read, records, buf: _PartBuffer, model: dict) -> bool:
+    """Buffer one item's outcome (rows, a failure, or a skip) -> True when masks were buffered."""
+    name, summary = r.item.image_id, buf.summary
+    if r.status == "skip":
+        summary.skipped += 1
+        return False
+    if name not in buf.attempted:
         buf.attempted.append(name)
-        image, records = _image_masks(data, item, predictor, clip, cfg)
-    except Exception as e:  # one bad image never sinks the batch; the table says why
-        if name not in buf.attempted:
-            buf.attempted.append(name)
-        buf.failures.append({"image_id": name, "image": item.image, "error_type": type(e).__name__, "error": str(e)})
+    if isinstance(records, Exception) or r.status == "fail":
+        buf.failures.append(r.failure if r.status == "fail" else _failure(r.item, records))
         summary.failed += 1
         return False
-    h, w = image.shape[:2]
-    buf.rows.extend(image_rows(name, item.image, sha, w, h, records, model))
-    buf.images.append({"image_id": name, "image_sha256": sha, "width": w, "height": h, "n_masks": len(records),
-                       "settings": key})
+    summary.recomputed += r.recomputed
+    h, w = r.image.shape[:2]
+    buf.rows.extend(image_rows(name, r.item.image, r.sha, w, h, records, model))
+    buf.images.append({"image_id": name, "image_sha256": r.sha, "width": w, "height": h,
+                       "n_masks": len(records), "settings": r.key})
     summary.done += 1
     summary.masks += len(records)
     return True
-
-
-def _image_masks(data: bytes, item: ManifestItem, predictor: MaskPredictor, clip, cfg: MasksConfig):
-    """-> (image (H, W, 3) uint8, mask records) for one image's bytes."""
-    name = item.image_id
-    # 3. decode and validate prompts against the image size
-    image = decode_image(data, name)
-    h, w = image.shape[:2]
-    prompts = [parse_prompt(p, w, h, f"{name} prompt {i}")
-               for i, p in enumerate(parse_prompts_json(item.prompts_json, name))]
-    if any(p.text is not None for p in prompts) and clip is None:
-        raise LcdError(f"{name}: has text prompts but no CLIP model was given", item=name)
-    # 4. one encoder pass, all prompts batched, automatic masks on the same embedding
-    records = predictor.predict(image, prompts)
-    records += text_records(image, records, prompts, clip, cfg) if clip is not None else []
-    return image, records

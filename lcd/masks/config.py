@@ -17,7 +17,7 @@ class AutoMaskConfig(StrictConfig):
     """
 
     points_per_side: int = Field(32, ge=1, le=256)
-    points_per_batch: int = Field(64, ge=1, le=4096)
+    points_per_batch: int = Field(64, ge=1, le=4096)  # stock generator; bulk sizes batches to memory_budget_mb
     pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
     stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
     stability_score_offset: float = Field(1.0, ge=0.0)
@@ -35,6 +35,17 @@ class MasksConfig(StrictConfig):
     automatic: bool = True  # run the automatic generator on every image (besides its prompts)
     auto: AutoMaskConfig = AutoMaskConfig()
     multimask: bool = True  # single-point prompts return SAM's 3 candidates with scores
+    # bulk: lcd.masks.amg (filters before upsampling; masks equal stock's on photos up to SAM's
+    # 1024 px working size, and each kept mask equals stock's upsampling above it); stock:
+    # segment_anything's SamAutomaticMaskGenerator, the reference
+    generator: Literal["bulk", "stock"] = "bulk"
+    # memory for mask upsampling and decoder point batches (bulk generator, prompts): chunks are
+    # sized to it, so a 12 MP photo needs no more than a 1 MP one; it does not change the masks
+    memory_budget_mb: int = Field(1024, ge=64, le=1_000_000)
+    images_per_batch: int = Field(1, ge=1, le=256)  # images per image-encoder call (GPU throughput)
+    # the image encoder's dtype: float16/bfloat16 halve its time on a GPU; masks then differ from
+    # float32 at pixels near the threshold, so it is a result setting; float32 on CPU
+    encoder_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     images_per_part: int = Field(64, ge=1, le=100_000)  # images per atomically written part file
     row_group_rows: int = Field(1024, ge=1, le=1_000_000)  # Parquet row group size (streaming reads)
     # Parquet page codec and level. Parts are written once and read many times: zstd 19 writes
@@ -50,8 +61,10 @@ class MasksConfig(StrictConfig):
 
     def result_settings(self) -> dict:
         """The settings that change which masks are stored (what decides a re-run); storage
-        layout (parts, codec) and read-time post-processing (select, fill_holes, dilate) do not."""
-        return self.model_dump(include={"automatic", "auto", "multimask", "text_crop_margin"})
+        layout (parts, codec), read-time post-processing (select, fill_holes, dilate) and the
+        batching knobs (memory_budget_mb, images_per_batch: same masks) do not."""
+        return self.model_dump(include={"automatic", "auto", "multimask", "text_crop_margin", "generator",
+                                        "encoder_dtype"})
 
     @model_validator(mode="after")
     def _valid_level(self) -> "MasksConfig":
