@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -16,6 +14,6 @@ from lcd.jobs.masking import mask_scenes
 def precompute_masks_task(images_dir: str, out_path: str, params_path: str) -> dict:
     """-> {out, done, recomputed, skipped, failed, masks} of this run."""
     params = load_params(params_path)
-    s = mask_scenes(image_files(images_dir), Path(out_path), params.masks, params.models)
+    s = mask_scenes(image_files(images_dir), out_path, params.masks, params.models, params.io)  # out_path: a folder or URL
     return {"out": out_path, "done": s.done, "recomputed": s.recomputed, "skipped": s.skipped,
             "failed": s.failed, "masks": s.masks}

@@ -94,7 +94,7 @@ def _write_meta(p: Path, meta: dict) -> None:
 
 
 @contextlib.contextmanager
-def _locked(lock: Path, url: str, limits: IoConfig) -> Iterator[None]:
+def locked(lock: Path, url: str, limits: IoConfig) -> Iterator[None]:
     """An exclusive flock on `lock`, waited for at most `limits.fetch_timeout_s` (another process
     fetching the same key holds it for as long as its fetch takes)."""
     lock.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +211,7 @@ def fetch_file(url: str, limits: IoConfig | None = None, *, sha256: str | None =
     meta_path, data = base / f"{key}.json", base / key / _safe_name(url)
     if version and _valid_hit(_read_meta(meta_path), data, lock_held=False):
         return _hit(data, sha256, url)
-    with _locked(base / f"{key}.lock", url, limits):
+    with locked(base / f"{key}.lock", url, limits):
         meta = _read_meta(meta_path)
         if version and _valid_hit(meta, data, lock_held=True):
             if _stamp(data) != meta["stamp"]:
@@ -309,7 +309,7 @@ def fetch_folder(url: str, limits: IoConfig | None = None, listing: dict[str, di
     if _folder_ok(root, _read_meta(meta_path)):
         STATS["hits"] += 1
         return root
-    with _locked(base / f"{key}.lock", url, limits):
+    with locked(base / f"{key}.lock", url, limits):
         if _folder_ok(root, _read_meta(meta_path)):
             STATS["hits"] += 1
             return root

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from lcd.errors import InputImageError, LcdError
+from lcd.io import storage
 from lcd.io.config import IoConfig
 from lcd.io.images import check_mask_fits, load_mask
 from lcd.jobs.manifest import ManifestItem
@@ -149,7 +150,7 @@ def open_masks_store(masks_store, items: list[ManifestItem]):
 
     if masks_store is None or isinstance(masks_store, MaskStore):
         return masks_store
-    if not Path(masks_store).exists():
+    if not (storage.exists(masks_store) if storage.is_remote(masks_store) else Path(masks_store).exists()):
         return None
     if not any(map(uses_sam, items)):
         return masks_store

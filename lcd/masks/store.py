@@ -25,7 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lcd.errors import LcdError
+from lcd.io import storage
 from lcd.io.atomic import atomic_path
+from lcd.masks import remote
 from lcd.masks.rle import decode_rles, encode_rle
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ MASKS_DIR = "masks"
 FAILURES_FILE = "failures.parquet"
 IMAGES_META = b"lcd.masks.images"
 CONFIG_META = b"lcd.masks.config"
+# in a local staging store (lcd.jobs.masking): the URL of the store its parts are uploaded to
+UPSTREAM_FILE = ".lcd-upstream"
 
 PROMPT_TYPE = pa.struct([
     # variable-size lists: pyarrow 15 cannot write null fixed-size lists to Parquet
@@ -90,14 +94,21 @@ def image_rows(image_id: str, image: str, sha: str, width: int, height: int, rec
     return rows
 
 
-def _part_order(p: Path) -> tuple[int, str]:
-    """Parts sort by their sequence number as a number (part-100000 after part-99999), then name."""
-    seq = p.stem.split("-")[1] if p.stem.count("-") else ""
-    return (int(seq) if seq.isdigit() else -1, p.name)
+def part_order(p: "Path | str") -> tuple[int, str]:
+    """Parts sort by their sequence number as a number (part-100000 after part-99999), then name
+    (a local Path, or a part's URL)."""
+    name = str(p).rstrip("/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0]
+    seq = stem.split("-")[1] if stem.count("-") else ""
+    return (int(seq) if seq.isdigit() else -1, name)
+
+
+def is_part_name(name: str) -> bool:
+    return name.startswith("part-") and name.endswith(".parquet")
 
 
 def part_paths(out: str | Path) -> list[Path]:
-    return sorted((Path(out) / MASKS_DIR).glob("part-*.parquet"), key=_part_order)
+    return sorted((Path(out) / MASKS_DIR).glob("part-*.parquet"), key=part_order)
 
 
 def _leaf_paths(schema: pa.Schema) -> list[str]:
@@ -130,7 +141,7 @@ def write_part(out: str | Path, rows: "list[dict] | pa.Table", images: list[dict
     and read many times, so the default spends write time (zstd 19) for about 8% smaller counts.
     """
     parts = part_paths(out)
-    seq = max(_part_order(parts[-1])[0] + 1, 0) if parts else 0
+    seq = max(part_order(parts[-1])[0] + 1, 0) if parts else 0
     # the random suffix keeps two runs writing into one folder from renaming over each other's part
     dest = Path(out) / MASKS_DIR / f"part-{seq:05d}-{uuid.uuid4().hex[:8]}.parquet"
     meta = {IMAGES_META: json.dumps(images).encode(), CONFIG_META: json.dumps(config, sort_keys=True).encode()}
@@ -164,11 +175,19 @@ def settings_key(settings: dict, model: dict, prompts_json: str | None) -> str:
 def done_images(out: str | Path) -> dict[tuple[str, str], dict]:
     """(image_id, sha256) -> image entry (with its `settings` key), for every image a finished
     part records; the newest part wins. A part that cannot be read (0 bytes, truncated, not
-    Parquet) records nothing, so its images are redone."""
+    Parquet) records nothing, so its images are redone. A store at a URL is read off its parts'
+    footers; a staging store naming one in UPSTREAM_FILE adds that store's images (older)."""
     done: dict[tuple[str, str], dict] = {}
-    for p in part_paths(out):
+    upstream = None if remote.is_url(out) else Path(out) / UPSTREAM_FILE
+    if upstream is not None and upstream.is_file():  # a staging store: its store's images first
+        done.update(done_images(upstream.read_text().strip()))
+    try:
+        entries = _part_listing(out)
+    except LcdError:  # no store there yet
+        entries = {}
+    for p in sorted(entries, key=part_order) if remote.is_url(out) else part_paths(out):
         try:
-            images = _images_listed(pq.read_schema(p)) or []
+            images = _images_listed(_read_schema(p, entries)) or []
         except (pa.ArrowException, OSError, ValueError):
             continue
         for im in images:
@@ -194,13 +213,24 @@ def write_failures(out: str | Path, new: Sequence[dict], retried: Iterable[str])
 
 # --- read API ---------------------------------------------------------------------------------
 
+def _read_schema(f: "Path | str", entries: dict) -> pa.Schema:
+    """A part's schema with its metadata: a local file's footer, or a remote part's from this
+    machine's footer cache (lcd.masks.remote; `entries`: the listing that found the part)."""
+    return pq.read_schema(f) if isinstance(f, Path) else remote.footer_schema(remote.footer(f, entries[f]))
+
+
+def _part_listing(path: str | Path) -> dict:
+    """{part URL: listing Entry} of a store on object storage (one listing), {} for a local one."""
+    return remote.part_entries(str(path), MASKS_DIR, is_part_name) if remote.is_url(path) else {}
+
+
 def _part_files(path: str | Path) -> list[Path]:
     p = Path(path)
     if p.is_dir() and (p / MASKS_DIR).is_dir():
         p = p / MASKS_DIR
     if not p.exists():
         raise LcdError(f"{path}: masks table not found", item=str(path))
-    files = sorted(p.glob("part-*.parquet"), key=_part_order) if p.is_dir() else [p]
+    files = sorted(p.glob("part-*.parquet"), key=part_order) if p.is_dir() else [p]
     if not files:
         raise LcdError(f"{path}: no mask parts (part-*.parquet) in folder", item=str(path))
     return files
@@ -229,14 +259,15 @@ class MaskStore:
     """
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.files = _part_files(path)
+        self.path = str(storage.normalize(path)) if remote.is_url(path) else Path(path)
+        self.entries = _part_listing(path)  # on object storage: part URL -> size and ETag
+        self.files = sorted(self.entries, key=part_order) if self.entries else _part_files(path)
         self.by_image: dict[str, list[Path]] = {}
         self.unindexed: list[Path] = []
         self.bad: dict[Path, str] = {}  # part -> why it cannot be read; skipped, named in lookups' errors
         for f in self.files:
             try:
-                schema = pq.read_schema(f)
+                schema = _read_schema(f, self.entries)
             except (pa.ArrowException, OSError) as e:  # 0 bytes, truncated, not Parquet
                 self.bad[f] = f"{type(e).__name__}: {e}"
                 continue
@@ -258,7 +289,7 @@ class MaskStore:
     def _bad_note(self) -> str:
         if not self.bad:
             return ""
-        names = ", ".join(f"{p.name} ({why[:120]})" for p, why in list(self.bad.items())[:3])
+        names = ", ".join(f"{part_order(p)[1]} ({why[:120]})" for p, why in list(self.bad.items())[:3])
         return f"; {len(self.bad)} unreadable part(s) skipped: {names}"
 
     def _id_hint(self, image_id: str) -> str:
@@ -278,6 +309,9 @@ class MaskStore:
         import pyarrow.dataset as ds
 
         def read(fs: list[Path]) -> pa.Table:
+            if isinstance(self.path, str):  # on object storage: by footer and row group, part by part
+                return pa.concat_tables([remote.read_image_rows(f, remote.footer(f, self.entries[f]), image_id,
+                                                                MASK_SCHEMA, cols) for f in fs])
             dataset = ds.dataset([str(f) for f in fs], schema=MASK_SCHEMA, format="parquet")
             return dataset.to_table(filter=ds.field("image_id") == image_id, columns=cols)
 
@@ -295,7 +329,7 @@ class MaskStore:
 
     def _files_for(self, image_id: str) -> list[Path]:
         """The parts an image's rows are read from: the newest part listing it, and unindexed ones."""
-        return sorted(set(self.by_image.get(image_id, [])[-1:] + self.unindexed) - set(self.bad), key=_part_order)
+        return sorted(set(self.by_image.get(image_id, [])[-1:] + self.unindexed) - set(self.bad), key=part_order)
 
     def source_of(self, image_id: str) -> str:
         """Where an image's rows come from, for messages: its part, or the store when several."""
