@@ -45,7 +45,9 @@ def _tiny_vit_module():
     import warnings
 
     try:
-        with warnings.catch_warnings():  # it re-registers timm's tiny_vit_* classifier names, saying so
+        # importing it registers its own tiny_vit_{5m,11m,21m}_* classifiers in timm's model registry
+        # over timm's (with a warning each): lcd never builds models from timm's registry
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             from mobile_sam.modeling import tiny_vit_sam
     except ImportError as e:
