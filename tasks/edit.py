@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -38,7 +39,17 @@ def edit_shard(manifest: str, out_root: str, shard_index: int, num_shards: int, 
                             masks_store=masks_store,
                             masks_cfg=params.masks, standin_batch_s=standin_batch_s, io_cfg=params.io)
     tables.write_shard_tables(out_root, name, report.results, report.failures, report.hashes, report.deps)
+    _log_fetches(name)
     return {"shard": name, **report.counts()}
+
+
+def _log_fetches(shard: str) -> None:
+    """One line of what this shard's process took from the per-machine fetch cache (lcd.io.cache):
+    on a worker's second shard, weights and concepts are all hits, nothing fetched."""
+    from lcd.io.cache import STATS
+
+    logging.getLogger("lcd.fetch").info(f"edit shard {shard}: fetch cache {STATS['fetched']} objects fetched "
+                                        f"({STATS['bytes']:,} bytes), {STATS['hits']} hits")
 
 
 @task(cache_policy=NO_CACHE)
