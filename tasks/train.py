@@ -17,7 +17,8 @@ from lcd.jobs.training import train_concept
 @task(cache_policy=NO_CACHE)
 def train_concept_task(photos_dir: str, out_dir: str, params_path: str, regset_dir: str | None = None) -> str:
     params = load_params(params_path)
-    return str(train_concept(Path(photos_dir), Path(out_dir), params.train, params.models, regset_dir=regset_dir))
+    return str(train_concept(photos_dir, out_dir, params.train, params.models, regset_dir=regset_dir,
+                             io_cfg=params.io))  # folders or URLs
 
 
 @task(cache_policy=NO_CACHE)

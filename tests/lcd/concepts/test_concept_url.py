@@ -89,3 +89,41 @@ def test_broken_concepts_at_a_url_fail_their_items_naming_the_url(job, tiny_dir,
     assert rep.counts()["failed"] == 2 and "lcd-cache" not in " ".join(fails.values())
     assert fails["d0"].startswith("concept 'bad': s3://lcd-test/concepts/bad/concept.safetensors: cannot read")
     assert "'.', '..' or '\\' in the URL's path" in fails["d1"]
+
+
+def test_training_into_a_bucket_publishes_checkpoints_then_the_concept_and_another_machine_resumes(s3, tiny_dir,
+                                                                                                   tmp_path, monkeypatch):
+    """Photos and weights folder both URLs: checkpoints go up as they are written (state.json
+    last), the pruned one is deleted, concept.safetensors is the last object put; a machine with
+    an empty cache finds the newest checkpoint to resume from, and the concept loads from the URL."""
+    from lcd.concepts.io import load_concept
+    from lcd.jobs import training
+    from lcd.train.config import TrainConfig
+
+    samples = sorted((training.Path(__file__).resolve().parents[3] / "samples" / "concepts" / "dog").glob("*.jpg"))
+    for f in samples:
+        Image.open(f).convert("RGB").resize((64, 64)).save(tmp_path / f.name)
+        s3.put_file(str(tmp_path / f.name), f"lcd-test/data/concepts/dog/{f.name}")
+    cfg = TrainConfig(resolution=64, batch_size=2, steps=3, min_photo_px=32, lr=1e-3, prior=False, checkpoint_every=1,
+                      keep_checkpoints=1, progress=False)
+    log = request_log(ROOT)
+    log.clear()
+    puts: list[str] = []
+    fs, _ = training.storage.filesystem(ROOT)
+    fs.s3.meta.events.register("provide-client-params.s3.PutObject", lambda params, **kw: puts.append(params["Key"]))
+    url = f"{ROOT}/trained"
+    assert training.train_concept("s3://lcd-test/data/concepts/dog", url, cfg, ModelsConfig(sd=str(tiny_dir / "sd"))) == url
+    keys = {k.split("concepts/trained/", 1)[1] for k in s3.find("lcd-test/concepts/trained")}
+    assert {"concept.safetensors", "card.json", "README.md", "training/losses.csv",
+            "training/checkpoints/step-000002/state.json"} <= keys
+    assert not [k for k in keys if "step-000001" in k]  # pruned here, so deleted there
+    mine = [k.split("concepts/trained/", 1)[1] for k in puts if "concepts/trained/" in k]
+    assert mine[-1] == "concept.safetensors"
+    assert mine.index("training/checkpoints/step-000001/state.json") > mine.index(
+        "training/checkpoints/step-000001/trainable.safetensors")
+    concept = load_concept(url)
+    assert concept.tokens == ["[P]"] and concept.card["class_words"] == ["dog"] and concept.name == url
+    monkeypatch.setenv("LCD_CACHE", str(tmp_path / "other-machine"))
+    got = training.pull_checkpoint(url, tmp_path / "other" / "checkpoints")
+    assert got is not None and got.name == "step-000002" and (got / "state.json").is_file()
+    assert training.pull_checkpoint(url, tmp_path / "other" / "checkpoints") is None  # nothing newer
