@@ -33,7 +33,7 @@ def nightly_concepts(concepts_root: str = "data/concepts", weights_root: str = "
     plans = plan_concepts_task(concepts_root, weights_root, params_path)
 
     def train(plan: ConceptPlan) -> None:
-        regset = f"{regset_root}/{plan.name}" if regset_root else None
+        regset = f"{regset_root}/{plan.name}" if regset_root else None  # photos and weights: folders or URLs
         train_concept_task(str(plan.photos_dir), str(plan.weights_dir), params_path, regset)
 
     outcome = train_stale(plans, train)
