@@ -121,3 +121,24 @@ def test_cache_folder_is_io_cache_dir_then_the_environment(monkeypatch, tmp_path
     assert cache.cache_root(IoConfig(cache_dir=str(tmp_path / "cfg"))) == tmp_path / "cfg"
     monkeypatch.delenv("LCD_CACHE")
     assert cache.cache_root(IoConfig()) == cache.Path.home() / ".cache" / "lcd"
+
+
+def test_http_objects_without_a_version_are_fetched_each_use_and_bad_answers_refused(tmp_path, monkeypatch):
+    """Over http(s) (lcd.io.http's deadlines): a server sending neither ETag nor Last-Modified
+    gives no way to see a change, so its object is fetched on every use (never a stale hit);
+    a size over the limit is refused from the HEAD, before any GET; a cut body is one line."""
+    from tests.hostile_http import HostileServer
+
+    monkeypatch.setenv("LCD_CACHE", str(tmp_path / "cache"))
+    with HostileServer() as srv:
+        a = cache.fetch_file(srv.url("ok/w.safetensors"))
+        b = cache.fetch_file(srv.url("ok/w.safetensors"))
+        assert a == b and a.read_bytes() == srv.body and srv.gets["ok"] == 2
+        with pytest.raises(NetworkError, match=r"/huge/x.ckpt: size 2,000,000,000 over the limit of 1,000 bytes"):
+            cache.fetch_file(srv.url("huge/x.ckpt"), IoConfig(fetch_max_bytes=1000))
+        assert srv.gets["huge"] == 0
+        with pytest.raises(NetworkError, match=r"/short/x.pt: connection closed after"):
+            cache.fetch_file(srv.url("short/x.pt"))
+        with pytest.raises(NetworkError, match=r"an http\(s\) URL cannot be listed as a folder"):
+            cache.fetch_folder(srv.url("ok/folder"))
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
