@@ -163,6 +163,9 @@ def object_info(url: str, limits: IoConfig | None = None) -> dict:
     """The store's listing entry of one object (size, ETag or mtime, type): NetworkError naming
     the URL when it is absent or not readable."""
     url = check_fetch_url(url)
+    if not http.is_http(url):  # the store's answer now, not a listing s3fs kept from before
+        fs, path = storage.filesystem(url)
+        fs.invalidate_cache(path)
     try:
         return storage.info(url, limits)
     except FileNotFoundError as e:

@@ -74,6 +74,9 @@ def test_a_folder_is_fetched_once_and_only_its_changed_object_again(s3):
     new = cache.fetch_folder(url)
     assert new != root and (new / "card.json").read_bytes() == b"{}" and gets(log) == ["concepts/dog/card.json"]
     assert cache.fetch(url) == new and cache.fetch(URL.replace("models/w.safetensors", "concepts/dog/card.json")).name == "card.json"
+    # one object of a folder this process listed: its HEAD is asked again, not the listing's ETag
+    s3.pipe({"lcd-test/concepts/dog/card.json": b"{\"v\": 2}"})
+    assert cache.fetch_file(f"{url}/card.json").read_bytes() == b'{"v": 2}'
 
 
 @pytest.mark.parametrize("url, why", [
