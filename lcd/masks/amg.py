@@ -9,7 +9,8 @@ where the work is done:
 
 1. The predicted IoU is read before any mask is upscaled (lcd.masks.amg_decode): candidates
    that fail `pred_iou_thresh` are never upsampled.
-2. Stability, binarisation and boxes run in chunks sized to `memory_budget_mb`, as torch ops
+2. Stability, binarisation and boxes run in chunks sized to `memory_budget_mb` (decoder
+   batches stay SAM's `points_per_batch`: their memory does not grow with the photo), as torch ops
    on the model's device. Where the photo (or crop) is no larger than SAM's working size (long
    side <= img_size, 1024) they run at the photo's size, exactly as stock does, so the masks,
    scores and their order equal stock's. Above it they run at SAM's working resolution (the
@@ -86,7 +87,10 @@ class BulkMaskGenerator:
         self.budget = float(memory_budget_mb)
         self.grids = build_all_layer_point_grids(cfg.points_per_side, cfg.crop_n_layers,
                                                  cfg.crop_n_points_downscale_factor)
-        self.points_per_call = max(1, int(self.budget * post.MB // point_bytes(sam)))
+        # decoder batches keep SAM's points_per_batch: CPU GEMMs of very small batches round
+        # differently, so another partition can move IoUs by an ulp; the decoder's memory
+        # (~point_bytes each) does not grow with the photo, the upsampling does and is budgeted
+        self.points_per_call = cfg.points_per_batch
         if cfg.min_mask_region_area > 0:
             import cv2  # noqa: F401 - fail at construction, as SAM does
 
@@ -112,39 +116,46 @@ class BulkMaskGenerator:
             out = self._small_regions(out)
         return out
 
-    def _crop_candidates(self, crop_box: list[int], layer: int, size: tuple[int, int]) -> _Kept:
-        """Filter one crop's grid candidates (IoU, stability, crop edge) and box-NMS them."""
-        from segment_anything.utils.amg import is_box_near_crop_edge
-
+    def _scored(self, layer: int, iou_thresh: float):
+        """Yield, per decoder batch of the current crop's grid, the candidates passing
+        `iou_thresh`: (low (K, h4, w4), iou (K,), stability (K,), boxes (K, 4) at the work
+        size, points (K, 2) crop pixels). Stability and boxes are computed at the crop's own
+        size when it is no larger than SAM's working size (stock's arithmetic), else at the
+        working size; a chunk of candidates at a time."""
         cfg, p, sam = self.cfg, self.predictor, self.sam
         crop_hw, in_hw, img = tuple(p.original_size), tuple(p.input_size), sam.image_encoder.img_size
-        exact = max(crop_hw) <= img  # at the photo's own size, as stock: equal masks
-        work_hw = crop_hw if exact else in_hw
-        step = post.chunk_len(self.budget, img, work_hw)
+        exact = max(crop_hw) <= img
+        step = post.chunk_len(self.budget, img, crop_hw if exact else in_hw)
         points = self.grids[layer] * np.array(crop_hw)[None, ::-1]
-        parts: list[_Kept] = []
         for sl in post.chunks(len(points), self.points_per_call):
             # 1. decode: IoU first, then only the candidates that pass it are upscaled
             coords = torch.as_tensor(p.transform.apply_coords(points[sl], crop_hw), device=p.device)
-            low, iou, cand = decode_points(sam, p.features, coords, cfg.pred_iou_thresh)
-            stab, boxes = [], []
-            # 2. stability and boxes, a chunk of candidates at a time, at work_hw
+            low, iou, cand = decode_points(sam, p.features, coords, iou_thresh)
+            stab, boxes = [iou.new_zeros(0)], [torch.zeros(0, 4, dtype=torch.int64, device=low.device)]
+            # 2. stability and boxes, a chunk of candidates at a time
             for ch in post.chunks(len(low), step):
                 logits = post.full_logits(low[ch], img, in_hw, crop_hw) if exact else \
                     post.working_logits(low[ch], img, in_hw)
                 stab.append(post.stability(logits, sam.mask_threshold, cfg.stability_score_offset))
                 boxes.append(post.mask_boxes(logits > sam.mask_threshold))
                 del logits
-            stab_t = torch.cat(stab) if stab else iou.new_zeros(0)
-            boxes_t = torch.cat(boxes) if boxes else torch.zeros(0, 4, dtype=torch.int64, device=low.device)
-            keep = stab_t >= cfg.stability_score_thresh if cfg.stability_score_thresh > 0.0 else \
-                torch.ones_like(stab_t, dtype=torch.bool)
-            pts = points[sl][(cand // 3).cpu().numpy()]
-            parts.append(_Kept(low[keep], iou[keep], stab_t[keep], boxes_t[keep], pts[keep.cpu().numpy()]))
+            yield low, iou, torch.cat(stab), torch.cat(boxes), points[sl][(cand // 3).cpu().numpy()]
+
+    def _crop_candidates(self, crop_box: list[int], layer: int, size: tuple[int, int]) -> _Kept:
+        """Filter one crop's grid candidates (IoU, stability, crop edge) and box-NMS them."""
+        from segment_anything.utils.amg import is_box_near_crop_edge
+
+        cfg, p = self.cfg, self.predictor
+        crop_hw, in_hw = tuple(p.original_size), tuple(p.input_size)
+        parts: list[_Kept] = []
+        for low, iou, stab, boxes, pts in self._scored(layer, cfg.pred_iou_thresh):
+            keep = stab >= cfg.stability_score_thresh if cfg.stability_score_thresh > 0.0 else \
+                torch.ones_like(stab, dtype=torch.bool)
+            parts.append(_Kept(low[keep], iou[keep], stab[keep], boxes[keep], pts[keep.cpu().numpy()]))
         kept = _Kept(torch.cat([k.low for k in parts]), torch.cat([k.iou for k in parts]),
                      torch.cat([k.stab for k in parts]), torch.cat([k.boxes for k in parts]),
                      np.concatenate([k.points for k in parts]))
-        if not exact:  # boxes at working resolution -> the crop's pixels (for NMS and the edge test)
+        if max(crop_hw) > self.sam.image_encoder.img_size:  # working-size boxes -> the crop's pixels
             kept.boxes = post.scale_boxes(kept.boxes, in_hw, crop_hw)
         h, w = size
         if list(crop_box) != [0, 0, w, h]:  # stock: drop masks touching a crop edge inside the image
@@ -201,3 +212,17 @@ class BulkMaskGenerator:
                              m.stability_score, m.point, m.crop_box)
             out.append(m)
         return out
+
+
+@torch.no_grad()
+def candidate_scores(gen: BulkMaskGenerator, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted IoU and stability of every candidate of the whole image's grid, unfiltered
+    (the stability at the size the generator filters at). Random-weight SAMs score all
+    candidates alike, so benches and tests set the thresholds at quantiles of these.
+    -> (iou (N,), stability (N,)) float64, N = 3 * points_per_side^2."""
+    gen.predictor.set_image(image)
+    ious, stabs = [], []
+    for _, iou, stab, _, _ in gen._scored(0, 0.0):
+        ious.append(iou.double().cpu().numpy())
+        stabs.append(stab.double().cpu().numpy())
+    return np.concatenate(ious), np.concatenate(stabs)

@@ -17,7 +17,7 @@ class AutoMaskConfig(StrictConfig):
     """
 
     points_per_side: int = Field(32, ge=1, le=256)
-    points_per_batch: int = Field(64, ge=1, le=4096)  # stock generator; bulk sizes batches to memory_budget_mb
+    points_per_batch: int = Field(64, ge=1, le=4096)  # points per decoder call (both generators)
     pred_iou_thresh: float = Field(0.88, ge=0.0, le=1.0)
     stability_score_thresh: float = Field(0.95, ge=0.0, le=1.0)
     stability_score_offset: float = Field(1.0, ge=0.0)
@@ -39,8 +39,8 @@ class MasksConfig(StrictConfig):
     # 1024 px working size, and each kept mask equals stock's upsampling above it); stock:
     # segment_anything's SamAutomaticMaskGenerator, the reference
     generator: Literal["bulk", "stock"] = "bulk"
-    # memory for mask upsampling and decoder point batches (bulk generator, prompts): chunks are
-    # sized to it, so a 12 MP photo needs no more than a 1 MP one; it does not change the masks
+    # memory for upsampling mask candidates (bulk generator, prompts): they are upsampled in
+    # chunks sized to it, so a 12 MP photo needs no more than a 1 MP one; the masks do not change
     memory_budget_mb: int = Field(1024, ge=64, le=1_000_000)
     images_per_batch: int = Field(1, ge=1, le=256)  # images per image-encoder call (GPU throughput)
     # the image encoder's dtype: float16/bfloat16 halve its time on a GPU; masks then differ from
