@@ -129,8 +129,8 @@ def tree_stamp(ref: str) -> str:
         for key, meta in found.items():
             rel = key[len(path):].lstrip("/")
             if meta.get("type") == "file" and not any(part.startswith(".") for part in rel.split("/")):
-                e = storage._object_entry(meta)
-                lines.append(f"{rel}\t{e.size}\t{e.stamp}")
+                stamp = meta.get("ETag") or meta.get("mtime") or meta.get("LastModified")
+                lines.append(f"{rel}\t{int(meta.get('size') or 0)}\t{stamp}")
     else:
         root = Path(ref)
         if root.is_file():
