@@ -59,14 +59,18 @@ def test_a_folder_at_a_url_naming_code_is_refused_by_the_trust_check(s3, tiny_di
     assert "\n" not in str(e.value)
 
 
-def test_sam_checkpoint_object_loads_and_a_missing_url_is_one_line(s3, tiny_dir):
-    from lcd.models.loader import load_sam
+def test_sam_checkpoint_object_and_clip_folder_load_and_a_missing_url_is_one_line(s3, tiny_dir):
+    from lcd.models.loader import load_clip, load_sam
 
     ckpt = next((tiny_dir / "sam").glob("*.pth"))
     s3.put_file(str(ckpt), f"lcd-test/sam/{ckpt.name}")
     _, local = load_sam(ckpt, "vit_tiny")
     _, remote = load_sam(f"s3://lcd-test/sam/{ckpt.name}", "vit_tiny")
     assert remote.sha256 == local.sha256 and remote.ref == f"s3://lcd-test/sam/{ckpt.name}"
+    s3.put(str(tiny_dir / "clip"), "lcd-test/clip", recursive=True)
+    _, _, clip_local = load_clip(tiny_dir / "clip")
+    _, _, clip_remote = load_clip("s3://lcd-test/clip")
+    assert clip_remote.sha256 == clip_local.sha256 and clip_remote.ref == "s3://lcd-test/clip"
     with pytest.raises(ModelLoadError, match=r"^s3://lcd-test/sam/nope.pth: file not found$"):
         load_sam("s3://lcd-test/sam/nope.pth", "vit_tiny")
     with pytest.raises(ModelLoadError, match=r"^s3://lcd-test/models/none: file not found"):
