@@ -28,12 +28,40 @@ def is_url(ref: object) -> bool:
     return ref is not None and storage.is_remote(str(ref))
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt", ".pth", ".msgpack", ".onnx", ".h5")
+
+
+def loaded_subset(listing: dict[str, dict]) -> dict[str, dict]:
+    """Of a diffusers pipeline folder's objects (it has model_index.json), what loading it may
+    read: not the single-file checkpoints at its top (SD1.5's repository holds 4-7 GB of them
+    beside the components) nor the weights of components lcd never loads (safety checker,
+    feature extractor: lcd.models.layout.NOT_LOADED); their configs stay, for the trust check.
+    Any other folder: all of it."""
+    from lcd.models.layout import NOT_LOADED
+
+    if "model_index.json" not in listing:
+        return listing
+    return {rel: m for rel, m in listing.items() if not rel.endswith(WEIGHT_SUFFIXES)
+            or ("/" in rel and rel.split("/", 1)[0] not in NOT_LOADED)}
+
+
+def _listing(ref: str, limits: IoConfig | None) -> dict[str, dict] | None:
+    """The folder's objects to fetch (loaded_subset), or None when `ref` names one object."""
+    if cache.object_info(ref, limits).get("type") != "directory":
+        return None
+    return loaded_subset(cache.folder_listing(ref, limits))
+
+
 def fetch_model(ref: str, limits: IoConfig | None = None) -> Path:
     """The local copy of the weights at `ref`: a file (its own name kept, so `.safetensors` /
-    `.ckpt` still say what it is) or a folder. ModelLoadError, one line naming the URL, when it
-    cannot be fetched (absent, over io.fetch_max_bytes, a hostile name, a broken transfer)."""
+    `.ckpt` still say what it is) or a folder (what loading it reads: loaded_subset). ModelLoadError,
+    one line naming the URL, when it cannot be fetched (absent, over io.fetch_max_bytes, a hostile
+    name, a broken transfer)."""
     try:
-        return cache.fetch(str(ref), limits)
+        listing = _listing(str(ref), limits)
+        if listing is None:
+            return cache.fetch_file(str(ref), limits)
+        return cache.fetch_folder(str(ref), limits, listing=listing)
     except LcdError as e:
         raise ModelLoadError(str(e), item=str(ref)) from None
 
@@ -50,11 +78,10 @@ def with_url(source, url: str):
 
 def url_pin(ref: str, limits: IoConfig | None = None) -> str:
     """A pin of the weights at `ref` without reading them: `url:<sha256>` over the object's (or
-    every object under the prefix's) name, ETag and size. A changed object changes it."""
+    the loaded objects under the prefix's: loaded_subset) name, ETag and size. A changed object
+    changes it."""
     try:
-        info = cache.object_info(ref, limits)
-        if info.get("type") == "directory":
-            return "url:" + cache.folder_key(ref, cache.folder_listing(ref, limits))
-        return "url:" + cache.folder_key(ref, {"": info})
+        listing = _listing(ref, limits)
+        return "url:" + cache.folder_key(ref, listing if listing is not None else {"": cache.object_info(ref, limits)})
     except LcdError as e:
         raise ModelLoadError(str(e), item=ref) from None
