@@ -186,6 +186,60 @@ def s3_server(env: dict) -> tuple[str, object]:
     return "s3://lcd-bench/run", srv
 
 
+SHARD_CODE = """
+import json, sys, time
+t = time.perf_counter()
+from lcd.io.cache import STATS
+from tasks.edit import edit_shard
+c = edit_shard.fn(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], None, "diffusion",
+                  sys.argv[6], None)
+print("SHARD", json.dumps({**c, **STATS, "seconds": round(time.perf_counter() - t, 2)}))
+"""
+
+
+def cache_hits(root: Path, shards: int, items: int) -> dict:
+    """A worker's shards, each in a fresh process as a process worker runs them, sharing the
+    machine's LCD_CACHE: the tiny SD and a concept only in the bucket (moto on 127.0.0.1), inputs
+    there too, the diffusion engine. -> per shard: objects fetched, bytes, cache hits, seconds."""
+    import fsspec
+    import torch
+
+    from lcd.concepts.io import Concept, save_concept
+    from lcd.models.tiny import write_tiny_models
+    from tasks.edit import plan_manifest
+
+    url, srv = s3_server({})
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    write_tiny_models(root / "tiny")
+    fs.put(str(root / "tiny" / "sd") + "/", "lcd-bench/models/sd/", recursive=True)
+    save_concept(Concept(["[P]"], torch.zeros(1, 32), "kv", {}), root / "dog")
+    fs.put(str(root / "dog") + "/", "lcd-bench/concepts/dog/", recursive=True)
+    for name in ("scenes/cat_00.jpg", "masks/cat_00.png"):
+        fs.put_file(str(REPO / "samples" / name), f"lcd-bench/in/{name}")
+    lines = [{"id": f"i{k:04d}", "image": "scenes/cat_00.jpg", "mask": "masks/cat_00.png", "concept": "dog",
+              "prompt": "a photo of [P] dog", "seed": k} for k in range(items)]
+    fs.pipe_file("lcd-bench/in/m.json", json.dumps(lines).encode())
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({"models": {"sd": "s3://lcd-bench/models/sd"},
+                                      "edit": {"steps": 2, "size": 64, "batch_size": 4}}))
+    manifest, out = "s3://lcd-bench/in/m.json", f"{url}/cache"
+    plan_manifest.fn(manifest, out, shards)
+    env = {**os.environ, "LCD_CACHE": str(root / "lcd-cache"), "PYTHONPATH": str(REPO)}
+    runs = []
+    try:
+        for i in range(shards):
+            p = subprocess.run([sys.executable, "-c", SHARD_CODE, manifest, out, str(i), str(shards), str(params),
+                                "s3://lcd-bench/concepts"], env=env, capture_output=True, text=True, timeout=600)
+            assert p.returncode == 0, p.stderr[-3000:]
+            runs.append(json.loads(p.stdout.rsplit("SHARD ", 1)[1].splitlines()[0]))
+            print(json.dumps({"cache_shard": i, **runs[-1]}), flush=True)
+    finally:
+        srv.stop()
+    return {"fetch_cache": {"shards": shards, "items_per_shard": items // shards,
+                            "first": {k: runs[0].get(k, 0) for k in ("fetched", "bytes", "hits", "seconds")},
+                            "later": [{k: r.get(k, 0) for k in ("fetched", "bytes", "hits", "seconds")} for r in runs[1:]]}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", default="10000,100000", help="job sizes for cost per item")
@@ -200,7 +254,16 @@ def main() -> None:
     ap.add_argument("--s3", action="store_true", help="also run a job with out_root on S3 (moto, in this process)")
     ap.add_argument("--s3-items", type=int, default=0, help="items of the S3 job (default: the largest --items)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (outputs, logs) at the end")
+    ap.add_argument("--cache", type=int, default=0, metavar="SHARDS",
+                    help="only measure the fetch cache: SHARDS shards on one worker, weights and a concept in the bucket")
     a = ap.parse_args()
+    if a.cache:
+        root = Path(tempfile.mkdtemp(prefix="lcd-bench-cache-"))
+        try:
+            print(json.dumps(cache_hits(root, a.cache, 4 * a.cache)), flush=True)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed bench still stops its server and database
     root = Path(tempfile.mkdtemp(prefix="lcd-bench-scale-"))
     os.chmod(root, 0o755)
