@@ -59,6 +59,30 @@ def test_two_fetchers_at_once_fetch_once(s3):
     assert not [f for f in out[0].parent.iterdir() if f.name.endswith(".tmp")]
 
 
+def test_two_processes_at_once_fetch_once(s3, tmp_path):
+    """Two worker processes sharing a machine's cache ask for the same weights at the same time:
+    the flock makes one fetch and the other read its copy (each prints what it fetched)."""
+    import subprocess
+    import sys
+
+    s3.pipe({"lcd-test/models/w.safetensors": os.urandom(8 << 20)})
+    import time
+
+    code = ("import os, sys, time; from pathlib import Path; from lcd.io import cache; "
+            "Path(sys.argv[2], f'ready-{os.getpid()}').touch()\n"
+            "while not Path(sys.argv[2], 'go').exists(): time.sleep(0.01)\n"
+            "p = cache.fetch_file(sys.argv[1]); print(cache.STATS['fetched'], p.stat().st_size)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, URL, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:  # both imported: start together
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert sorted(int(o[0]) for o in outs) == [0, 1] and {o[1] for o in outs} == {str(8 << 20)}
+
+
 def test_a_folder_is_fetched_once_and_only_its_changed_object_again(s3):
     s3.pipe({f"lcd-test/concepts/dog/{n}": n.encode() * 10 for n in ("concept.safetensors", "card.json", "sub/x.txt")})
     url = "s3://lcd-test/concepts/dog"
