@@ -13,7 +13,7 @@ def register(sub) -> None:
     msub = p.add_subparsers(dest="masks_command", required=True)
     c = msub.add_parser("compute", help="SAM masks for every image of a CSV/Parquet manifest")
     c.add_argument("manifest", help="CSV or Parquet: image (path/URL), optional image_id, prompts (JSON)")
-    c.add_argument("--out", required=True, help="output folder (masks/part-*.parquet, failures.parquet)")
+    c.add_argument("--out", required=True, help="output folder or URL (masks/part-*.parquet, failures.parquet)")
     c.add_argument("--sam", help="SAM checkpoint (default: params.yaml models.sam)")
     c.add_argument("--sam-type", help="vit_h | vit_l | vit_b | vit_t | litemedsam | vit_tiny "
                                       "(default: params.yaml models.sam_type)")
@@ -59,7 +59,7 @@ def load_clip_for(spec: str, params):
 
 
 def run_compute(args) -> int:
-    from lcd.masks.bulk import compute_masks
+    from lcd.jobs.masking import store_masks
     from lcd.masks.manifest import read_manifest
     from lcd.models.loader import load_clip, load_sam
 
@@ -74,7 +74,7 @@ def run_compute(args) -> int:
         model, processor, _ = load_clip(m.clip, device=args.device or m.device)
         clip = (model, processor)
     model_row = {"type": sam_type, "ref": source.ref, "sha256": source.sha256, "revision": source.revision}
-    summary = compute_masks(items, sam, model_row, cfg, args.out, clip=clip, io_cfg=params.io)
+    summary = store_masks(items, sam, model_row, cfg, args.out, clip=clip, io_cfg=params.io)  # a folder or a URL
     print(json.dumps(summary.to_dict()))
     return 0
 

@@ -45,8 +45,15 @@ def mask_scenes(images: Sequence[str | Path], out_dir: str | Path, cfg: MasksCon
     sam, source = load_sam(models.sam, models.sam_type, device=models.device)
     model_row = {"type": models.sam_type, "ref": source.ref, "sha256": source.sha256, "revision": source.revision}
     items = [ManifestItem(image_id=Path(str(p)).stem, image=str(p)) for p in images]
+    return store_masks(items, sam, model_row, cfg, out_dir, io_cfg=io_cfg)
+
+
+def store_masks(items: Sequence[ManifestItem], sam, model_row: dict, cfg: MasksConfig, out_dir: str | Path, *,
+                clip=None, io_cfg: IoConfig | None = None) -> MasksSummary:
+    """compute_masks into the store at `out_dir`, a local folder or a URL (the module docstring:
+    staged here, each part uploaded whole). What `lcd masks compute` and the masks stage call."""
     if not storage.is_remote(out_dir):
-        return compute_masks(items, sam, model_row, cfg, out_dir, io_cfg=io_cfg)
+        return compute_masks(items, sam, model_row, cfg, out_dir, clip=clip, io_cfg=io_cfg)
     url = str(storage.normalize(out_dir))
     staging = cache_root(io_cfg) / "staging" / f"masks-{hashlib.sha256(url.encode()).hexdigest()[:24]}"
     with locked(staging.with_suffix(".lock"), url, io_cfg or IoConfig()):
@@ -54,7 +61,7 @@ def mask_scenes(images: Sequence[str | Path], out_dir: str | Path, cfg: MasksCon
         upload_parts(staging, url)  # 1. what a killed run here left finished
         _fetch_failures(url, staging)  # 2. the store's failures table, for compute_masks to update
         (staging / UPSTREAM_FILE).write_text(url)  # done_images(staging) reads the store's footers too
-        summary = compute_masks(items, sam, model_row, cfg, staging, io_cfg=io_cfg)
+        summary = compute_masks(items, sam, model_row, cfg, staging, clip=clip, io_cfg=io_cfg)
         summary.parts = upload_parts(staging, url)  # 3. every part written, each in one PUT
     return summary
 
