@@ -180,15 +180,15 @@ def _safe_name(url: str) -> str:
 def _valid_hit(meta: dict | None, data: Path, lock_held: bool) -> bool:
     """The recorded copy is there and whole: its stamp is the recorded one, or (with the lock,
     after a write over it) its bytes hash to the recorded sha256 again."""
-    if meta is None or not data.is_file():
+    if not isinstance(meta, dict) or not data.is_file():
         return False
-    if _stamp(data) == meta["stamp"]:
+    if _stamp(data) == meta.get("stamp"):
         return True
-    if not lock_held or data.stat().st_size != meta["size"]:
+    if not lock_held or data.stat().st_size != meta.get("size"):
         return False
     from lcd.io.hashing import sha256_file
 
-    return sha256_file(data) == meta["sha256"]
+    return sha256_file(data) == meta.get("sha256")
 
 
 def fetch_file(url: str, limits: IoConfig | None = None, *, sha256: str | None = None,
@@ -218,7 +218,7 @@ def fetch_file(url: str, limits: IoConfig | None = None, *, sha256: str | None =
     with locked(base / f"{key}.lock", url, limits):
         meta = _read_meta(meta_path)
         if version and _valid_hit(meta, data, lock_held=True):
-            if _stamp(data) != meta["stamp"]:
+            if _stamp(data) != meta.get("stamp"):
                 _write_meta(meta_path, meta | {"stamp": _stamp(data)})
             return _hit(data, sha256, url)
         return _fetch_into(url, data, meta_path, size, info, sha256, limits)
@@ -346,12 +346,12 @@ def _link(src: Path, dest: Path) -> None:
 
 def _folder_ok(root: Path, meta: dict | None) -> bool:
     """Every file the folder's meta records is there with its recorded stamp, and nothing else."""
-    if meta is None or not root.is_dir():
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), dict) or not root.is_dir():
         return False
     try:
         if any(_stamp(root / rel) != stamp for rel, stamp in meta["files"].items()):
             return False
-    except OSError:
+    except (OSError, ValueError):
         return False
     return sum(len(fs) for _, _, fs in os.walk(root)) == len(meta["files"])
 

@@ -43,6 +43,9 @@ def test_a_corrupted_copy_is_fetched_again_and_a_wrong_sha256_refused(s3):
     assert cache.fetch_file(URL).read_bytes() == b"weights" * 100 and gets(log) == ["models/w.safetensors"]
     log.clear()
     assert cache.fetch_file(URL) == p and gets(log) == []  # and it is a hit again
+    meta = p.parent.with_name(p.parent.name + ".json")
+    meta.write_text('{"stamp": 1')  # a torn record: the copy is not trusted, it is fetched again
+    assert cache.fetch_file(URL).read_bytes() == b"weights" * 100 and gets(log) == ["models/w.safetensors"]
     with pytest.raises(NetworkError, match=r"^s3://lcd-test/models/w.safetensors: fetched bytes have sha256 .* "
                                            r"not the expected 0000000000000000"):
         cache.fetch_file(URL, sha256="0" * 64)
