@@ -11,6 +11,9 @@ stand-ins made without SAM weights: `photo_region_masks` (colour k-means regions
 like automatic masks of background and parts) and `subject_masks` (GrabCut of the centred
 subject, like the mask a user picks for an edit). Each block reports the same figures. The last
 line printed is one JSON object. Run from the repo root: `PYTHONPATH=. python bench/masks.py`.
+
+`--compare`: the bulk generator (lcd.masks.amg) against stock SamAutomaticMaskGenerator at 1 MP
+and 12 MP, 32 points per side (bench/masks_compare.py; run it under flock /tmp/lcd-bigmem.lock).
 """
 
 from __future__ import annotations
@@ -221,6 +224,12 @@ def lookup_scaling(n_images: int, masks_per_image: int = 20, images_per_part: in
 
 
 def main() -> None:
+    import sys
+
+    if "--compare" in sys.argv[1:]:  # side by side with stock SamAutomaticMaskGenerator (bench/masks_compare.py)
+        from bench.masks_compare import main as compare_main
+
+        return compare_main(sys.argv[1:])
     ap = argparse.ArgumentParser()
     repo = Path(__file__).resolve().parents[1]
     found = [p for p in (repo.parent / "shared" / "dreambench", repo.parents[1] / "shared" / "dreambench") if p.exists()]

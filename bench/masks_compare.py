@@ -89,7 +89,7 @@ def worker(args) -> dict:
     for im in ims:
         t = time.perf_counter()
         if args.generator == "stock":
-            g = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", point_grids=[grid],
+            g = SamAutomaticMaskGenerator(sam, output_mode="coco_rle", point_grids=[grid], points_per_side=None,
                                           **cfg.model_dump(exclude={"points_per_side"}))
             masks = [m["segmentation"] for m in g.generate(im)]
         else:
