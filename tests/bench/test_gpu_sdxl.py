@@ -17,7 +17,7 @@ def _positive(x) -> bool:
 def test_sdxl_throughput_smoke_times_ours_and_diffusers():
     from bench.gpu_sdxl import GPU, SMOKE, Budget, measure
 
-    res = measure(dataclasses.replace(SMOKE, repeats=1, threads=None), Budget(600.0))
+    res = measure(dataclasses.replace(SMOKE, steps=1, repeats=1, threads=None), Budget(600.0))
     assert res["device"] == "cpu" and res["family"] == "sdxl" and res["config"]["model"].startswith("tiny-sdxl")
     assert set(res["edit"]) == {"1", "2"}
     for b, row in res["edit"].items():

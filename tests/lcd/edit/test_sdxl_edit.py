@@ -24,8 +24,9 @@ def sdxl(tiny_dir):
 
 @pytest.fixture
 def quick():
-    """Working size 64, 2 Euler steps (SDXL's own sampler): wiring, at a second or so per edit."""
-    return EditConfig(scheduler="euler", steps=2, size=64, dilate_px=2, feather_px=2, guidance=6.0)
+    """Working size 64, 1 Euler step (SDXL's own sampler): wiring, at about a second per edit
+    (the samplers' arithmetic is held to diffusers' at 3 steps above)."""
+    return EditConfig(scheduler="euler", steps=1, size=64, dilate_px=2, feather_px=2, guidance=6.0)
 
 
 def _diffusers_sdxl(lp, scheduler: str, prompt: str, seed: int, size: int, steps: int, guidance: float):
@@ -131,3 +132,41 @@ def test_an_sd15_form_prompt_cache_is_replaced_for_sdxl(sdxl, scene, quick):
     crop = run_prepared(sdxl, [p], quick, stale)[0]
     ref = edit_images(sdxl, [EditItem(img, mask, "a photo of a dog", 3)], quick)[0].image
     assert np.array_equal(finish_item(sdxl, p, crop, quick).image, ref) and stale.encoded == 0
+
+
+def test_a_concept_on_sdxl_edits_through_load_sd(sdxl, tiny_dir, scene, quick, tmp_path):
+    """A concept folder for the tiny SDXL (K/V of every attn2, one token row per encoder) applied
+    by load_sd: its token is known to the edit, changes the pixels inside the region only."""
+    from lcd.concepts.io import save_concept
+    from lcd.models.config import ModelsConfig
+    from lcd.models.pipeline import load_sd
+
+    from tests.lcd.concepts.test_sdxl_concepts import _concept
+
+    folder = save_concept(_concept(sdxl.pipe.unet), tmp_path / "dog")
+    loaded = load_sd(ModelsConfig(sd=str(tiny_dir / "sdxl")), concepts=[folder])
+    assert loaded.tokens == ["[P]"] and loaded.lp.family == "sdxl"
+    img, mask = scene
+    item = EditItem(img, mask, "a photo of [P] dog", 4)
+    res = edit_images(loaded.lp, [item], quick, required_tokens=["[P]"])[0]
+    ref = edit_images(sdxl, [EditItem(img, mask, "a photo of a dog", 4)], quick)[0]
+    outside = res.alpha == 0
+    assert np.array_equal(res.image[outside], img[outside])
+    assert not np.array_equal(res.image[mask], ref.image[mask])
+
+
+def test_lcd_edit_model_sdxl_single_file_records_the_family(tiny_dir, tmp_path):
+    """`lcd edit --model FILE` on the tiny SDXL single file: no config setting, the PNG records
+    the file's pin and the family."""
+    from lcd.cli import main
+    from lcd.io.images import read_png_meta
+
+    from tests.conftest import REPO, SAMPLES
+
+    path = tiny_dir / "sdxl-single" / "tiny-sdxl.safetensors"
+    out = tmp_path / "o.png"
+    assert main(["--params", str(REPO / "params.yaml"), "edit", "--image", str(SAMPLES / "scenes/cat_00.jpg"), "--mask", str(SAMPLES / "masks/cat_00.png"),
+                 "--prompt", "a photo of a dog", "--out", str(out), "--model", str(path), "--steps", "1",
+                 "--size", "64"]) == 0
+    meta = read_png_meta(out)
+    assert meta["model_family"] == "sdxl" and meta["model_source"]["kind"] == "single_file"
