@@ -98,17 +98,33 @@ def world(prefect_server, bucket, tiny_dir, tmp_path_factory):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from lcd.config import ModelsConfig
+    from lcd.jobs.masking import precompute_masks
+    from lcd.masks.config import MasksConfig
+
     fs, aws = bucket
     fs.put(str(tiny_dir / "sd") + "/", f"{BUCKET}/models/sd/", recursive=True)
     scenes = ["cat_00", "backpack_00", "teapot_00"]
     for s in scenes:
         fs.put_file(str(SAMPLES / "scenes" / f"{s}.jpg"), f"{BUCKET}/in/scenes/{s}.jpg")
         fs.put_file(str(SAMPLES / "masks" / f"{s}.png"), f"{BUCKET}/in/masks/{s}.png")
-    rows = [{"id": f"item{i:03d}", "image": f"scenes/{scenes[i % 3]}.jpg", "mask": f"masks/{scenes[i % 3]}.png",
-             "prompt": "a photo of a dog", "seed": i} for i in range(24)]
-    local = tmp_path_factory.mktemp("manifest") / "edits.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), local)
-    fs.put_file(str(local), f"{BUCKET}/in/edits.parquet")
+    for p in sorted((SAMPLES / "concepts" / "dog").iterdir())[:3]:
+        fs.put_file(str(p), f"{BUCKET}/photos/dog/{p.name}")
+    # the masks stage's store (tiny SAM, computed here once), then only in the bucket
+    work = tmp_path_factory.mktemp("share-inputs")
+    cfg = MasksConfig.model_validate({"auto": {"points_per_side": 2, "pred_iou_thresh": 0.0,
+                                               "stability_score_thresh": 0.0}})
+    precompute_masks([SAMPLES / "scenes" / f"{s}.jpg" for s in scenes], work / "masks", cfg,
+                     ModelsConfig(sam=str(tiny_dir / "sam" / "sam_vit_tiny.pth"), sam_type="vit_tiny"))
+    fs.put(str(work / "masks") + "/", f"{BUCKET}/masks/", recursive=True)
+    rows = [{"id": f"item{i:03d}", "image": f"scenes/{scenes[i % 3]}.jpg", "prompt": "a photo of a dog", "seed": i}
+            | ({"select": "sam:largest", "mask": None} if i % 4 == 3 else {"select": None, "mask": f"masks/{scenes[i % 3]}.png"})
+            for i in range(24)]  # every key in every row: from_pylist takes the columns of the first
+    rows2 = [{"id": f"dog{i}", "image": f"scenes/{scenes[i % 3]}.jpg", "mask": f"masks/{scenes[i % 3]}.png",
+              "concept": "dog", "prompt": "a photo of [P] dog", "seed": i} for i in range(3)]
+    for name, r in (("edits", rows), ("dogs", rows2)):
+        pq.write_table(pa.Table.from_pylist(r), work / f"{name}.parquet")
+        fs.put_file(str(work / f"{name}.parquet"), f"{BUCKET}/in/{name}.parquet")
     top = Path(tempfile.mkdtemp(prefix="lcd-share-"))
     roots = {n: top / n for n in ("machine-a", "machine-b", "coordinator")}
     for r in roots.values():
@@ -119,7 +135,10 @@ def world(prefect_server, bucket, tiny_dir, tmp_path_factory):
     projects = {"machine-a": "srv/lcdiffusion", "machine-b": "home/ops/work/lcd", "coordinator": "opt/lcd-coord"}
     machines = {n: Machine(r, projects[n], base, hidden + [o for m, o in roots.items() if m != n])
                 for n, r in roots.items()}
-    params = {"models": {"sd": f"s3://{BUCKET}/models/sd"}, "edit": {"steps": 8, "size": 64, "batch_size": 1}}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())  # the tiny-model defaults
+    params["models"] = {"sd": f"s3://{BUCKET}/models/sd"}  # weights only in the bucket
+    params["edit"].update(steps=8, size=64, batch_size=1)
+    params["train"].update(steps=2)
     for m in machines.values():
         _copy_project(m.project)
         (m.project / PARAMS).write_text(yaml.safe_dump(params))
@@ -130,8 +149,8 @@ def world(prefect_server, bucket, tiny_dir, tmp_path_factory):
 
 
 COORDINATE = ("import sys, json; from flows.edit_batch import edit_batch; "
-              "r = edit_batch(sys.argv[1], sys.argv[2], sys.argv[3], num_shards=2, shard_heartbeat_s=30, "
-              "shard_silent_after_s=45, concepts_root=None, masks_store=None); "
+              "r = edit_batch(sys.argv[1], sys.argv[2], sys.argv[3], num_shards=int(sys.argv[4]), shard_heartbeat_s=30, "
+              f"shard_silent_after_s=45, concepts_root='s3://{BUCKET}/concepts', masks_store='s3://{BUCKET}/masks'); "
               "print('RESULT', json.dumps(r if isinstance(r, dict) else str(r)))")
 
 
@@ -156,7 +175,7 @@ def test_two_machines_share_only_the_bucket_and_the_api(prefect_server, world):
     manifest, out = f"s3://{BUCKET}/in/edits.parquet", f"s3://{BUCKET}/runs/job-1"
     workers = {"machine-a": a.worker("worker-a"), "machine-b": b.worker("worker-b")}
     t0 = time.monotonic()
-    coordinator = coord.popen([sys.executable, "-c", COORDINATE, manifest, out, PARAMS], coord.root / "coord-1.log")
+    coordinator = coord.popen([sys.executable, "-c", COORDINATE, manifest, out, PARAMS, "2"], coord.root / "coord-1.log")
     n = 24
     try:
         # 2. the machine whose shard has written 3 outputs dies mid-shard: worker and flow-run process
@@ -164,7 +183,7 @@ def test_two_machines_share_only_the_bucket_and_the_api(prefect_server, world):
         t_kill = time.monotonic() - t0
         first = {k: v for k, v in _outputs(fs, out).items() if k in victim["ids"]}
         assert 3 <= len(first) < len(victim["ids"]), f"the kill came too late ({len(first)} of {len(victim['ids'])})"
-        assert coordinator.wait(timeout=300) == 0, (coord.root / "coord-1.log").read_text()[-4000:]
+        assert coordinator.wait(timeout=900) == 0, (coord.root / "coord-1.log").read_text()[-4000:]
     finally:
         for p in workers.values():
             if p.poll() is None:
@@ -191,12 +210,56 @@ def test_two_machines_share_only_the_bucket_and_the_api(prefect_server, world):
     _assert_no_local_paths(prefect_server, fs, out, top)
     # 4. a resume from the coordinator's folder: every shard current from the bucket alone, no shard run
     since = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() - 1))
-    again = coord.run([sys.executable, "-c", COORDINATE, manifest, out, PARAMS], timeout=180)
+    again = coord.run([sys.executable, "-c", COORDINATE, manifest, out, PARAMS, "2"], timeout=300)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert json.loads(again.stdout.rsplit("RESULT ", 1)[1].splitlines()[0])["skipped"] == n
     names = [r["name"] for r in _api(prefect_server, "flow_runs/filter", {"flow_runs": {"start_time": {"after_": since}}})]
     assert not [x for x in names if x.startswith("shard-")], names
     print(f"resume done at {time.monotonic() - t0:.1f} s")
+    # 5. the survivor's second shard (the dead machine's, started again) fetched nothing: weights cached
+    survivor = machines["machine-b" if victim["machine"] == "machine-a" else "machine-a"]
+    fetches = re.findall(r"fetch cache (\d+) objects fetched", _logs(survivor))
+    assert len(fetches) == 2 and int(fetches[0]) > 0 and fetches[1] == "0", fetches
+    # 6. nightly on the machine that died (its worker back), training into the bucket; then the
+    #    other machine's edit-batch run uses that concept
+    _nightly_then_edit_elsewhere(prefect_server, fs, machines[victim["machine"]], survivor, coord, top)
+    print(f"nightly + concept job done at {time.monotonic() - t0:.1f} s")
+
+
+def _logs(m: Machine) -> str:
+    return "\n".join(f.read_text() for f in sorted(m.root.glob("*.log")))
+
+
+def _nightly_then_edit_elsewhere(pe, fs, trainer: Machine, editor: Machine, coord: Machine, top: Path) -> None:
+    import pyarrow.parquet as pq
+
+    w = trainer.worker("worker-nightly")
+    try:
+        res = pe.cli("deployment", "run", "nightly-concepts/nightly", "-p", f"concepts_root=s3://{BUCKET}/photos",
+                     "-p", f"weights_root=s3://{BUCKET}/concepts", "-p", "regset_root=null", "-p", f"params_path={PARAMS}",
+                     "--watch", "--watch-interval", "1", check=False, timeout=600)
+    finally:
+        pe.stop_worker(w)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:] + _logs(trainer)[-3000:]
+    fs.invalidate_cache()
+    assert fs.exists(f"{BUCKET}/concepts/dog/concept.safetensors") and fs.exists(f"{BUCKET}/concepts/dog/fingerprint.json")
+    assert "nightly-concepts" in _logs(trainer)
+    w = editor.worker("worker-edit")
+    out = f"s3://{BUCKET}/runs/dogs"
+    try:
+        done = coord.run([sys.executable, "-c", COORDINATE, f"s3://{BUCKET}/in/dogs.parquet", out, PARAMS, "1"],
+                         timeout=600)
+    finally:
+        pe.stop_worker(w)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + _logs(editor)[-3000:]
+    assert json.loads(done.stdout.rsplit("RESULT ", 1)[1].splitlines()[0]) == {"edited": 3, "skipped": 0, "failed": 0}
+    assert "shard-00000-of-00001" in _logs(editor)
+    fs.invalidate_cache()
+    with fs.open(f"{out}/results.parquet") as f:
+        assert {r["concept"] for r in pq.read_table(f).to_pylist()} == {"dog"}
+    with fs.open(f"{out}/tables/deps-00000-of-00001.parquet") as f:
+        assert f"s3://{BUCKET}/concepts/dog" in pq.read_table(f).column("ref").to_pylist()  # the trained concept
+    _assert_no_local_paths(pe, fs, out, top)
 
 
 def _kill_mid_shard(pe, fs, out, workers, coordinator, n, log) -> dict:
