@@ -19,6 +19,11 @@ thread, 64 px, 2 steps, batches 1 and 2, diffusers on 1 image, the compiled edit
 (no C++ toolchain), and training skipped (bench/train.py's smallest CPU run takes ~60 s, over
 the ~30 s a smoke may spend). The last line printed is one JSON object.
 
+Then automatic masks (bench/gpu_masks.py, issue 29): SAM ViT-H random weights, 32 points per
+side, 1024 px photos, images/s of lcd.masks' bulk generator (4 images per encoder call; fp32 and
+fp16 encoder) vs stock SamAutomaticMaskGenerator in the same run; the smoke runs it with the
+tiny SAM. Result under "masks".
+
     bash bench/gpu.sh [--smoke] [--budget-s 420]
 """
 
@@ -304,7 +309,21 @@ def main() -> None:
     result = measure(plan, clock, args.hard_s)
     result |= {"skipped": clock.skipped, "total_s": clock.elapsed()}
     result["sdxl"] = run_sdxl(args.smoke)
+    result["masks"] = run_masks(plan.device, args.smoke)
     print(json.dumps(result))
+
+
+def run_masks(device: str, smoke: bool) -> dict:
+    """Issue 29's section (bench/gpu_masks.py): automatic masks, ours vs stock, same run."""
+    from bench.gpu_masks import measure_masks
+
+    t = time.perf_counter()
+    try:
+        out = measure_masks(device, smoke)
+    except Exception as e:  # a failure here is a result to report, not a reason to lose the rest
+        out = {"error": f"{type(e).__name__}: {str(e)[:1500]}"}
+    log(f"masks: {out}")
+    return out | {"section_s": time.perf_counter() - t}
 
 
 if __name__ == "__main__":
