@@ -34,8 +34,8 @@ class PromptCache:
         self._cache: dict[str, Row] = {}
         self.encoded = 0  # prompts actually run through the text encoders (tests, logs)
         # diffusers' SDXL pipelines: no negative prompt -> zero context and pooled (SDXL base: true)
-        self.zeros_for_empty = bool(pipe is not None and getattr(pipe.config, "force_zeros_for_empty_prompt", False)
-                                    and getattr(pipe, "text_encoder_2", None) is not None)
+        self.zeros_for_empty = bool(getattr(pipe, "text_encoder_2", None) is not None
+                                    and getattr(getattr(pipe, "config", None), "force_zeros_for_empty_prompt", False))
 
     @classmethod
     def of(cls, pipe, max_entries: int = 4096) -> "PromptCache":

@@ -274,7 +274,7 @@ def _prompt_cache(lp) -> "PromptCache | None":
         return None
     from lcd.edit.prompts import PromptCache
 
-    return PromptCache(lp.pipe.tokenizer, lp.pipe.text_encoder)
+    return PromptCache.of(lp.pipe)  # encodes as the model's family does (SDXL: both encoders, pooled)
 
 
 def _batch_size(cfg: EditConfig, lp) -> int:
