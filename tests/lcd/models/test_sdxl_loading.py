@@ -149,3 +149,35 @@ def test_bundled_sdxl_configs_are_sdxl_base_and_inpainting_at_full_size():
     assert len(attn2) == 70 and unet.state_dict()[attn2[0]].shape[1] == 2048  # 70 cross-attentions, 2048 context
     inpaint = read_config(CONFIGS / "sdxl-inpaint" / "unet" / "config.json")
     assert inpaint == {**read_config(CONFIGS / "sdxl" / "unet" / "config.json"), "in_channels": 9}
+
+
+# stabilityai/stable-diffusion-xl-base-1.0's files (its weights in several formats and variants,
+# the VAE twice, ONNX parts, and the 7 GB single files at the top)
+SDXL_REPO = ["model_index.json", "sd_xl_base_1.0.safetensors", "sd_xl_base_1.0_0.9vae.safetensors",
+             "sd_xl_offset_example-lora_1.0.safetensors", "scheduler/scheduler_config.json",
+             *[f"{c}/{f}" for c in ("text_encoder", "text_encoder_2")
+               for f in ("config.json", "model.safetensors", "model.fp16.safetensors", "model.onnx",
+                         "flax_model.msgpack", "openvino_model.bin")],
+             *[f"{t}/{f}" for t in ("tokenizer", "tokenizer_2")
+               for f in ("merges.txt", "vocab.json", "special_tokens_map.json", "tokenizer_config.json")],
+             *[f"{c}/{f}" for c in ("unet", "vae", "vae_1_0")
+               for f in ("config.json", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                         "diffusion_flax_model.msgpack")],
+             "unet/model.onnx", "unet/model.onnx_data", "vae_decoder/model.onnx", "vae_encoder/model.onnx"]
+
+
+def test_sdxl_hub_downloads_take_both_encoders_and_nothing_at_the_top():
+    """What snapshot_download would fetch of SDXL base's repository with models.variant fp16
+    (huggingface_hub's own pattern filter): the fp16 safetensors of unet, vae and both text
+    encoders with the configs; never the single files at the top, ONNX / Flax, or vae_1_0's weights."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    from lcd.models.resolve import sd_hub_rounds
+
+    first = sorted(filter_repo_objects(SDXL_REPO, allow_patterns=sd_hub_rounds("fp16")[0]))
+    weights = [f for f in first if f.endswith(".safetensors")]
+    assert weights == ["text_encoder/model.fp16.safetensors", "text_encoder_2/model.fp16.safetensors",
+                       "unet/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"]
+    assert {"tokenizer_2/vocab.json", "text_encoder_2/config.json", "model_index.json"} <= set(first)
+    assert not [f for f in first if not f.endswith((".json", ".txt")) and f not in weights]  # no other weights
+    assert [f for f in first if "/" not in f] == ["model_index.json"]
