@@ -27,8 +27,27 @@ def _rows(out: Path) -> list[tuple]:
                    r["stability_score"], tuple(r["bbox"]), r["area"]) for r in t.to_pylist())
 
 
-def test_images_per_batch_stores_the_same_masks_and_one_failure_per_bad_image(tiny_sam, write_images, tmp_path):
-    sam, model = tiny_sam
+def _sam256():
+    """SAM's classes at a 256 px working size (16x16 embedding: the decoder is 16x cheaper
+    than the tiny SAM's), random weights under a fixed seed; as in test_amg.py."""
+    from functools import partial
+
+    import torch
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    enc = ImageEncoderViT(img_size=256, patch_size=16, embed_dim=32, depth=1, num_heads=2, mlp_ratio=4,
+                          out_chans=256, qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+                          use_rel_pos=True, window_size=14, global_attn_indexes=[0])
+    dec = MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048,
+                                                                             num_heads=8),
+                      transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    pe = PromptEncoder(embed_dim=256, image_embedding_size=(16, 16), input_image_size=(256, 256), mask_in_chans=16)
+    return Sam(enc, pe, dec, pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
+
+
+def test_images_per_batch_stores_the_same_masks_and_one_failure_per_bad_image(write_images, tmp_path):
+    sam, model = _sam256(), {"type": "vit_256", "ref": "test", "sha256": "-", "revision": None}
     paths = write_images(tmp_path / "imgs", 3)
     (tmp_path / "imgs" / "bad.png").write_bytes(paths[0].read_bytes()[:100])  # truncated
     prompts = json.dumps([{"points": [[20, 15]]}, {"box": [8, 6, 45, 32]}])
