@@ -69,6 +69,9 @@ def test_tiny_sdxl_single_file_loads_bit_exact_with_no_config_setting(sdxl, tiny
     assert _same_weights(lp.pipe, sdxl.pipe) == []
     assert lp.pipe.tokenizer_2.pad_token == "!"
     assert lp.pipe.scheduler.config.timestep_spacing == "leading"
+    # models.sd_single_file_config naming an SDXL folder: its family's pipeline, the same weights
+    cfg = load_sd_pipeline(path, single_file_config=tiny_dir / "sdxl")
+    assert cfg.family == "sdxl" and _same_weights(cfg.pipe, sdxl.pipe) == []
 
 
 def test_tiny_sdxl_inpainting_folder_and_single_file(tiny_dir, tmp_path):
