@@ -242,3 +242,20 @@ def test_kohya_import_refuses_layers_that_are_not_ours(base, tmp_path):
     save_file({"emb_params": torch.zeros(1, 32)}, str(tmp_path / "sd15.safetensors"))
     with pytest.raises(ModelLoadError, match="an embedding for this base needs clip_l and clip_g"):
         import_kohya(res["files"][0], tmp_path / "sd15.safetensors", base.unet)
+
+
+def test_kohya_import_sd15_names_and_embedding(fresh_sd, tmp_path):
+    """The same import on SD1.5: diffusers-path kohya names and the one-tensor embedding file."""
+    pipe = fresh_sd().pipe
+    params = dict(pipe.unet.named_parameters())
+    g = torch.Generator().manual_seed(5)
+    t = {f"{m}.weight": params[f"{m}.weight"].detach().float() + 0.05 * torch.randn(params[f"{m}.weight"].shape,
+                                                                                     generator=g)
+         for m in _kv(pipe.unet)}
+    c = Concept(["[P]"], torch.randn(1, 32, generator=g) * 0.02, "kv", t, 1.0, {"class_words": ["dog"]}, "sd15/dog")
+    res = export_concept(c, pipe.unet, tmp_path / "k", "kohya")
+    assert all(k.startswith("lora_unet_down_blocks_") or k.startswith(("lora_unet_mid_block_", "lora_unet_up_blocks_"))
+               for k in load_file(res["files"][0]))
+    back = import_kohya(res["files"][0], next(iter(res["embeddings"].values())), pipe.unet)
+    assert back.family == "sd15" and torch.equal(back.embeddings, c.embeddings)
+    _close(_applied(fresh_sd().pipe, c), _applied(fresh_sd().pipe, back))
