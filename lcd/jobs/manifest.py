@@ -184,12 +184,35 @@ def file_entries(path: str | Path, batch_rows: int = 65536) -> Iterator[Entry]:
         yield from _jsonl_entries(p)
 
 
+class _Lines:
+    """`readline(limit)` over any binary file object: s3fs/fsspec files take no size argument
+    (`AbstractBufferedFile.readline()`), so lines are cut from 1 MiB reads here. At most one read
+    beyond `limit` is held."""
+
+    def __init__(self, f, chunk: int = 1 << 20):
+        self._f, self._chunk, self._buf, self._pos = f, chunk, b"", 0
+
+    def readline(self, limit: int) -> bytes:
+        while True:
+            nl = self._buf.find(b"\n", self._pos, self._pos + limit)
+            if nl >= 0 or len(self._buf) - self._pos >= limit:
+                end = nl + 1 if nl >= 0 else self._pos + limit
+                break
+            more = self._f.read(self._chunk)
+            if not more:
+                end = len(self._buf)
+                break
+            self._buf, self._pos = self._buf[self._pos:] + more, 0
+        line, self._pos = self._buf[self._pos:end], end
+        return line
+
+
 def _jsonl_entries(p) -> Iterator[Entry]:
     """JSON Lines entries, a line at a time and at most MAX_LINE_BYTES held: a 10 GB file without a
     newline is one failed entry, not a MemoryError. A file that is UTF-16 or binary from its first
     line (a Parquet or image file named .jsonl) is refused whole, naming it."""
-    with storage.open_read(p) as f:
-        i = 0
+    with storage.open_read(p) as raw:
+        f, i = _Lines(raw), 0
         while line := f.readline(MAX_LINE_BYTES + 1):
             if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
                 while (rest := f.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
