@@ -7,6 +7,9 @@ per thing its items' input hashes depend on, with a stamp that changes with its 
   tree      a concept folder, the masks store, a model folder (a prefix or a local folder): a
             sha256 over its listing's (relative name, size, stamp) lines
   pin       a hub id: the text itself (its revision is part of the settings)
+  (http(s) refs are stamped URL_STAMP, the URL is the identity: a web server has no listing,
+  and a HEAD per URL would cost the check a deadline per dead host; the shard hashes the bytes
+  it reads, so an item whose bytes changed under the same URL is caught when its shard runs)
   settings  settings_digest: the run's edit, models and masks settings, engine, concepts root and
             masks store as given
 The coordinator (lcd.jobs.editing.current_report) stamps the same refs again, from listings and
@@ -28,7 +31,7 @@ from typing import Iterable
 
 from lcd.config import EditConfig, ModelsConfig
 from lcd.edit.config import EXECUTION_ONLY
-from lcd.io import storage
+from lcd.io import http, storage
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import needs_text_clip, uses_sam
 from lcd.masks.config import MasksConfig
@@ -91,13 +94,18 @@ def shard_deps(items: list[ManifestItem], *, cfg: EditConfig, models: ModelsConf
     return sorted(deps)
 
 
+URL_STAMP = "url"  # an http(s) ref: identified by its URL (no listing, no HEAD per URL)
+
+
 def stamp_deps(deps: Iterable[Dep]) -> dict[Dep, str]:
     """{dep: stamp} (ABSENT for what is not there). Files are looked up per folder at once
     (storage.entries: an lstat each locally, prefix listings on object storage); trees are listed."""
     out: dict[Dep, str] = {}
     by_folder: dict[str, list[str]] = defaultdict(list)
     for ref, kind in deps:
-        if kind == "file":
+        if http.is_http(ref):
+            out[(ref, kind)] = URL_STAMP
+        elif kind == "file":
             folder, _, name = ref.rstrip("/").rpartition("/")
             by_folder[folder].append(name)
         elif kind == "tree":
