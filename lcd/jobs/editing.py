@@ -32,11 +32,11 @@ from lcd.io.config import IoConfig
 from lcd.io.encode import SUFFIX
 from lcd.io.hashing import hash_log, hash_rows, remember_hashes
 from lcd.io.images import load_image, save_output, save_png
-from lcd.jobs.deps import dep_rows, first_change, settings_digest, shard_deps
+from lcd.jobs.currency import ShardReport, current_report, output_current, result_row
+from lcd.jobs.deps import dep_rows, settings_digest, shard_deps
 from lcd.jobs.hashes import Engine, concept_path, config_fingerprint, item_hash, model_pin, prefetch_remote_hashes
 from lcd.jobs import tables
-from lcd.jobs.layout import (EDITS_DIR, REGIONS_DIR, is_current, output_name, output_path, output_stats,
-                              region_path, usable)
+from lcd.jobs.layout import EDITS_DIR, REGIONS_DIR, output_name, output_path, output_stats, region_path
 from lcd.jobs.manifest import ManifestItem
 from lcd.jobs.regions import load_region, needs_text_clip, open_masks_store
 from lcd.masks.config import MasksConfig
@@ -47,22 +47,6 @@ if TYPE_CHECKING:
     from lcd.masks.store import MaskStore
 
 __all__ = ["Engine", "ShardReport", "run_edit_shard", "current_report", "default_loader"]
-
-
-@dataclass
-class ShardReport:
-    """Rows for the results / failures tables (schemas in lcd.jobs.tables)."""
-
-    results: list[dict] = field(default_factory=list)
-    failures: list[dict] = field(default_factory=list)
-    hashes: list[dict] = field(default_factory=list)  # file hashes the run used (tables.HASHES_SCHEMA)
-    deps: list[dict] | None = None  # what the item hashes depend on, stamped (tables.DEPS_SCHEMA, lcd.jobs.deps)
-
-    def counts(self) -> dict[str, int]:
-        c = {"edited": 0, "skipped": 0, "failed": len(self.failures)}
-        for r in self.results:
-            c[r["status"]] += 1
-        return c
 
 
 @dataclass
@@ -203,69 +187,6 @@ def _fail_unrecorded(ctx: ShardContext, group: list[Pending], err: Exception) ->
         ctx.progress.advance(len(left))
 
 
-def current_report(
-    items: list[ManifestItem],
-    *,
-    out_root: str | Path,
-    cfg: EditConfig,
-    models: ModelsConfig,
-    shard: str,
-    listing: "dict[str, storage.Entry] | None" = None,
-    engine: Engine = "diffusion",
-    concepts_root: str | Path | None = None,
-    masks_store: "str | Path | MaskStore | None" = None,
-    masks_cfg: MasksConfig | None = None,
-    io_cfg: IoConfig | None = None,
-) -> ShardReport | None:
-    """The report a run of this shard would give if every item is current (all "skipped"), or None
-    as soon as one is not: the coordinator's check, so that a resume starts no process for a
-    finished shard. It reads only what the shard recorded under out_root and object metadata:
-    the ledger (each item's row, with the plan's fields and the output's size and stamp), the
-    deps table (lcd.jobs.deps: settings, inputs, concepts, masks store and model, re-stamped
-    from HEADs and listings, never read), and the outputs (`listing`: one listing of edits/
-    shared by all shards on object storage, lcd.jobs.layout.output_listing; None locally: the
-    shard's outputs are lstat-ed). An output whose stamp changed is checked by its own metadata.
-    No input, store part, concept or weight file is opened, and no path of another machine is
-    needed: a local dep that is not here reads as changed."""
-    del io_cfg  # nothing is read by URL here: object metadata only
-    out_root = storage.normalize(out_root)
-    rows = _ledger_rows(tables.shard_table_path(out_root, "results", shard))
-    if not items or any(_fields(it) != rows.get(it.id, (None,))[0] for it in items):
-        return None  # a first run, a killed one, failures, or the plan's items changed
-    deps = shard_deps(items, cfg=cfg, models=models, engine=engine, concepts_root=concepts_root,
-                      masks_store=masks_store, masks_cfg=masks_cfg)
-    if first_change(tables.read_rows(tables.shard_table_path(out_root, "deps", shard), tables.DEPS_SCHEMA),
-                    settings_digest(cfg, models, engine, masks_cfg), deps) is not None:
-        return None
-    if listing is None:
-        listing = output_stats(out_root, [output_name(it.id, cfg.output_format) for it in items])
-    report = ShardReport()
-    for it in items:
-        known = rows[it.id][1]
-        out = output_path(out_root, it.id, cfg.output_format)
-        entry = listing.get(output_name(it.id, cfg.output_format))
-        if not _output_current(out, known.input_hash, entry, known):
-            return None
-        report.results.append(_row(it, out, known.input_hash, "skipped", shard, 0.0, entry))
-    return report
-
-
-def _fields(it: ManifestItem) -> tuple:
-    """The plan's fields of an item that its results row repeats (they enter its input hash)."""
-    return (it.image, it.mask or it.select, it.concept, it.prompt, it.seed)
-
-
-def _ledger_rows(path) -> "dict[str, tuple[tuple, tables.LedgerRow]]":
-    """{id: (_fields as recorded, LedgerRow)} of a shard's results table; {} when absent or unreadable."""
-    cols = ["id", "image", "region", "concept", "prompt", "seed", "input_hash", "output_size", "output_stamp"]
-    try:
-        t = tables.read_table(path, schema=tables.RESULTS_SCHEMA, columns=cols)
-    except Exception:  # noqa: BLE001 - missing, partial or foreign file: no ledger
-        return {}
-    v = [t.column(c).to_pylist() for c in cols]
-    return {r[0]: (tuple(r[1:6]), tables.LedgerRow(*r[6:])) for r in zip(*v)}
-
-
 def _prompt_cache(lp) -> "PromptCache | None":
     """The group's text-embedding cache; None for the noop engine. Imported here, not at the top
     of every shard: lcd.edit.prompts imports torch (~1.3 s of CPU a process), which a shard with
@@ -296,7 +217,7 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root,
     and the output's size and stamp then) and a look at its outputs without opening them
     (`listing`: lstat or listing entries; a shard looks up its own items, _present_outputs): an
     item is current when its output is a regular file of non-zero size, unchanged since the
-    ledger's row, and the row has its hash (_output_current). An output the ledger does not know
+    ledger's row, and the row has its hash (lcd.jobs.currency.output_current). An output the ledger does not know
     (its shard was killed before writing the table) or that changed since (replaced, cut,
     touched) is checked by its own header, end and metadata; a symlink, a 0-byte file or an
     output that is gone is redone whatever the ledger says. Input hashes come from the shard's known-hashes
@@ -325,25 +246,13 @@ def _pending_items(ctx: ShardContext, items: list[ManifestItem], concepts_root,
             continue
         out = output_path(ctx.out_root, it.id, ctx.cfg.output_format)
         entry = listing.get(output_name(it.id, ctx.cfg.output_format))
-        if _output_current(out, h, entry, ledger.get(it.id)):
-            ctx.report.results.append(_row(it, out, h, "skipped", ctx.shard, 0.0, entry))
+        if output_current(out, h, entry, ledger.get(it.id)):
+            ctx.report.results.append(result_row(it, out, h, "skipped", ctx.shard, 0.0, entry))
         elif stop_early:
             return None
         else:
             pending.append((it, h, cdir))
     return pending
-
-
-def _output_current(out: "str | Path", h: str, entry: "storage.Entry | None", known: "tables.LedgerRow | None") -> bool:
-    """The rule for one output: a regular file of non-zero size (lcd.jobs.layout.usable); while its
-    size and stamp are those the ledger recorded, the ledger's hash decides and nothing is opened
-    (~3 us an item); otherwise (no row, or the file changed since) the file itself is checked
-    (lcd.jobs.layout.is_current: whole, and made from `h`)."""
-    if not usable(entry):
-        return False
-    if known is not None and (known.output_size, known.output_stamp) == (entry.size, entry.stamp):
-        return known.input_hash == h
-    return is_current(out, h, entry.size)
 
 
 def _present_outputs(ctx: ShardContext, items: list[ManifestItem]) -> "dict[str, storage.Entry]":
@@ -539,12 +448,4 @@ def _save(ctx: ShardContext, it: ManifestItem, h: str, ei, res, seconds: float) 
         entry = storage.stat_entry(out)
     except OSError:  # no entry: the next run checks the file itself
         entry = None
-    return _row(it, out, h, "edited", ctx.shard, seconds, entry), None
-
-
-def _row(it: ManifestItem, out: Path, h: str, status: str, shard: str, seconds: float,
-         entry: "storage.Entry | None" = None) -> dict:
-    return {"id": it.id, "image": it.image, "region": it.mask or it.select, "concept": it.concept,
-            "prompt": it.prompt, "seed": it.seed, "output": str(out), "input_hash": h, "status": status,
-            "shard": shard, "seconds": seconds, "output_size": entry.size if entry else None,
-            "output_stamp": entry.stamp if entry else None}
+    return result_row(it, out, h, "edited", ctx.shard, seconds, entry), None

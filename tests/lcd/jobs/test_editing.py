@@ -113,7 +113,7 @@ def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):
     opened; one replaced by garbage (its size and mtime changed) is opened, found foreign and
     redone; an output that is gone is redone; without a table (a shard killed before writing it),
     outputs are checked by their own metadata."""
-    import lcd.jobs.editing as editing
+    import lcd.jobs.currency as currency
     from lcd.jobs import tables
 
     items, root = job
@@ -123,8 +123,8 @@ def test_skip_decisions_come_from_the_ledger_and_one_listing(job, monkeypatch):
     rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)
     tables.write_table(tables.shard_table_path(out, "results", shard), rep.results, tables.RESULTS_SCHEMA)
     opened = []
-    real = editing.is_current
-    monkeypatch.setattr(editing, "is_current", lambda p, h, *a: opened.append(p.name) or real(p, h, *a))
+    real = currency.is_current
+    monkeypatch.setattr(currency, "is_current", lambda p, h, *a: opened.append(p.name) or real(p, h, *a))
     (out / "edits" / "a.png").write_bytes(b"garbage: its stat changed, so it is opened and redone")
     (out / "edits" / "b.png").unlink()
     rep = run_edit_shard(items, out_root=out, cfg=CFG, models=models, engine="noop", shard=shard)

@@ -98,14 +98,14 @@ def test_broken_outputs_are_redone_and_untouched_ones_stay_skipped(job, fmt):
 def test_an_unchanged_output_is_not_opened_a_touched_one_is_checked_once(job, monkeypatch):
     """Flat cost: outputs whose size and mtime are those in the ledger are never opened; one only
     touched (same bytes, new mtime) is checked, stays skipped, and its new stamp is recorded."""
-    import lcd.jobs.editing as editing
+    import lcd.jobs.currency as currency
 
     items, out = job
     cfg = EditConfig(size=64, batch_size=4)
     _run(items, out, cfg)
     opened = []
-    real = editing.is_current
-    monkeypatch.setattr(editing, "is_current", lambda p, h, *a: opened.append(p.name) or real(p, h, *a))
+    real = currency.is_current
+    monkeypatch.setattr(currency, "is_current", lambda p, h, *a: opened.append(p.name) or real(p, h, *a))
     st = os.stat(out / "edits" / "i1.png")
     os.utime(out / "edits" / "i1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000))
     assert set(_run(items, out, cfg).values()) == {"skipped"} and opened == ["i1.png"]
